@@ -1,0 +1,1 @@
+"""One module per ``roadside-agent`` subcommand (see ``agent/cli.py``)."""

@@ -1,0 +1,21 @@
+"""``roadside-agent keygen``: create the station signing key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EX_UNAVAILABLE = 69
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser("keygen", help="create the station signing key")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    print("roadside-agent keygen: not available in this version", file=sys.stderr)
+    return EX_UNAVAILABLE

@@ -1,0 +1,149 @@
+"""The pure domain core: what a truck's passage becomes on its way to evidence.
+
+Frozen dataclasses only: no I/O, no threads, no clock reads. Times are timezone-aware
+``datetime`` values passed in by the caller. Masses are integer kilograms, lengths integer
+millimetres, speeds km/h.
+
+Flow: a scale driver yields measurements, ``agent.weighing`` turns them into a
+:class:`VehicleWeighing`; camera frames and :class:`PlateRead` s are matched to it by lane and
+time (``agent.assemble``) into a :class:`VehicleEvent`; ``agent.legal`` gives its
+:class:`Verdict`; ``agent.evidence`` stores the signed record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class VehicleClass(StrEnum):
+    """What the station knows about the vehicle's build (decides the gross limit)."""
+
+    TRUCK = "truck"
+    COMBINATION = "combination"
+    UNKNOWN = "unknown"
+
+
+class VerdictStatus(StrEnum):
+    """The five outcomes of the legal check (DESIGN §3)."""
+
+    WITHIN_LIMIT = "within_limit"
+    WARNING = "warning"
+    OVERLOADED = "overloaded"
+    EXEMPT = "exempt"
+    UNDETERMINED = "undetermined"
+
+
+class WeighingFlag(StrEnum):
+    """Conditions a weighing carries that make it unfit to accuse on."""
+
+    SCALE_FAULT = "scale_fault"
+    OUT_OF_RANGE = "out_of_range"
+    SPEED_OUT_OF_RANGE = "speed_out_of_range"
+    STRADDLING = "straddling"
+    INCOMPLETE = "incomplete"
+    INCONSISTENT = "inconsistent"  # gross differs from the sum of axles, axle count mismatch
+    CALIBRATION_EXPIRED = "calibration_expired"
+    MOTION = "motion"  # static weighbridge: no stable window found
+
+
+@dataclass(frozen=True)
+class VehicleWeighing:
+    """One vehicle as the scale saw it. Raw values, never corrected in place.
+
+    ``axle_spacings_mm`` has ``len(axle_loads_kg) - 1`` entries when known, else is empty.
+    ``raw`` keeps what the device sent (register values, the record line) unchanged.
+    """
+
+    lane: int
+    measured_at: datetime
+    axle_loads_kg: tuple[int, ...]
+    gross_kg: int
+    scale_id: str
+    axle_spacings_mm: tuple[int, ...] = ()
+    speed_kmh: float | None = None
+    flags: frozenset[WeighingFlag] = frozenset()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def axle_count(self) -> int:
+        return len(self.axle_loads_kg)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera picture, kept as the JPEG bytes that become evidence.
+
+    ``source`` names where a replayed picture came from (a file path); live cameras leave it
+    ``None``.
+    """
+
+    camera_id: str
+    role: str  # front | rear | side | overview
+    lane: int
+    captured_at: datetime
+    jpeg: bytes
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class PlateRead:
+    """A licence plate read from one frame (or voted over several)."""
+
+    text: str
+    color: str  # blue | yellow | green | white | black | unknown
+    confidence: float  # 0..1
+    position: str = "front"  # front | rear
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the frame, pixels
+    lane: int = 0
+    read_at: datetime | None = None
+    camera_id: str = ""
+    double_row: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The station's legal decision on one vehicle, with everything needed to explain it."""
+
+    status: VerdictStatus
+    limit_kg: int | None
+    tolerance_kg: int | None
+    over_kg: int | None  # raw gross − limit (negative when under)
+    over_pct: float | None  # over_kg / limit_kg × 100, 2 decimals
+    rule: str
+    explanation: str
+    explanation_zh: str = ""
+    tolerance_policy: str = ""
+    vehicle_class: VehicleClass = VehicleClass.UNKNOWN
+    class_source: str = "unknown"  # lane | spacings | declared | unknown
+    details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": self.status.value,
+            "limit_kg": self.limit_kg,
+            "tolerance_kg": self.tolerance_kg,
+            "over_kg": self.over_kg,
+            "over_pct": self.over_pct,
+            "rule": self.rule,
+            "explanation": self.explanation,
+            "explanation_zh": self.explanation_zh,
+            "tolerance_policy": self.tolerance_policy,
+            "vehicle_class": self.vehicle_class.value,
+            "class_source": self.class_source,
+        }
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
+
+
+@dataclass(frozen=True)
+class VehicleEvent:
+    """A weighing with its plates and pictures, ready to be judged and stored."""
+
+    weighing: VehicleWeighing
+    plates: tuple[PlateRead, ...] = ()
+    frames: tuple[Frame, ...] = ()
+    match_flags: frozenset[str] = frozenset()  # no_plate, ambiguous_plate, ...

@@ -1,0 +1,145 @@
+"""The scale contract every backend fulfils.
+
+A scale yields :data:`Measurement` s through :meth:`Scale.recv`:
+
+* :class:`WeightSample` – the platform weight of an indicator or axle scale, continuously;
+* :class:`WimRecord` – one whole vehicle from a weigh-in-motion controller;
+* :class:`DetectorEdge` – a vehicle detector (loop, light curtain) going occupied or free.
+
+``recv`` does the timeout, the closed check and the health bookkeeping once; a backend only
+implements ``_recv_internal`` (python-can's ``BusABC.recv`` / ``_recv_internal`` split).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.clock import Clock, SystemClock
+
+
+class ScaleError(Exception):
+    """A scale could not be read (port gone, timeout, bad frame). Names the device."""
+
+
+@dataclass(frozen=True)
+class WeightSample:
+    at: datetime
+    gross_kg: float
+    stable: bool = True
+    flags: frozenset[str] = frozenset()  # zero | overload | fault | negative | motion
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True)
+class WimRecord:
+    """One vehicle as a WIM controller reports it. Values exactly as the controller sent."""
+
+    lane: int
+    at: datetime
+    axle_loads_kg: tuple[int, ...]
+    gross_kg: int
+    axle_spacings_mm: tuple[int, ...] = ()
+    speed_kmh: float | None = None
+    flags: frozenset[str] = frozenset()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class DetectorEdge:
+    at: datetime
+    occupied: bool
+
+
+Measurement = WeightSample | WimRecord | DetectorEdge
+
+
+class ScaleConfig(BaseModel):
+    """Settings every scale backend has. Backends subclass it with their own keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="backend name: simulated, modbus_tcp, modbus_rtu, xk3190, ...")
+    id: str = Field(default="scale-1", description="scale id written into every record")
+    accuracy_class: str = Field(default="5", description="OIML R134 / JJG 907 accuracy class")
+    certificate: str = Field(default="", description="verification certificate number")
+    certificate_valid_until: str = Field(
+        default="", description="verification expiry date, YYYY-MM-DD (empty: not recorded)"
+    )
+    min_speed_kmh: float = Field(default=0.0, description="lowest speed the approval covers")
+    max_speed_kmh: float = Field(default=100.0, description="highest speed the approval covers")
+
+
+@dataclass
+class ScaleHealth:
+    state: str = "starting"  # starting | ok | fault | closed
+    last_good_at: datetime | None = None
+    last_error: str = ""
+    errors: int = 0
+    reads: int = 0
+
+
+class Scale(ABC):
+    """Base of every scale backend. Thread-compatible: one reader thread calls ``recv``."""
+
+    Config: ClassVar[type[ScaleConfig]] = ScaleConfig
+    RAW_TAIL = 32
+
+    def __init__(self, config: ScaleConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.health = ScaleHealth()
+        self.raw_tail: collections.deque[bytes] = collections.deque(maxlen=self.RAW_TAIL)
+        self._closed = threading.Event()
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def recv(self, timeout_s: float | None = None) -> Measurement | None:
+        """The next measurement, or ``None`` when none arrived within ``timeout_s``.
+
+        Raises :class:`ScaleError` on a device fault; the caller logs it and calls again
+        (backends reconnect by themselves).
+        """
+        if self._closed.is_set():
+            raise ScaleError(f"scale {self.id}: already shut down")
+        try:
+            m = self._recv_internal(timeout_s)
+        except ScaleError as err:
+            self.health.state = "fault"
+            self.health.errors += 1
+            self.health.last_error = str(err)
+            raise
+        if m is not None:
+            self.health.state = "ok"
+            self.health.reads += 1
+            self.health.last_good_at = m.at
+        return m
+
+    @abstractmethod
+    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
+        """Read one measurement; return ``None`` on timeout, raise ``ScaleError`` on faults."""
+
+    def shutdown(self) -> None:
+        """Release the device. Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.health.state = "closed"
+        self._shutdown_internal()
+
+    def _shutdown_internal(self) -> None:  # noqa: B027 - optional hook
+        """Backends with a port or socket close it here."""
+
+    def __enter__(self) -> Scale:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
