@@ -312,7 +312,7 @@ def test_adjustments_are_recorded(rules: Rules) -> None:
     [
         (LegalConfig(tolerance_policy="none"), None, 0, "none"),
         (LegalConfig(), None, 2450, "percent:5"),
-        (LegalConfig(tolerance_pct=3.33), None, 1632, "percent:3.33"),  # 1631.7 rounded up
+        (LegalConfig(tolerance_pct=3.301), None, 1618, "percent:3.301"),  # 1617.49 rounded up
         (LegalConfig(tolerance_pct=0), None, 0, "percent:0"),
         (LegalConfig(tolerance_policy="absolute", tolerance_kg=500), None, 500, "absolute:500"),
         (LegalConfig(tolerance_policy="accuracy_class"), DeviceFacts(accuracy_class="5"),
