@@ -417,7 +417,7 @@ def judge(
     gross = facts.gross_kg
     plate_key = normalize_plate(facts.plate) if facts.plate else None
     watch = next((w for w in watchlist if plate_key and w.key == plate_key), None)
-    details: dict[str, Any] = {"rules_version": rules.version}
+    details: dict[str, Any] = {}
     watch_en = watch_zh = ""
     if watch is not None:
         details["watchlist"] = watch.to_dict()
