@@ -62,6 +62,11 @@ def test_obsolete_2000_limits_appear_nowhere_in_the_rules() -> None:
             assert "2000年" not in line and "2000 年" not in line, (path.name, line)
     axle = tomllib.loads((SHIPPED_RULES_DIR / "axle_limits.toml").read_text(encoding="utf-8"))
     assert axle["enabled"] is False
+    # Not even in a comment: the 2000 rules' 40 t gross must not be copied back by mistake.
+    code = Path(__file__).resolve().parents[1] / "agent" / "legal"
+    for path in [*SHIPPED_RULES_DIR.glob("*.toml"), *code.glob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"40[ ,]?000|\b40 ?t\b", text), path.name
 
 
 def test_a_gap_in_the_table_is_refused(rules_dir: Path) -> None:
