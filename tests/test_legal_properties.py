@@ -48,7 +48,7 @@ def vehicles(draw: st.DrawFn, spacings: bool = True) -> VehicleFacts:
         ),
         declared_class=draw(st.sampled_from(list(VehicleClass))),
         single_drive_axle=draw(maybe_bool),
-        single_tyre_non_drive_axles=draw(st.none() | st.integers(0, min(axles - 1, 3))),
+        single_tyre_non_drive_axles=draw(st.none() | st.integers(0, min(axles - 2, 3))),
         wide_tyres=draw(maybe_bool),
         dual_tyre_drive_axle=draw(maybe_bool),
         air_suspension=draw(maybe_bool),

@@ -27,7 +27,14 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from agent.domain import VehicleClass, Verdict, VerdictStatus, WeighingFlag
-from agent.legal.facts import DeviceFacts, Permit, VehicleFacts, WatchEntry, normalize_plate
+from agent.legal.facts import (
+    DeviceFacts,
+    InvalidFactsError,
+    Permit,
+    VehicleFacts,
+    WatchEntry,
+    normalize_plate,
+)
 from agent.legal.rules import BUILD_FACTS, Adjustment, AxleTable, LimitRow, Rules
 
 #: Assumption key for a semi-trailer axle spacing the station did not measure.
@@ -177,14 +184,26 @@ def _limit_in(
 def _unknowns(facts: VehicleFacts, cls: VehicleClass, rules: Rules) -> dict[str, tuple[Any, ...]]:
     """Each fact the station does not know, with the readings to try."""
     out: dict[str, tuple[Any, ...]] = {}
+    classes: tuple[VehicleClass, ...] = (VehicleClass.TRUCK, VehicleClass.COMBINATION)
     if cls is VehicleClass.UNKNOWN:
-        out[CLASS] = (VehicleClass.TRUCK, VehicleClass.COMBINATION)
-    referenced = {name for r in rules.gross_limits for name, _ in r.when}
-    referenced |= {name for a in rules.adjustments for name, _ in a.when}
+        out[CLASS] = classes
+    else:
+        classes = (cls,)
+    # Only facts that a row or adjustment for this vehicle depends on: fewer readings to try.
+    axles = facts.axle_count
+    rows = [r for r in rules.gross_limits if any(r.matches(axles, c) for c in classes)]
+    adjustments = [
+        a
+        for a in rules.adjustments
+        if any(a.matches(axles, c) for c in classes)
+        and (a.per == "vehicle" or facts.single_tyre_non_drive_axles)
+    ]
+    referenced = {name for r in rows for name, _ in r.when}
+    referenced |= {name for a in adjustments for name, _ in a.when}
     for name in sorted(referenced):
         if getattr(facts, name) is None:
             out[name] = (False, True)
-    needs_trailer = any(r.min_semi_trailer_axle_spacing_mm for r in rules.gross_limits)
+    needs_trailer = any(r.min_semi_trailer_axle_spacing_mm for r in rows)
     if needs_trailer and _semi_trailer_spacings(facts, rules) is None:
         out[SEMI_TRAILER_SPACING] = (False, True)
     return out
@@ -413,6 +432,8 @@ def judge(
     for any plates (the permit book's lists, or only this plate's); matched on
     :func:`normalize_plate` of ``facts.plate``.
     """
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidFactsError(f"measurement time {at.isoformat()} has no UTC offset")
     axles = facts.axle_count
     gross = facts.gross_kg
     plate_key = normalize_plate(facts.plate) if facts.plate else None

@@ -100,10 +100,10 @@ class VehicleFacts:
                 f"class_source must be one of {', '.join(CLASS_SOURCES)}, got {self.class_source!r}"
             )
         n = self.single_tyre_non_drive_axles
-        if n is not None and not 0 <= n <= max(len(loads) - 1, 0):
+        most = max(len(loads) - 2, 0)  # never the steer axle, never the (first) drive axle
+        if n is not None and not 0 <= n <= most:
             raise InvalidFactsError(
-                f"single_tyre_non_drive_axles must be 0..{max(len(loads) - 1, 0)} "
-                f"for {len(loads)} axles, got {n}"
+                f"single_tyre_non_drive_axles must be 0..{most} for {len(loads)} axles, got {n}"
             )
 
     @property
