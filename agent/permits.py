@@ -4,7 +4,7 @@ The platform sends whole lists (MQTT commands ``set-permits`` / ``set-watchlist`
 replaces the previous one atomically, on disk and in memory: a list with one bad entry is refused
 whole, with a message naming the entry, and the old list stays in force. The verdict uses them
 through :func:`agent.legal.judge` (``permits=book.permits_for(plate)``,
-``watchlist=book.watchlist``).
+``watchlist=book.watch_for(plate)``).
 
 Storage: ``permits.json`` and ``watchlist.json`` in the data directory, each written to a temp
 file, fsynced, renamed over the old one, and the directory fsynced: a crash at any instant leaves
@@ -173,6 +173,11 @@ class PermitBook:
     def watched(self, plate: str | None) -> WatchEntry | None:
         """The watch-list entry for that plate, or ``None``."""
         return self._watch.get(normalize_plate(plate)) if plate else None
+
+    def watch_for(self, plate: str | None) -> tuple[WatchEntry, ...]:
+        """``(entry,)`` when the plate is watched, else ``()``: for ``judge(watchlist=...)``."""
+        entry = self.watched(plate)
+        return (entry,) if entry is not None else ()
 
     @property
     def watchlist(self) -> tuple[WatchEntry, ...]:

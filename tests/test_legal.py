@@ -20,6 +20,7 @@ from agent.legal import (
     Rules,
     VehicleFacts,
     WatchEntry,
+    check_device,
     judge,
     load_rules,
 )
@@ -355,6 +356,18 @@ def test_config_refuses_a_value_for_a_policy_not_selected() -> None:
         LegalConfig(tolerance_policy="none", tolerance_pct=5)
     with pytest.raises(ValueError, match="Extra inputs"):
         LegalConfig.model_validate({"tolerance": 5})
+
+
+def test_check_device_names_what_is_missing() -> None:
+    rules = load_rules(LegalConfig(tolerance_policy="accuracy_class"))
+    good = DeviceFacts(accuracy_class="5", certificate_valid_until=date(2027, 5, 31))
+    assert check_device(rules, good) == []
+    (problem,) = check_device(rules, replace(good, accuracy_class="7", scale_id="wim-1"))
+    assert problem == "scale 'wim-1': accuracy class '7' is not in the rule table " \
+        "(known: 0.2, 0.5, 1, 2, 5, 10)"  # fmt: skip
+    assert "needs one" in check_device(rules, replace(good, accuracy_class=None))[0]
+    assert "certificate" in check_device(rules, replace(good, certificate_valid_until=None))[0]
+    assert check_device(load_rules(), replace(good, accuracy_class=None)) == []
 
 
 # --- undetermined ----------------------------------------------------------------------------

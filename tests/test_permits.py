@@ -67,6 +67,9 @@ def test_the_lists_survive_a_restart(tmp_path: Path) -> None:
     watched = again.watched("苏L·12345")
     assert watched is not None and watched.reason == "unpaid fines"
     assert again.watched("皖A00001") is not None
+    assert again.watch_for("皖A·00001") == (again.watched("皖A00001"),)
+    assert again.watch_for("皖A00002") == ()
+    assert len(again.watchlist) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["permits.json", "watchlist.json"]
 
 
@@ -180,7 +183,8 @@ def test_the_verdict_uses_the_book(book: PermitBook) -> None:
     facts = VehicleFacts((7000, 10000, 10000, 11000, 11000, 11000), 60000,
                          declared_class=VehicleClass.COMBINATION, single_drive_axle=False,
                          plate="苏L12345")  # fmt: skip
-    v = judge(facts, rules, AT, permits=book.permits_for(facts.plate), watchlist=book.watchlist)
+    v = judge(facts, rules, AT, permits=book.permits_for(facts.plate),
+              watchlist=book.watch_for(facts.plate))  # fmt: skip
     assert v.status is VerdictStatus.EXEMPT
     assert v.watchlist_hit
     later = datetime.combine(date(2026, 12, 1), datetime.min.time(), CST)

@@ -10,7 +10,7 @@ The daemon loads the rules once (``rules = load_rules(config.legal)``) and calls
 ``judge(facts, rules, at, device=..., permits=..., watchlist=...)`` for every vehicle.
 """
 
-from agent.legal.engine import classify, gross_limit, judge, tolerance
+from agent.legal.engine import check_device, classify, gross_limit, judge, tolerance
 from agent.legal.facts import (
     DeviceFacts,
     InvalidFactsError,
@@ -31,6 +31,7 @@ __all__ = [
     "Rules",
     "VehicleFacts",
     "WatchEntry",
+    "check_device",
     "classify",
     "gross_limit",
     "judge",

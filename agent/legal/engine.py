@@ -336,6 +336,28 @@ def tolerance(
     return _pct_of(limit_kg, mpe), f"accuracy_class:{cls.strip()}={mpe.normalize():f}%", None
 
 
+def check_device(rules: Rules, device: DeviceFacts) -> list[str]:
+    """What is missing or wrong in a scale's facts for these rules (for start-up and
+    ``check-config``); empty when the verdicts of this scale can be complete."""
+    name = f"scale {device.scale_id!r}" if device.scale_id else "scale"
+    problems: list[str] = []
+    if rules.tolerance.kind == "accuracy_class":
+        known = ", ".join(sorted(rules.accuracy_mpe_pct, key=Decimal))
+        if device.accuracy_class is None:
+            problems.append(
+                f"{name}: no accuracy class, but [legal] tolerance_policy = 'accuracy_class' "
+                f"needs one ({known})"
+            )
+        elif device.accuracy_class.strip() not in rules.accuracy_mpe_pct:
+            problems.append(
+                f"{name}: accuracy class {device.accuracy_class!r} is not in the rule table "
+                f"(known: {known})"
+            )
+    if device.certificate_valid_until is None:
+        problems.append(f"{name}: no verification certificate expiry date; it cannot be checked")
+    return problems
+
+
 def _policy_words(policy: str) -> Text:
     kind, _, value = policy.partition(":")
     if kind == "none":
