@@ -147,6 +147,31 @@ def test_bad_config_exits_78(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_accuracy_class_policy_needs_a_known_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "station.toml"
+    config.write_text('[legal]\ntolerance_policy = "accuracy_class"\n', encoding="utf-8")
+    base = ["--axles", "7000,11000", "--config", str(config)]
+    code, _, err = cli(base, capsys)
+    assert code == 2 and "give --accuracy-class (0.2, 0.5, 1, 2, 5, 10)" in err
+    code, _, err = cli([*base, "--accuracy-class", "7"], capsys)
+    assert code == 2 and "accuracy class '7' is not in the rule table" in err
+    code, out, _ = cli([*base, "--accuracy-class", "10", "--json"], capsys)
+    data = json.loads(out)
+    assert (code, data["tolerance_kg"], data["tolerance_policy"]) == (
+        0,
+        1800,
+        "accuracy_class:10=10%",
+    )
+
+
+def test_undetermined_prints_dashes_not_none(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(["--axles", "9000"], capsys)
+    assert code == 0 and "undetermined" in out and "None" not in out
+    assert "(percent:5)" in out
+
+
 def test_missing_config_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["--axles", "7000,11000", "--config", str(tmp_path / "no.toml")], capsys)
     assert code == 78 and "No such file" in err

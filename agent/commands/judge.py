@@ -134,13 +134,17 @@ def _legal_config(path: str | None) -> Any:
     return LegalConfig.model_validate(data.get("legal", {}))
 
 
+def _kg(value: int | None) -> str:
+    return "—" if value is None else f"{value} kg"
+
+
 def _render(verdict: Any) -> str:
     pct = "" if verdict.over_pct is None else f"  ({verdict.over_pct} %)"
     lines = [
         f"status       {verdict.status.value}",
-        f"limit        {verdict.limit_kg} kg  ({verdict.rule})",
-        f"tolerance    {verdict.tolerance_kg} kg  ({verdict.tolerance_policy})",
-        f"over         {verdict.over_kg} kg{pct}",
+        f"limit        {_kg(verdict.limit_kg)}  ({verdict.rule})",
+        f"tolerance    {_kg(verdict.tolerance_kg)}  ({verdict.tolerance_policy})",
+        f"over         {_kg(verdict.over_kg)}{pct}",
         f"class        {verdict.vehicle_class.value} ({verdict.class_source})",
         f"explanation  {verdict.explanation}",
         f"说明         {verdict.explanation_zh}",
@@ -223,6 +227,16 @@ def run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
     device = DeviceFacts(accuracy_class=args.accuracy_class) if args.accuracy_class else None
+    if rules.tolerance.kind == "accuracy_class":
+        known = ", ".join(sorted(rules.accuracy_mpe_pct, key=float))
+        if device is None:
+            print(f"{prog}: tolerance_policy is accuracy_class: give --accuracy-class ({known})",
+                  file=sys.stderr)  # fmt: skip
+            return EX_USAGE
+        if args.accuracy_class.strip() not in rules.accuracy_mpe_pct:
+            print(f"{prog}: accuracy class {args.accuracy_class!r} is not in the rule table "
+                  f"(known: {known})", file=sys.stderr)  # fmt: skip
+            return EX_USAGE
     verdict = judge(facts, rules, at, device=device)
     if args.json:
         print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2, default=str))

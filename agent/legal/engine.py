@@ -471,7 +471,7 @@ def judge(
     causes = _undetermined_causes(facts, at, device)
 
     limit = tol = None
-    policy: str = rules.tolerance.kind
+    policy = tolerance(0, rules, device)[1]  # recorded even when no limit can be found
     head_en = f"{axles}-axle {_CLASS_WORDS[cls][0]} ({class_why[0]}), gross {gross} kg"
     head_zh = f"{axles}轴{_CLASS_WORDS[cls][1]}（{class_why[1]}），总质量{gross}千克"
     found: Limit | None = None
