@@ -124,6 +124,17 @@ def test_limit_table(rules: Rules, case: Case) -> None:
     assert "\n" not in v.explanation + v.explanation_zh
 
 
+def test_every_row_of_the_shipped_table_has_a_hand_worked_case(rules: Rules) -> None:
+    rows: set[str] = set()
+    adjustments: set[str] = set()
+    for _, axles, cls, facts, limit, _rule in LIMITS:
+        v = judge(vehicle(axles, limit, cls, **facts), rules, AT)
+        rows.add(v.rule)
+        adjustments |= {a["id"] for a in v.details["adjustments"]}
+    assert rows == {r.id for r in rules.gross_limits}
+    assert adjustments == {a.id for a in rules.adjustments}
+
+
 @pytest.mark.parametrize("case", LIMITS, ids=[c[0] for c in LIMITS])
 def test_edges_without_tolerance(strict_rules: Rules, case: Case) -> None:
     _, axles, cls, facts, limit, rule = case
