@@ -437,6 +437,64 @@ def _assumption_text(decisive: Mapping[str, Any]) -> Text:
     )
 
 
+def _decide(
+    gross: int,
+    limit: int,
+    tol: int,
+    rules: Rules,
+    *,
+    permits: list[Permit],
+    at: datetime,
+    details: dict[str, Any],
+) -> tuple[VerdictStatus, Text]:
+    """Step 5: the status (DESIGN §3) and its words; records the permit used in ``details``."""
+    over = gross - limit
+    pct = _over_pct(over, limit)
+    band = rules.warning_band.max_excess_kg
+    if gross <= limit + tol:
+        if over < 0:
+            under = f"{-over} kg under the limit: within the limit"
+            return VerdictStatus.WITHIN_LIMIT, (under, "未超限")
+        if over == 0:
+            return VerdictStatus.WITHIN_LIMIT, (
+                "at the limit: within the limit",
+                "恰为限值，未超限",
+            )
+        return VerdictStatus.WITHIN_LIMIT, (
+            f"{over} kg over the limit but within the tolerance: within the limit",
+            f"超出限值{over}千克，在容差内，未超限",
+        )
+    covering = [p for p in permits if p.covers(at, gross, tol)]
+    permit = max(covering, key=lambda p: (p.max_gross_kg, p.permit_id), default=None)
+    if permit is not None:
+        details["permit"] = permit.to_dict()
+        pid = permit.permit_id or permit.plate
+        return VerdictStatus.EXEMPT, (
+            f"{over} kg ({pct} %) over the limit, covered by permit {pid} "
+            f"(max {permit.max_gross_kg} kg): exempt",
+            f"超限{over}千克（{pct}%），持有效超限运输许可{pid}"
+            f"（最大{permit.max_gross_kg}千克），免于认定",
+        )
+    if over <= band:
+        status = VerdictStatus.WARNING
+        out_en = (
+            f"{over} kg ({pct} %) over the limit, above the tolerance and not more than "
+            f"{band} kg: warning ({rules.warning_band.id})"
+        )
+        out_zh = f"超限{over}千克（{pct}%），超出容差且未超过{band}千克，予以警告（第四十三条）"
+    else:
+        status = VerdictStatus.OVERLOADED
+        out_en = f"{over} kg ({pct} %) over the limit: overloaded"
+        out_zh = f"超限{over}千克（{pct}%），认定超限运输"
+    valid = [p for p in permits if p.valid_at(at)]
+    if valid:
+        top = max(p.max_gross_kg for p in valid)
+        details["permit_not_covering"] = [p.to_dict() for p in valid]
+        out_en += f" (a permit is in force but allows only {top} kg)"
+        out_zh += f"（许可有效但最大仅{top}千克）"
+    return status, (out_en, out_zh)
+
+
 def judge(
     facts: VehicleFacts,
     rules: Rules,
@@ -536,56 +594,16 @@ def judge(
 
     over = gross - limit
     pct = _over_pct(over, limit)
-    band = rules.warning_band.max_excess_kg
     adj_en = "".join(f" {a['delta_kg']:+d} kg {a['id']}" for a in details["adjustments"])
     adj_zh = "".join(f" {a['delta_kg']:+d}千克 {a['id']}" for a in details["adjustments"])
     pol_en, pol_zh = _policy_words(policy)
     body_en = f"{head_en}, limit {limit} kg ({rule}{adj_en}), tolerance {tol} kg ({pol_en})"
     body_zh = f"{head_zh}，限值{limit}千克（{rule}{adj_zh}），容差{tol}千克（{pol_zh}）"
 
-    permit = None
-    if gross <= limit + tol:
-        status = VerdictStatus.WITHIN_LIMIT
-        if over < 0:
-            out_en, out_zh = f"{-over} kg under the limit: within the limit", "未超限"
-        elif over == 0:
-            out_en, out_zh = "at the limit: within the limit", "恰为限值，未超限"
-        else:
-            out_en = f"{over} kg over the limit but within the tolerance: within the limit"
-            out_zh = f"超出限值{over}千克，在容差内，未超限"
-    else:
-        mine = [p for p in permits if plate_key and p.key == plate_key]
-        covering = [p for p in mine if p.covers(at, gross, tol)]
-        permit = max(covering, key=lambda p: (p.max_gross_kg, p.permit_id), default=None)
-        if permit is not None:
-            status = VerdictStatus.EXEMPT
-            details["permit"] = permit.to_dict()
-            pid = permit.permit_id or permit.plate
-            out_en = (
-                f"{over} kg ({pct} %) over the limit, covered by permit {pid} "
-                f"(max {permit.max_gross_kg} kg): exempt"
-            )
-            out_zh = (
-                f"超限{over}千克（{pct}%），持有效超限运输许可{pid}"
-                f"（最大{permit.max_gross_kg}千克），免于认定"
-            )
-        elif over <= band:
-            status = VerdictStatus.WARNING
-            out_en = (
-                f"{over} kg ({pct} %) over the limit, above the tolerance and not more than "
-                f"{band} kg: warning ({rules.warning_band.id})"
-            )
-            out_zh = f"超限{over}千克（{pct}%），超出容差且未超过{band}千克，予以警告（第四十三条）"
-        else:
-            status = VerdictStatus.OVERLOADED
-            out_en = f"{over} kg ({pct} %) over the limit: overloaded"
-            out_zh = f"超限{over}千克（{pct}%），认定超限运输"
-        valid = [p for p in mine if p.valid_at(at)]
-        if permit is None and valid:
-            top = max(p.max_gross_kg for p in valid)
-            details["permit_not_covering"] = [p.to_dict() for p in valid]
-            out_en += f" (a permit is in force but allows only {top} kg)"
-            out_zh += f"（许可有效但最大仅{top}千克）"
+    mine = [p for p in permits if plate_key and p.key == plate_key]
+    status, (out_en, out_zh) = _decide(
+        gross, limit, tol, rules, permits=mine, at=at, details=details
+    )
     assume_en, assume_zh = _assumption_text(decisive)
     return Verdict(
         status,
