@@ -31,7 +31,8 @@ from agent.config import Lane, StationConfig
 from agent.db import Database
 from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.evidence import EvidenceStore, RecordContext, StoredRecord, write_file_atomically
-from agent.legal import VehicleFacts, judge, load_rules
+from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
+from agent.permits import PermitBook
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PLATE_READERS, PlateReader
@@ -124,6 +125,7 @@ class Station:
         if removed:
             log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
         self.rules = load_rules(cfg.legal)
+        self.permits = PermitBook(self.data_dir)
         self._start_plate_reader()
         self._start_uplink()
         for lane in cfg.lanes:
@@ -329,23 +331,36 @@ class Station:
         else:
             plates, match_flags = self._plates(frames)
         event = VehicleEvent(weighing, tuple(plates), tuple(frames), frozenset(match_flags))
-        facts = VehicleFacts(
-            axle_loads_kg=weighing.axle_loads_kg,
-            gross_kg=weighing.gross_kg,
-            axle_spacings_mm=weighing.axle_spacings_mm,
-            speed_kmh=weighing.speed_kmh,
-            declared_class=VehicleClass(lane.vehicle_class),
-            flags=weighing.flags,
-            plate=plates[0].text if plates else None,
+        plate = plates[0].text if plates else None
+        verdict = judge(
+            self._facts(lane, weighing, plate),
+            self.rules,
+            weighing.measured_at,
+            device=self._device_facts(lane),
+            permits=self.permits.permits_for(plate),
+            watchlist=self.permits.watch_for(plate),
         )
-        verdict = judge(facts, self.rules, weighing.measured_at)
+        if verdict.watchlist_hit and self.uplink is not None:
+            self.uplink.alarm(
+                "watchlist_hit",
+                f"lane {lane.number}: watch-listed plate {plate}",
+                {
+                    "plate": plate,
+                    "lane": lane.number,
+                    "measured_at": weighing.measured_at.isoformat(),
+                },
+            )
         scale_cfg = lane.scale
         ctx = RecordContext(
             station_id=self.config.station.id,
             scale_id=scale_cfg.id,
             accuracy_class=scale_cfg.accuracy_class,
             certificate=scale_cfg.certificate,
-            certificate_valid_until=scale_cfg.certificate_valid_until,
+            certificate_valid_until=(
+                scale_cfg.certificate_valid_until.isoformat()
+                if scale_cfg.certificate_valid_until
+                else ""
+            ),
             clock_synchronized=False,
             software_version=__version__,
         )
@@ -364,6 +379,42 @@ class Station:
         if self.on_stored is not None:
             self.on_stored(stored)
         return stored
+
+    def _facts(self, lane: Lane, weighing: VehicleWeighing, plate: str | None) -> VehicleFacts:
+        declared = VehicleClass(lane.vehicle_class)
+        known = {
+            "declared_class": declared,
+            "class_source": "lane" if declared != VehicleClass.UNKNOWN else "declared",
+            "plate": plate,
+        }
+        try:
+            return VehicleFacts.from_weighing(weighing, **known)
+        except InvalidFactsError as err:
+            # A device sent something impossible (e.g. spacings that do not fit the axle count):
+            # judge without the doubtful part and flag it, never guess.
+            log.error(
+                "lane %d scale %s: inconsistent weighing (%s); not judged on it",
+                lane.number,
+                weighing.scale_id,
+                err,
+            )
+            return VehicleFacts(
+                axle_loads_kg=tuple(max(0, int(a)) for a in weighing.axle_loads_kg),
+                gross_kg=max(0, int(weighing.gross_kg)),
+                flags=weighing.flags | {WeighingFlag.INCONSISTENT},
+                **known,  # type: ignore[arg-type]
+            )
+
+    @staticmethod
+    def _device_facts(lane: Lane) -> DeviceFacts:
+        s = lane.scale
+        return DeviceFacts(
+            accuracy_class=s.accuracy_class or None,
+            certificate_valid_until=s.certificate_valid_until,
+            min_speed_kmh=s.min_speed_kmh,
+            max_speed_kmh=s.max_speed_kmh,
+            scale_id=s.id,
+        )
 
     # -- health ------------------------------------------------------------------------------
 

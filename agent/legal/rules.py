@@ -17,10 +17,11 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import firmware_config
 from agent.domain import VehicleClass
 
 #: The rule tables shipped with the agent (used when ``[legal] rules_dir`` is not set).
-SHIPPED_RULES_DIR = Path(__file__).resolve().parents[2] / "firmware_config" / "legal"
+SHIPPED_RULES_DIR = firmware_config.ROOT / "legal"
 LIMITS_FILE = "limits.toml"
 AXLE_LIMITS_FILE = "axle_limits.toml"
 

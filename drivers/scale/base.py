@@ -16,7 +16,7 @@ import collections
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,8 +69,8 @@ class ScaleConfig(BaseModel):
     id: str = Field(default="scale-1", description="scale id written into every record")
     accuracy_class: str = Field(default="5", description="OIML R134 / JJG 907 accuracy class")
     certificate: str = Field(default="", description="verification certificate number")
-    certificate_valid_until: str = Field(
-        default="", description="verification expiry date, YYYY-MM-DD (empty: not recorded)"
+    certificate_valid_until: date | None = Field(
+        default=None, description="last day the verification certificate is valid (YYYY-MM-DD)"
     )
     min_speed_kmh: float = Field(default=0.0, description="lowest speed the approval covers")
     max_speed_kmh: float = Field(default=100.0, description="highest speed the approval covers")
