@@ -303,6 +303,21 @@ def _is_disk_full(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class _DiskFullError(Exception):
+    """SQLite ran out of space after the images were written: retry without them."""
+
+
+def _is_sqlite_full(err: BaseException) -> bool:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, sqlite3.Error) and (
+            getattr(cause, "sqlite_errorcode", None) == 13 or "full" in str(cause)  # SQLITE_FULL
+        ):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def enqueue_alarm(
     conn: sqlite3.Connection, *, alarm: str, at: datetime, message: str, **details: Any
 ) -> str:
@@ -397,6 +412,8 @@ class EvidenceStore:
         self.signer = signer
         #: False while the disk is below its reserve: records are stored without images.
         self.images_allowed = True
+        #: Free bytes a record's images must leave on the disk (set from ``reserve_free_mb``).
+        self.reserve_free_bytes = 0
         db.migrate("evidence", MIGRATIONS)
         db.migrate("outbox", outbox.MIGRATIONS)
 
@@ -421,7 +438,10 @@ class EvidenceStore:
             if path.name.endswith(TMP_SUFFIX) or rel not in known:
                 path.unlink(missing_ok=True)
                 removed += 1
-                log.warning("evidence: removed %s left by an interrupted write", rel)
+                log.warning(
+                    "evidence: removed %s: no live record names it (interrupted write or eviction)",
+                    rel,
+                )
         for d in sorted(self.images_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
@@ -443,8 +463,33 @@ class EvidenceStore:
         """Store one vehicle with its frames; returns the signed record.
 
         Returns only after the record is durable. Raises :class:`EvidenceError` when it cannot
-        be stored; nothing partial stays behind.
+        be stored; nothing partial stays behind. A disk too full for the images (by the
+        reserve, or an actual ENOSPC/SQLITE_FULL) stores the record without them.
         """
+        images_ok = self.images_allowed and self._room_for(event.frames)
+        try:
+            return self._commit(event, verdict, ctx, with_images=images_ok)
+        except _DiskFullError as full:
+            log.error(
+                "evidence: disk full committing a record with images; storing it without: %s",
+                full.__cause__,
+            )
+            return self._commit(event, verdict, ctx, with_images=False)
+
+    def _room_for(self, frames: tuple[Frame, ...]) -> bool:
+        """Whether the images fit above :attr:`reserve_free_bytes` (statvfs, no I/O wait)."""
+        if not frames or not self.reserve_free_bytes:
+            return True
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return True
+        needed = sum(len(f.jpeg) for f in frames) + self.reserve_free_bytes
+        return st.f_bavail * st.f_frsize >= needed
+
+    def _commit(
+        self, event: VehicleEvent, verdict: Verdict, ctx: RecordContext, *, with_images: bool
+    ) -> StoredRecord:
         w = event.weighing
         written: list[Path] = []
         try:
@@ -454,7 +499,7 @@ class EvidenceStore:
                 event_id = event_id_for(ctx.station_id, w.measured_at, seq)
                 flags: list[str] = []
                 images: list[dict[str, Any]] = []
-                if event.frames and not self.images_allowed:
+                if event.frames and not with_images:
                     flags.append(IMAGES_REFUSED)
                 elif event.frames:
                     try:
@@ -524,6 +569,8 @@ class EvidenceStore:
         except (OSError, sqlite3.Error, DatabaseError) as err:
             for p in written:  # renamed but never committed: not evidence
                 p.unlink(missing_ok=True)
+            if written and _is_sqlite_full(err):
+                raise _DiskFullError() from err
             if isinstance(err, OSError):
                 raise EvidenceError(f"cannot store the record's images: {err}") from err
             raise EvidenceError(f"cannot commit the record: {err}") from err
