@@ -451,12 +451,14 @@ class EvidenceStore:
         """``(last seq ever used, hash of the chain head)``."""
         row = conn.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()
         counter = int(row[0]) if row else 0
-        head = conn.execute(
-            "SELECT seq, hash FROM (SELECT seq, hash FROM records"
-            " UNION ALL SELECT seq, hash FROM records_pruned) ORDER BY seq DESC LIMIT 1"
+        kept = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        pruned = conn.execute(
+            "SELECT seq, hash FROM records_pruned ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        if head is None:
+        heads = [h for h in (kept, pruned) if h is not None]
+        if not heads:
             return counter, integrity.GENESIS
+        head = max(heads, key=lambda h: int(h[0]))
         return max(counter, int(head[0])), str(head[1])
 
     def commit(self, event: VehicleEvent, verdict: Verdict, ctx: RecordContext) -> StoredRecord:
