@@ -233,20 +233,24 @@ def axle_chart_svg(
             f'<text x="{x + bw / 2:.1f}" y="{h - pad + 16}" font-size="11" '
             f'text-anchor="middle">{label}</text>'
         )
-    gx = pad + (len(values) - 1) * slot if gross_kg is not None else pad
-    for line_kg, label, colour in lines:
+    for i, (line_kg, label, colour) in enumerate(lines):
         if line_kg is None:
             continue
         parts.append(
-            f'<line x1="{gx:.1f}" x2="{w - 10}" y1="{y(line_kg):.1f}" y2="{y(line_kg):.1f}" '
+            f'<line x1="{pad}" x2="{w - 10}" y1="{y(line_kg):.1f}" y2="{y(line_kg):.1f}" '
             f'stroke="{colour}" stroke-dasharray="6 3" stroke-width="2"/>'
         )
+        dy = 13 if i == 0 else -5  # limit below its line, limit + tolerance above its own
         parts.append(
-            f'<text x="{gx - 4:.1f}" y="{y(line_kg) + 4:.1f}" font-size="10" fill="{colour}" '
-            f'text-anchor="end">{label} {line_kg:,} kg</text>'
+            f'<text x="{pad + 6}" y="{y(line_kg) + dy:.1f}" font-size="11" fill="{colour}">'
+            f"{label} {line_kg:,} kg</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _kg(value: Any) -> str:
+    return "—" if value is None else f"{value:,} kg"
 
 
 def render_html(
@@ -318,10 +322,10 @@ def render_html(
         ("Gross", f"<b>{veh.get('gross_kg', 0):,} kg</b>"),
         (
             "Limit / tolerance",
-            f"{v.get('limit_kg')} kg / {v.get('tolerance_kg')} kg "
+            f"{_kg(v.get('limit_kg'))} / {_kg(v.get('tolerance_kg'))} "
             f"({e(str(v.get('tolerance_policy', '')))})",
         ),
-        ("Over the limit", f"{v.get('over_kg')} kg ({v.get('over_pct')} %)"),
+        ("Over the limit", f"{_kg(v.get('over_kg'))} ({v.get('over_pct')} %)"),
         ("Rule", e(str(v.get("rule")))),
         (
             "Scale",
