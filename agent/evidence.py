@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import integrity, outbox
 from agent.db import Database, DatabaseError
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
+from drivers.paths import ConfigPath
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class EvidenceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    signing_key: str = Field(
+    signing_key: ConfigPath = Field(
         default="",
         description="Ed25519 private key (PEM). Empty: $CREDENTIALS_DIRECTORY/signing-key, "
         "else keys/station.key in the data directory (created on first run).",

@@ -91,8 +91,9 @@ class Scale(ABC):
     Config: ClassVar[type[ScaleConfig]] = ScaleConfig
     RAW_TAIL = 32
 
-    def __init__(self, config: ScaleConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: ScaleConfig, clock: Clock | None = None, lane: int = 1) -> None:
         self.config = config
+        self.lane = lane
         self.clock: Clock = clock or SystemClock()
         self.health = ScaleHealth()
         self.raw_tail: collections.deque[bytes] = collections.deque(maxlen=self.RAW_TAIL)
