@@ -145,7 +145,7 @@ class AuditLog:
         )
         return counter
 
-    def record_change(  # noqa: PLR0917 (the station API the brief fixed)
+    def record_change(
         self, kind: str, key: str, old: Any, new: Any, at: datetime, actor: str
     ) -> int:
         """Append one change (values must be JSON-serialisable); returns its counter."""

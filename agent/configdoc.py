@@ -42,10 +42,10 @@ def _backends(title: str, registry: Registry[Any], skip: tuple[str, ...] = ()) -
         try:
             cls = registry.get(name)
         except Exception as err:  # noqa: BLE001 - a backend whose library is missing
-            out += [f"### {title} `type = \"{name}\"`", "", f"(not importable here: {err})", ""]
+            out += [f'### {title} `type = "{name}"`', "", f"(not importable here: {err})", ""]
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
-        out += [f"### {title} `type = \"{name}\"`", ""]
+        out += [f'### {title} `type = "{name}"`', ""]
         if doc:
             out += [doc[0], ""]
         out += [*table(cls.Config, skip), ""]

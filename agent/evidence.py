@@ -848,39 +848,44 @@ def locate(config_file: str | None, data_dir: str | None) -> tuple[Path, Evidenc
     """The data directory and ``[evidence]`` table for ``verify``/``export``/``keygen``.
 
     ``--data-dir`` wins over ``[station] data_dir`` in ``--config``; without either, the
-    packaged default ``/var/lib/roadside-agent``. Raises :class:`ConfigFileError`.
+    packaged default ``/var/lib/roadside-agent``. The config is read with the station's own
+    loader; if that rejects it (a technician may verify evidence on a station whose config is
+    broken), ``[station] data_dir`` and ``[evidence]`` are read from the raw TOML instead, with
+    a warning. Raises :class:`ConfigFileError`.
     """
-    evidence = EvidenceConfig()
-    config_dir: Path | None = None
-    if config_file:
-        table = _read_config(Path(config_file))
-        config_dir = table.get("station", {}).get("data_dir")
-        try:
-            evidence = EvidenceConfig.model_validate(table.get("evidence", {}))
-        except ValueError as err:
-            raise ConfigFileError(f"{config_file}: [evidence]: {err}") from err
-    if data_dir:
-        return Path(data_dir), evidence
-    if config_dir:
-        return Path(config_dir), evidence
-    return DEFAULT_DATA_DIR, evidence
-
-
-def _read_config(path: Path) -> dict[str, Any]:
+    if not config_file:
+        return (Path(data_dir) if data_dir else DEFAULT_DATA_DIR), EvidenceConfig()
+    path = Path(config_file)
     import importlib
 
     try:
-        # The supervisor's loader validates the whole config, when it exists in this build.
-        load_config = importlib.import_module("agent.config").load_config
-    except (ImportError, AttributeError):
-        load_config = None
-    if load_config is not None:
+        station_config = importlib.import_module("agent.config")
+    except ImportError:
+        station_config = None
+    if station_config is not None:
         try:
-            loaded = load_config(path)
+            loaded = station_config.load_config(path)
+            return Path(loaded.data_dir(data_dir)), loaded.evidence
         except Exception as err:
-            raise ConfigFileError(f"{path}: {err}") from err
-        dump = loaded.model_dump() if hasattr(loaded, "model_dump") else loaded
-        return dict(dump)
+            log.warning(
+                "%s does not validate (%s); reading only [station] and [evidence]",
+                path,
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
+    table = _read_toml(path)
+    try:
+        evidence = EvidenceConfig.model_validate(table.get("evidence", {}))
+    except ValueError as err:
+        raise ConfigFileError(f"{config_file}: [evidence]: {err}") from err
+    if data_dir:
+        return Path(data_dir), evidence
+    configured = table.get("station", {}).get("data_dir")
+    if configured:
+        return (path.parent / str(configured)).resolve(), evidence
+    return DEFAULT_DATA_DIR, evidence
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     import tomllib
 
     try:

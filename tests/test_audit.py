@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from crash_writer import CTX, T0, make_event, make_verdict, open_store
-
 from agent.audit import AuditLog, flatten
+from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 PARAMS = {
     "limits": {"table": "order62-2016", "6_axle_kg": 49000},

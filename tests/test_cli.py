@@ -23,5 +23,16 @@ def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str])
 
 def test_command_list_matches_design_contract() -> None:
     names = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
-    assert {"run", "check-config", "status", "events", "judge", "read-plate", "probe",
-            "keygen", "verify", "export", "diag"} <= names
+    assert {
+        "run",
+        "check-config",
+        "status",
+        "events",
+        "judge",
+        "read-plate",
+        "probe",
+        "keygen",
+        "verify",
+        "export",
+        "diag",
+    } <= names

@@ -45,7 +45,9 @@ def test_demo_config_is_valid() -> None:
 def test_fixed_keys_and_defaults() -> None:
     cfg = parse_config(GOOD)
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.prefix) == (
-        "127.0.0.1", 1883, "roadside/v1",
+        "127.0.0.1",
+        1883,
+        "roadside/v1",
     )
     assert cfg.lanes[1].scale.id == "wim-2"
 
@@ -69,7 +71,9 @@ def test_problem_in_second_lane_scale_names_that_lane_and_line() -> None:
 
 
 def test_unknown_backend_type_suggests_the_close_one() -> None:
-    lines = _problems(GOOD.replace('type = "simulated"\nid = "wim-1"', 'type = "simulatd"\nid = "wim-1"'))
+    lines = _problems(
+        GOOD.replace('type = "simulated"\nid = "wim-1"', 'type = "simulatd"\nid = "wim-1"')
+    )
     assert lines[0].startswith("station.toml:11  lanes[0].scale.type  'simulatd' →")
     assert "did you mean 'simulated'?" in lines[0]
 
@@ -112,8 +116,12 @@ def test_locate_handles_arrays_of_tables_and_dotted_keys() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=REPO,
-        timeout=60, check=False,
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
     )
 
 

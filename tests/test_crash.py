@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from crash_writer import open_store
 
 from agent.commands.verify import verify_data_dir
+from tests.crash_writer import open_store
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 KILLS = 20

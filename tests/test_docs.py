@@ -9,7 +9,9 @@ from .conftest import REPO
 
 def test_config_reference_is_up_to_date() -> None:
     current = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert current == render(), "docs/config.md is stale: python -m agent.configdoc > docs/config.md"
+    assert current == render(), (
+        "docs/config.md is stale: python -m agent.configdoc > docs/config.md"
+    )
 
 
 def test_readme_quick_start_is_exactly_two_commands() -> None:

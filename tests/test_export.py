@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from crash_writer import CTX, make_event, make_verdict, open_store
-from crash_writer import cli as main
 
 from agent.domain import VerdictStatus
+from tests.crash_writer import CTX, make_event, make_verdict, open_store
+from tests.crash_writer import cli as main
 
 
 class Page(HTMLParser):

@@ -8,13 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from crash_writer import CTX, make_event, make_verdict, open_store
-from crash_writer import cli as main
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import integrity
 from agent.evidence import EvidenceConfig, load_signer, signing_key_path
+from tests.crash_writer import CTX, make_event, make_verdict, open_store
+from tests.crash_writer import cli as main
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from crash_writer import T0
 
 from agent import legalid, timesync
+from tests.crash_writer import T0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adjtimex is Linux")
@@ -40,7 +40,7 @@ def test_unsynchronised_clock_raises_one_alarm_until_it_recovers() -> None:
 
 
 def test_outbox_alarm_is_queued(tmp_path: Path) -> None:
-    from crash_writer import open_store
+    from tests.crash_writer import open_store
 
     db, _store = open_store(tmp_path)
     mon = timesync.ClockMonitor(timesync.FakeClockSync(False), alarm=timesync.outbox_alarm(db))

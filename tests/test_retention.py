@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 from agent.commands.verify import verify_data_dir
 from agent.db import Database
@@ -18,6 +17,7 @@ from agent.domain import VerdictStatus
 from agent.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
 from agent.retention import MB, DiskUsage, Retention
 from drivers.clock import ManualClock
+from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 IMG = 300_000
 OVER = VerdictStatus.OVERLOADED

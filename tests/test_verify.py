@@ -8,13 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from crash_writer import CTX, T0, make_event, make_verdict, open_store
-from crash_writer import cli as main
 
 from agent.audit import AuditLog
 from agent.db import Database
 from agent.domain import VerdictStatus
 from agent.evidence import EvidenceStore
+from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
+from tests.crash_writer import cli as main
 
 
 @pytest.fixture
@@ -207,7 +207,18 @@ def test_no_database_exits_66(tmp_path: Path, capsys) -> None:
     assert "no station database" in capsys.readouterr().err
 
 
-def test_data_dir_from_config_file(station, capsys, tmp_path_factory) -> None:
+def test_data_dir_from_the_station_config(station, capsys, tmp_path_factory) -> None:
+    """The demo config, validated by the station's own loader, names the data directory."""
+    data_dir, *_ = station
+    demo = Path(__file__).resolve().parent.parent / "firmware_config" / "examples" / "demo.toml"
+    text = demo.read_text(encoding="utf-8").replace('"../../demo-data"', f'"{data_dir}"')
+    cfg = tmp_path_factory.mktemp("cfg") / "station.toml"
+    cfg.write_text(text.replace('"../../../shared/fixtures/plates/full"', f'"{demo.parent}"'))
+    assert main(["verify", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 5
+
+
+def test_data_dir_from_a_config_that_does_not_validate(station, capsys, tmp_path_factory) -> None:
     data_dir, *_ = station
     cfg = tmp_path_factory.mktemp("cfg") / "station.toml"
     cfg.write_text(f'[station]\nid = "JS-ZJ-0001"\ndata_dir = "{data_dir}"\n')
