@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +27,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, integrity
+from agent import __version__, audit, evidence, legalid, retention, timesync
 from agent.config import Lane, StationConfig
 from agent.db import Database
 from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
-from agent.evidence import EvidenceStore, RecordContext, StoredRecord, write_file_atomically
+from agent.evidence import (
+    EvidenceError,
+    EvidenceStore,
+    RecordContext,
+    StoredRecord,
+    write_file_atomically,
+)
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.permits import PermitBook
 from drivers.camera import CAMERAS, Camera
@@ -119,19 +126,51 @@ class Station:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.data_dir / "station.db")
-        self.signer = integrity.Signer(self._signing_key())
+        self.signer = evidence.load_signer(cfg.evidence, self.data_dir, create_if_missing=True)
         self.store = EvidenceStore(self.db, self.data_dir, self.signer)
         removed = self.store.recover()
         if removed:
             log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
         self.rules = load_rules(cfg.legal)
         self.permits = PermitBook(self.data_dir)
+        self.legal_id = legalid.legal_software_id()
+        self.audit = audit.AuditLog(self.db, self.signer)
+        first_run = self.audit.counter() == 0
+        changes = self.audit.reconcile(self._legal_parameters(), self.clock.now())
+        if first_run and changes:
+            log.info(
+                "audit: initial legally relevant parameters recorded (%d entries)", len(changes)
+            )
+        for change in [] if first_run else changes:
+            log.warning(
+                "audit: %s changed from %r to %r (event counter %d)",
+                change.key,
+                change.old,
+                change.new,
+                change.counter,
+            )
+            self._alarm(
+                "parameter_change",
+                f"legally relevant parameter {change.key} changed",
+                {
+                    "key": change.key,
+                    "old": change.old,
+                    "new": change.new,
+                    "audit_counter": change.counter,
+                },
+            )
+        self.clock_monitor = timesync.ClockMonitor(
+            timesync.clock_synchronized, alarm=timesync.outbox_alarm(self.db)
+        )
+        self.clock_monitor.poll(self.clock.now())
+        self.retention = retention.Retention(self.db, self.store, cfg.evidence, self.clock)
         self._start_plate_reader()
         self._start_uplink()
         for lane in cfg.lanes:
             self._start_lane(lane)
         self._spawn("pipeline", self._pipeline_loop)
         self._spawn("status", self._status_loop)
+        self._spawn("retention", lambda: self.retention.run(self.stop_event), watched=False)
         log.info(
             "station %s started: %d lane(s), data in %s, broker %s:%d",
             cfg.station.id,
@@ -141,22 +180,42 @@ class Station:
             cfg.uplink.port,
         )
 
-    def _signing_key(self) -> Any:
-        configured = self.config.evidence.signing_key
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if configured:
-            return integrity.load_key(Path(configured))
-        if creds and (Path(creds) / "signing-key").is_file():
-            return integrity.load_key(Path(creds) / "signing-key")
-        path = self.data_dir / "keys" / "station.key"
-        if path.is_file():
-            return integrity.load_key(path)
-        log.warning(
-            "evidence: no signing key configured; created %s — register its public key "
-            "with the platform (roadside-agent keygen prints it)",
-            path,
-        )
-        return integrity.generate_key(path)
+    def _legal_parameters(self) -> dict[str, Any]:
+        """What the audit log keeps under change control (WELMEC 7.2 style)."""
+        lanes = {f"lane{lane.number}": lane for lane in self.config.lanes}
+        return {
+            "limits": {"rules_version": self.rules.version},
+            "tolerance": self.config.legal.model_dump(mode="json"),
+            "scale": {
+                name: lane.scale.model_dump(
+                    mode="json", exclude={"certificate", "certificate_valid_until"}
+                )
+                for name, lane in lanes.items()
+            },
+            "calibration": {
+                name: {
+                    "accuracy_class": lane.scale.accuracy_class,
+                    "certificate": lane.scale.certificate,
+                    "certificate_valid_until": (
+                        lane.scale.certificate_valid_until.isoformat()
+                        if lane.scale.certificate_valid_until
+                        else None
+                    ),
+                }
+                for name, lane in lanes.items()
+            },
+            "software": {"version": __version__, "legal_id": self.legal_id},
+        }
+
+    def _alarm(self, kind: str, message: str, details: dict[str, Any]) -> None:
+        """Queue an alarm for the platform (it survives restarts in the outbox)."""
+        assert self.db is not None
+        with self.db.write() as conn:
+            evidence.enqueue_alarm(
+                conn, alarm=kind, at=self.clock.now(), message=message, **details
+            )
+        if self.uplink is not None:
+            self.uplink.wake()
 
     def _start_plate_reader(self) -> None:
         try:
@@ -199,8 +258,10 @@ class Station:
         self._scales[lane.number] = scale
         self._spawn(f"scale-lane{lane.number}", lambda: self._scale_loop(lane, scale))
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        self._beats[name] = StageBeat(name, self.clock.monotonic())
+    def _spawn(self, name: str, target: Callable[[], None], watched: bool = True) -> None:
+        """Start a named stage thread; ``watched`` stages must beat for the watchdog."""
+        if watched:
+            self._beats[name] = StageBeat(name, self.clock.monotonic())
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(t)
         t.start()
@@ -283,13 +344,44 @@ class Station:
             except queue.Empty:
                 continue
             try:
-                self.process(lane, weighing)
+                self._process_until_stored(lane, weighing)
             except Exception:
                 log.exception(
                     "lane %d: vehicle at %s not processed",
                     lane.number,
                     weighing.measured_at.isoformat(),
                 )
+
+    def _process_until_stored(self, lane: Lane, weighing: VehicleWeighing) -> None:
+        """Process one vehicle; when the store cannot commit, retry rather than lose it."""
+        attempt = 0
+        while True:
+            try:
+                self.process(lane, weighing)
+                if attempt:
+                    log.warning("evidence: storing works again (after %d attempt(s))", attempt)
+                return
+            except EvidenceError as err:
+                attempt += 1
+                if attempt == 1:
+                    log.error(
+                        "evidence: lane %d vehicle at %s not stored yet: %s",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                        err,
+                    )
+                else:
+                    log.debug("evidence: retry %d failed: %s", attempt, err)
+                self._beat("pipeline")
+                # keep retrying while running; on shutdown give it a last few tries
+                if self.stop_event.wait(min(30.0, 0.5 * 2**attempt)) and attempt >= 3:
+                    log.error(
+                        "evidence: lane %d vehicle at %s LOST at shutdown: %s",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                        err,
+                    )
+                    return
 
     def _frames(self, lane: Lane, at: datetime) -> list[Frame]:
         frames: list[Frame] = []
@@ -340,8 +432,8 @@ class Station:
             permits=self.permits.permits_for(plate),
             watchlist=self.permits.watch_for(plate),
         )
-        if verdict.watchlist_hit and self.uplink is not None:
-            self.uplink.alarm(
+        if verdict.watchlist_hit:
+            self._alarm(
                 "watchlist_hit",
                 f"lane {lane.number}: watch-listed plate {plate}",
                 {
@@ -361,8 +453,10 @@ class Station:
                 if scale_cfg.certificate_valid_until
                 else ""
             ),
-            clock_synchronized=False,
+            clock_synchronized=bool(self.clock_monitor.synchronized),
             software_version=__version__,
+            legal_id=self.legal_id,
+            audit_counter=self.audit.counter(),
         )
         self.counters.vehicles += 1
         try:
@@ -456,6 +550,12 @@ class Station:
             "uptime_s": round(now - self.started_mono, 1),
             "devices": devices,
             "stages": {n: round(now - b.last, 1) for n, b in self._beats.items()},
+            "clock": {
+                "synchronized": getattr(self, "clock_monitor", None)
+                and self.clock_monitor.synchronized
+            },
+            "legal_id": getattr(self, "legal_id", ""),
+            "disk": self._disk(),
             "vehicles": {
                 "seen": self.counters.vehicles,
                 "stored": self.counters.stored,
@@ -464,10 +564,25 @@ class Station:
             },
         }
 
+    def _disk(self) -> dict[str, Any]:
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+        except OSError as err:
+            return {"error": str(err)}
+        out: dict[str, Any] = {"free_bytes": usage.free, "total_bytes": usage.total}
+        ret = getattr(self, "retention", None)
+        if ret is not None:
+            try:
+                out["evicted"] = ret.stats()
+            except Exception as err:
+                out["evicted"] = {"error": str(err)}
+        return out
+
     def _status_loop(self) -> None:
         while not self.stop_event.wait(2.0):
             self._beat("status")
             try:
+                self.clock_monitor.poll(self.clock.now())
                 self._write_status()
             except Exception:
                 log.exception("status file not written")

@@ -22,7 +22,7 @@ def _resolve(value: str, info: ValidationInfo) -> str:
     base = (info.context or {}).get("base_dir") if info.context else None
     if base is None or os.path.isabs(expanded):
         return expanded
-    return str(Path(base) / expanded)
+    return os.path.normpath(Path(base) / expanded)
 
 
 ConfigPath = Annotated[str, AfterValidator(_resolve)]
