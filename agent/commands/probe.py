@@ -230,7 +230,7 @@ def probe_scale(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         try:
-            scale = cls(config)  # type: ignore[call-arg]
+            scale = cls(config)
         except ScaleError as err:
             print(f"probe: {err}", file=sys.stderr)
             return EX_CONFIG
