@@ -14,6 +14,7 @@ Fault injection: :meth:`set_silent` makes the device stop answering (a dead devi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -267,3 +268,34 @@ class ModbusDeviceSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m drivers.scale.modbus_sim [--map NAME] [--port N] [--kg W]``: serve until
+    stdin closes; prints the TCP port on the first line (for benchmarks and demos)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="simulated Modbus indicator")
+    parser.add_argument("--map", default="generic")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--kg", type=float, default=None, help="constant weight (default: trucks)")
+    args = parser.parse_args(argv)
+    if args.kg is not None:
+        script = constant(args.kg)
+    else:
+        from drivers.scale.trace import TruckPass, axle_scale_trace
+
+        truck = TruckPass((7100, 9800, 9700, 11800, 11900, 11700), (3400, 1350, 7100, 1310, 1310))
+        script = playback(axle_scale_trace(truck))
+    sim = ModbusDeviceSimulator(args.map, script, host=args.host, port=args.port).start()
+    print(sim.port, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.stdin.read()
+    sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
