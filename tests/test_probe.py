@@ -141,8 +141,9 @@ def test_probe_ports_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(result["ports"], list)
 
 
-def test_probe_simulate(capsys: pytest.CaptureFixture[str]) -> None:
-    code = run_probe(["scale", "--type", "modbus_tcp", "--simulate", "--seconds", "0.5", "--json"])
+@pytest.mark.parametrize("kind", ["modbus_tcp", "xk3190", "toledo"])
+def test_probe_simulate(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_probe(["scale", "--type", kind, "--simulate", "--seconds", "0.6", "--json"])
     assert code == 0
     result = last_json(capsys.readouterr().out)
     assert result["reading_count"]

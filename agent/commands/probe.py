@@ -70,7 +70,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument(
         "--simulate",
         action="store_true",
-        help="modbus_tcp only: start a simulated indicator with a truck crossing and read it",
+        help="read a simulated twin of --type (modbus_tcp, xk3190, toledo, wim_lines) instead "
+        "of hardware: a truck crossing the scale",
     )
     s.set_defaults(func=run)
     ports = what.add_parser("ports", help="list serial ports and their /dev/serial/by-id names")
@@ -203,11 +204,11 @@ def probe_scale(args: argparse.Namespace) -> int:
         return EX_USAGE
     sim = None
     if args.simulate:
-        if settings["type"] != "modbus_tcp":
-            print("probe: --simulate works with --type modbus_tcp", file=sys.stderr)
+        try:
+            sim = _start_simulator(settings)
+        except ValueError as err:
+            print(f"probe: {err}", file=sys.stderr)
             return EX_USAGE
-        sim = _start_simulator(str(settings.get("map", "generic")))
-        settings["host"], settings["port"] = "127.0.0.1", sim.port
     try:
         cls = SCALES.get(str(settings["type"]))
         config = cls.Config.model_validate(settings)
@@ -307,6 +308,9 @@ def _summary(r: dict[str, Any]) -> None:
     print("last raw frames (hex):")
     for frame in r["raw_tail"] or ["(none)"]:
         print(f"  {frame}")
+        text = _as_text(frame)
+        if text:
+            print(f"    = {text!r}")
     if not r["reading_count"]:
         print(
             "verdict: NO READINGS. Check the port name (roadside-agent probe ports), cable and "
@@ -319,12 +323,60 @@ def _summary(r: dict[str, Any]) -> None:
         print("verdict: OK. Compare the gross with the indicator's display (unit and decimals).")
 
 
-def _start_simulator(map_name: str) -> Any:
-    from drivers.scale.modbus_sim import ModbusDeviceSimulator, playback
-    from drivers.scale.trace import TruckPass, axle_scale_trace
+class _StreamSim:
+    """A continuous-output twin on a pty in a temporary folder."""
 
-    truck = TruckPass((7100, 9800, 9700, 11800, 11900, 11700), (3400, 1350, 7100, 1310, 1310), 6)
-    return ModbusDeviceSimulator(map_name, playback(axle_scale_trace(truck))).start()
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import tempfile
+
+        from drivers.scale import stream_sim
+        from drivers.scale.pty import PtyPair
+
+        self.dir = tempfile.TemporaryDirectory(prefix="probe-sim-")
+        self.pty = PtyPair(Path(self.dir.name) / "ttySIM0")
+        kind = settings["type"]
+        if kind == "wim_lines":
+            self.talker = stream_sim.wim_controller(self.pty.write)
+        else:
+            unit = str(settings.get("unit", "kg"))
+            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit)
+        self.talker.start()
+        settings["port"] = str(self.pty.path)
+
+    def stop(self) -> None:
+        self.talker.stop()
+        self.pty.close()
+        self.dir.cleanup()
+
+
+def _as_text(hex_frame: str) -> str:
+    """The frame as text when it is printable ASCII (record lines), else ''."""
+    try:
+        data = bytes.fromhex(hex_frame)
+    except ValueError:
+        return ""
+    if data and all(32 <= b < 127 or b in (9, 10, 13) for b in data):
+        return data.decode("ascii")
+    return ""
+
+
+def _start_simulator(settings: dict[str, Any]) -> Any:
+    """Start the simulated twin of ``settings["type"]`` and point the settings at it."""
+    from drivers.scale.modbus_sim import ModbusDeviceSimulator, playback
+    from drivers.scale.stream_sim import SIX_AXLE
+    from drivers.scale.trace import axle_scale_trace
+
+    kind = settings["type"]
+    if kind in ("xk3190", "toledo", "wim_lines"):
+        return _StreamSim(settings)
+    if kind not in ("modbus_tcp", "wim_modbus"):
+        raise ValueError(f"--simulate has no twin for {kind!r} (try modbus_tcp, xk3190, toledo)")
+    default_map = "generic_wim" if kind == "wim_modbus" else "generic"
+    sim = ModbusDeviceSimulator(
+        str(settings.get("map", default_map)), playback(axle_scale_trace(SIX_AXLE))
+    ).start()
+    settings["host"], settings["port"] = "127.0.0.1", sim.port
+    return sim
 
 
 # ----- ports -------------------------------------------------------------------------------

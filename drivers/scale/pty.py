@@ -24,6 +24,9 @@ class PtyPair:
 
     def plug(self) -> None:
         master, slave = os.openpty()
+        # A simulator writing while nobody reads must not block: writes fail instead (and
+        # :meth:`write` returns 0), like bytes lost on a line with no listener.
+        os.set_blocking(master, False)
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO

@@ -158,7 +158,12 @@ class StreamScale(Scale, Generic[F]):
                         continue
                     self._rejects_in_row = 0
                     self.frames += 1
-                    m = self._measurement(item)
+                    try:
+                        m = self._measurement(item)
+                    except Exception as err:  # a frame must never kill the reader thread
+                        self.rejects["decode error"] += 1
+                        log.error("%s: cannot decode %r: %s", self.device, item, err)
+                        continue
                     if m is not None:
                         self._pending.append(m)
                 if self._rejects_in_row >= self.config.garbage_frames:
