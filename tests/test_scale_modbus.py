@@ -267,3 +267,49 @@ def test_rtu_over_pty_and_replug(tmp_path: Path) -> None:
         sim.stop()
         proc.terminate()
         proc.wait(5)
+
+
+@needs_socat
+def test_rtu_dead_device_on_the_bus_does_not_stall_the_other(tmp_path: Path) -> None:
+    dev, peer = tmp_path / "ttyUSB-bus", tmp_path / "ttyUSB-peer"
+    proc = _socat(dev, peer)
+    sim = ModbusDeviceSimulator(
+        "generic", constant(9000.0), device_ids=(1, 5), serial_port=str(peer), baudrate=38400
+    ).start()
+    sim.set_silent(5)
+
+    def config(device_id: int) -> ModbusRtuConfig:
+        return ModbusRtuConfig(
+            type="modbus_rtu",
+            port=str(dev),
+            baudrate=38400,
+            device_id=device_id,
+            poll_interval_s=0.0,
+            timeout_s=0.2,
+        )
+
+    good, dead = ModbusRtuScale(config(1)), ModbusRtuScale(config(5))
+    assert good.link is dead.link
+
+    def good_rate(seconds: float, with_dead: bool) -> float:
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if with_dead:
+                with contextlib.suppress(ScaleError):
+                    dead.recv(0.0)
+            n += isinstance(good.recv(0.5), WeightSample)
+        return n / seconds
+
+    try:
+        next_sample(good)
+        alone = good_rate(1.0, with_dead=False)
+        shared = good_rate(2.0, with_dead=True)
+        assert dead.health.state == "fault"
+        assert "no answer" in dead.health.last_error
+        assert shared >= 0.5 * alone, (alone, shared)
+    finally:
+        good.shutdown()
+        dead.shutdown()
+        sim.stop()
+        proc.terminate()
+        proc.wait(5)

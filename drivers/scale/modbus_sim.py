@@ -90,7 +90,10 @@ class ModbusDeviceSimulator:
         self.detector_occupied = occupied
 
     def set_silent(self, device_id: int, silent: bool = True) -> None:
-        """Make ``device_id`` stop answering (a dead device on the bus) or answer again."""
+        """Make ``device_id`` stop answering (a dead device on the bus) or answer again.
+
+        On a serial line it stays silent (the client times out); over TCP it answers with
+        exception 0x0B, as a Modbus gateway does for a dead device behind it."""
         if silent:
             self.silent_ids.add(device_id)
         else:
@@ -173,7 +176,12 @@ class ModbusDeviceSimulator:
 
         self.requests += 1
         if device_id in self.silent_ids:
-            return ExcCodes.GATEWAY_NO_RESPONSE
+            if self.serial_port is not None:
+                # On RS-485 a dead device is silence: the client times out.
+                from pymodbus.exceptions import NoSuchIdException
+
+                raise NoSuchIdException(f"device {device_id} is silent")
+            return ExcCodes.GATEWAY_NO_RESPONSE  # what a TCP gateway answers for it
         if function_code == 2:
             spec = self.map.detector
             level = self.detector_occupied
