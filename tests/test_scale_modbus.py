@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import subprocess
 import time
@@ -313,3 +314,43 @@ def test_rtu_dead_device_on_the_bus_does_not_stall_the_other(tmp_path: Path) -> 
         sim.stop()
         proc.terminate()
         proc.wait(5)
+
+
+def test_fault_log_once_then_debug_then_recovery(
+    tcp_sim: ModbusDeviceSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.scale.modbus")
+    scale = tcp_scale(tcp_sim, device_id=2, reconnect_max_s=0.2)
+    tcp_sim.set_silent(2)
+    try:
+        for _ in range(3):
+            with contextlib.suppress(ScaleError):
+                scale.recv(1.0)
+        tcp_sim.set_silent(2, False)
+        next_sample(scale)
+    finally:
+        scale.shutdown()
+    records = [r for r in caplog.records if r.name == "drivers.scale.modbus"]
+    levels = [r.levelno for r in records]
+    assert levels[0] == logging.ERROR
+    assert levels.count(logging.ERROR) == 1
+    assert logging.DEBUG in levels[1:]
+    assert levels[-1] == logging.WARNING
+    first = records[0].getMessage()
+    assert "unit 2" in first and f"tcp://127.0.0.1:{tcp_sim.port}" in first
+    assert "02 83 0b" in first, "the raw answer is in the log line"
+
+
+def test_bad_register_maps_name_the_file_and_the_key(tmp_path: Path) -> None:
+    from drivers.scale.base import ScaleConfigError
+
+    with pytest.raises(ScaleConfigError, match=r"not found.*known: .*generic"):
+        load_map("no_such_indicator")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[weight]\naddress = 0\ntype = "int24"\n', encoding="utf-8")
+    with pytest.raises(ScaleConfigError, match=r"bad\.toml: weight\.type"):
+        load_map(str(bad))
+    far = tmp_path / "far.toml"
+    far.write_text("[weight]\naddress = 0\n[status]\naddress = 300\n", encoding="utf-8")
+    with pytest.raises(ScaleConfigError, match="one Modbus read"):
+        load_map(str(far)).weight_block()

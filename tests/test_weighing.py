@@ -271,3 +271,36 @@ def test_simulated_lane_feeds_the_stage() -> None:
     for w in out:
         assert w.gross_kg == sum(w.axle_loads_kg)
         assert "sim" in w.raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.001, 2.0),
+            st.floats(-2000, 80000, allow_nan=False),
+            st.booleans(),
+            st.sampled_from([None, True, False]),
+        ),
+        max_size=300,
+    ),
+    st.sampled_from(["axle", "static"]),
+)
+def test_any_stream_never_crashes_and_sums_hold(
+    steps: list[tuple[float, float, bool, bool | None]], mode: str
+) -> None:
+    """Arbitrary weights, gaps and detector edges: no exception, and what comes out is whole."""
+    stage = WeighingStage(1, SCALE, WeighingConfig(mode=mode))  # type: ignore[arg-type]
+    t = T0
+    out: list[VehicleWeighing] = []
+    for dt, kg, stable, edge in steps:
+        t += timedelta(seconds=dt)
+        if edge is not None:
+            out += stage.feed(DetectorEdge(at=t, occupied=edge))
+        out += stage.feed(WeightSample(at=t, gross_kg=kg, stable=stable))
+        out += stage.flush(t)
+    out += stage.flush(t + timedelta(hours=1))
+    for w in out:
+        if w.axle_loads_kg:
+            assert w.gross_kg == sum(w.axle_loads_kg)
+        assert len(w.axle_spacings_mm) in (0, max(0, w.axle_count - 1))

@@ -36,6 +36,10 @@ from drivers.scale.registermap import RegisterMap, load_map
 from drivers.scale.serial_line import ModbusLink, acquire_link, release_link
 
 log = logging.getLogger(__name__)
+# pymodbus logs every timeout and failed connect at ERROR, with neither device name nor bytes;
+# a dead indicator polled 20 times a second would flood the journal. Our FaultLog reports the
+# same failures once, with the device, the line and the raw frames.
+logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
 
 
 class ModbusScaleConfig(ScaleConfig):
