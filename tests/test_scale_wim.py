@@ -43,6 +43,7 @@ def test_wim_modbus_reads_a_record_when_the_counter_changes(wim_sim: ModbusDevic
     )
     with WimModbusScale(cfg, lane=2) as scale:
         assert scale.recv(0.2) is None
+        assert scale.health.state == "ok", "a quiet road with a live controller is healthy"
         wim_sim.push_record(SIX_AXLES, axle_spacings_mm=SIX_SPACINGS, speed_kmh=38.5, lane=2)
         rec = next_record(scale)
         assert rec.axle_loads_kg == tuple(SIX_AXLES)

@@ -179,6 +179,12 @@ class Scale(ABC):
         if data:
             self.raw_tail.append(bytes(data))
 
+    def _alive(self) -> None:
+        """The device answered correctly though no measurement came (a WIM controller's
+        unchanged record counter, a quiet road): health is "ok" again."""
+        self.health.state = "ok"
+        self.health.last_good_at = self.clock.now()
+
     def raw_tail_hex(self, limit: int = 8) -> str:
         """The last raw frames as hex, for error messages and ``probe``."""
         return hex_tail(self.raw_tail, limit)

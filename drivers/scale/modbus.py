@@ -168,6 +168,7 @@ class ModbusPoller(Scale):
             self.fault_log.success()
             if measurement is not None:
                 return measurement
+            self._alive()
             if self._pending:
                 return self._pending.popleft()
             if deadline is not None and self.clock.monotonic() >= deadline:
