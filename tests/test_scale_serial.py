@@ -299,3 +299,33 @@ def test_one_owner_per_port(pty: PtyPair) -> None:
     finally:
         a.shutdown()
     ToledoScale(ToledoConfig(type="toledo", port=str(pty.path))).shutdown()
+
+
+def test_stream_scale_with_a_modbus_detector() -> None:
+    """An XK3190 axle scale whose loop detector sits on a Modbus I/O module."""
+    from drivers.scale import DetectorEdge
+    from drivers.scale.modbus_sim import ModbusDeviceSimulator
+
+    io = ModbusDeviceSimulator("generic").start()
+    cfg = Xk3190Config.model_validate(
+        {
+            "type": "xk3190",
+            "port": "loop://",
+            "detector": {"host": "127.0.0.1", "port": io.port, "poll_interval_s": 0.02},
+        }
+    )
+    scale = Xk3190Scale(cfg)
+    try:
+        scale.stream.write(xk3190.encode(5000, 0))
+        assert first_sample(scale).gross_kg == 5000
+        io.set_detector(True)
+        edges: list[DetectorEdge] = []
+        deadline = time.monotonic() + 3
+        while not edges and time.monotonic() < deadline:
+            m = scale.recv(0.2)
+            if isinstance(m, DetectorEdge):
+                edges.append(m)
+        assert edges and edges[0].occupied
+    finally:
+        scale.shutdown()
+        io.stop()

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.clock import Clock
 from drivers.scale.base import (
@@ -31,6 +31,7 @@ from drivers.scale.base import (
     ScaleConfig,
     ScaleError,
     WeightSample,
+    hex_tail,
 )
 from drivers.scale.registermap import RegisterMap, load_map
 from drivers.scale.serial_line import ModbusLink, acquire_link, release_link
@@ -273,3 +274,90 @@ class ModbusRtuScale(ModbusIndicator):
 
     def __init__(self, config: ModbusRtuConfig, clock: Clock | None = None, lane: int = 1):
         super().__init__(config, clock, lane, config.port, rtu_link_factory(config))
+
+
+class ModbusDetectorConfig(BaseModel):
+    """A vehicle detector (loop / light curtain) on a Modbus I/O module's discrete input, for
+    lanes whose scale is not itself on Modbus (XK3190, Toledo)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="", description="I/O module IP address (Modbus TCP); empty: RTU")
+    port: int | str = Field(
+        default=502, description="TCP port with host, else the serial port / pyserial URL (RTU)"
+    )
+    baudrate: int = Field(default=9600, description="bits per second (RTU)")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O (RTU)")
+    device_id: int = Field(default=1, ge=0, le=247, description="Modbus unit / slave address")
+    address: int = Field(default=0, ge=0, le=65535, description="discrete input address (02)")
+    occupied_when: bool = Field(default=True, description="input level meaning 'vehicle'")
+    poll_interval_s: float = Field(default=0.05, ge=0, description="time between polls")
+    timeout_s: float = Field(default=0.3, gt=0, description="answer timeout")
+
+
+class ModbusDetector:
+    """Polls one discrete input and reports its changes as :class:`DetectorEdge` s.
+
+    A failure is logged (FaultLog) and retried after a backoff; it never stops the scale it
+    belongs to, whose weight stream stays usable without the detector.
+    """
+
+    def __init__(
+        self, config: ModbusDetectorConfig, clock: Clock, tail: collections.deque[bytes], owner: str
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.tail = tail
+        if config.host:
+            key = f"tcp://{config.host}:{config.port}"
+            factory = tcp_link_factory(config.host, int(config.port), config.timeout_s, 0)
+        else:
+            key = str(config.port)
+            factory = rtu_link_factory(
+                ModbusRtuConfig(
+                    type="modbus_rtu",
+                    port=str(config.port),
+                    baudrate=config.baudrate,
+                    parity=config.parity,
+                    timeout_s=config.timeout_s,
+                )
+            )
+        self.device = f"{owner} detector ({key} unit {config.device_id} input {config.address})"
+        self.link = acquire_link(key, factory, self.device)
+        self.backoff = Backoff(clock, first_s=0.2, max_s=2.0)
+        self.fault_log = FaultLog(log, self.device)
+        self.occupied: bool | None = None
+        self._next = 0.0
+        self.last_error = ""
+
+    def poll(self) -> DetectorEdge | None:
+        """Poll when due; the edge if the input changed."""
+        now = self.clock.monotonic()
+        if now < self._next or not self.backoff.ready():
+            return None
+        self._next = now + self.config.poll_interval_s
+        cfg = self.config
+
+        def fn(client: Any) -> Any:
+            return client.read_discrete_inputs(cfg.address, count=1, device_id=cfg.device_id)
+
+        try:
+            response = self.link.call(self.tail, f"read detector input {cfg.address}", fn)
+        except ScaleError as err:
+            delay = self.backoff.failed()
+            self.last_error = f"{err}; next attempt in {delay:.1f} s"
+            self.fault_log.failure(self.last_error, hex_tail(self.tail))
+            return None
+        self.backoff.succeeded()
+        self.fault_log.success()
+        occupied = bool(response.bits[0]) == cfg.occupied_when
+        if occupied == self.occupied:
+            return None
+        first = self.occupied is None
+        self.occupied = occupied
+        if first and not occupied:
+            return None
+        return DetectorEdge(at=self.clock.now(), occupied=occupied)
+
+    def release(self) -> None:
+        release_link(self.link)

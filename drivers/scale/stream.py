@@ -29,6 +29,7 @@ from drivers.scale.base import (
     ScaleError,
     WeightSample,
 )
+from drivers.scale.modbus import ModbusDetector, ModbusDetectorConfig
 from drivers.scale.serial_line import LinkError, SerialStream
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class SerialScaleConfig(ScaleConfig):
     )
     reconnect_max_s: float = Field(
         default=2.0, gt=0, description="longest wait between attempts to reopen the port"
+    )
+    detector: ModbusDetectorConfig | None = Field(
+        default=None,
+        description="vehicle detector on a Modbus I/O module's discrete input "
+        "([lanes.scale.detector]: host/port, device_id, address)",
     )
 
 
@@ -109,6 +115,15 @@ class StreamScale(Scale, Generic[F]):
         self._rejects_in_row = 0
         self.rejects: collections.Counter[str] = collections.Counter()
         self.frames = 0
+        self.detector: ModbusDetector | None = None
+        if config.detector is not None:
+            try:
+                self.detector = ModbusDetector(
+                    config.detector, self.clock, self.raw_tail, self.device
+                )
+            except BaseException:
+                self.stream.release()
+                raise
 
     def _make_framer(self) -> Framer[F]:
         raise NotImplementedError
@@ -141,7 +156,15 @@ class StreamScale(Scale, Generic[F]):
                 if self._closed.wait(wait):
                     return None
                 continue
-            slice_s = 0.1 if remaining is None else max(0.0, min(0.1, remaining))
+            if self.detector is not None:
+                edge = self.detector.poll()
+                if edge is not None:
+                    return edge
+                slice_s = min(0.1, max(0.005, self.detector.config.poll_interval_s))
+            else:
+                slice_s = 0.1
+            if remaining is not None:
+                slice_s = max(0.0, min(slice_s, remaining))
             try:
                 data = self.stream.read(slice_s)
             except LinkError as err:
@@ -190,6 +213,8 @@ class StreamScale(Scale, Generic[F]):
 
     def _shutdown_internal(self) -> None:
         self.stream.release()
+        if self.detector is not None:
+            self.detector.release()
 
 
 class Stability:
