@@ -2,7 +2,8 @@
 
 A pure state machine, no I/O, no threads, no clock reads: the daemon's scale thread feeds it
 what ``Scale.recv`` returned and calls :meth:`WeighingStage.flush` with the current time when
-``recv`` times out, so vehicles that ended with a quiet gap come out too::
+``recv`` times out, so vehicles that ended with a quiet gap come out too (a streaming
+indicator's own samples also advance the gap rule, by their ``at``)::
 
     stage = WeighingStage(lane=1, scale=scale.config, config=WeighingConfig(mode="axle"))
     while not stop.is_set():
@@ -162,7 +163,9 @@ class WeighingStage:
         if mode == "wim":
             log.debug("lane %d: weight sample ignored in wim mode", self.lane)
             return []
-        return self._axle_sample(m)
+        out = self._axle_sample(m)
+        # An indicator streams all the time: its samples are the clock for the gap rule.
+        return out + self.flush(m.at) if self._vehicle is not None else out
 
     def flush(self, now: datetime) -> list[VehicleWeighing]:
         """Close a vehicle whose gap (or detector) timed out at ``now``."""
