@@ -154,3 +154,45 @@ def test_wim_lines_json() -> None:
         assert rec.lane == 3
     finally:
         scale.shutdown()
+
+
+def test_wim_lines_captured_kv_stream() -> None:
+    """Regression: CRLF lines, an empty line, a noisy line, a line cut by a disconnect."""
+    from pathlib import Path
+
+    data = (Path(__file__).parent / "fixtures" / "scale" / "wim_kv_t.txt").read_bytes()
+    cfg = WimLinesConfig(
+        type="wim_lines",
+        port="loop://",
+        format="kv",
+        fields={
+            "gross_kg": "GW",
+            "axle_count": "AX",
+            "axle_loads_kg": "AW",
+            "axle_spacings_mm": "SP",
+            "speed_kmh": "V",
+            "lane": "LANE",
+            "flags": "ST",
+        },
+        flag_map={"OK": "", "STRADDLE": "straddling"},
+        weight_unit="t",
+        spacing_unit="m",
+        list_separator="/",
+    )
+    scale = WimLinesScale(cfg)
+    records: list[WimRecord] = []
+    try:
+        scale.stream.write(data)
+        deadline = time.monotonic() + 3
+        while len(records) < 3 and time.monotonic() < deadline:
+            m = scale.recv(0.2)
+            if isinstance(m, WimRecord):
+                records.append(m)
+    finally:
+        scale.shutdown()
+    assert [r.gross_kg for r in records] == [18200, 61940, 24960]
+    assert records[1].axle_loads_kg == (7120, 9810, 9700, 11800, 11810, 11700)
+    assert records[1].axle_spacings_mm == (3400, 1350, 7100, 1310, 1310)
+    assert records[1].lane == 2
+    assert records[2].flags == {"straddling"}
+    assert not records[0].flags

@@ -64,6 +64,11 @@ class WimLinesConfig(SerialScaleConfig):
     fields: dict[str, str] = Field(
         default_factory=dict, description="our field → the controller's key (kv, json)"
     )
+    flag_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="the controller's status words → our flags (straddling, fault, "
+        "out_of_range; '' drops one, e.g. OK = '')",
+    )
     weight_unit: Literal["kg", "t", "10kg"] = Field(
         default="kg", description="unit of loads and gross in the line"
     )
@@ -218,7 +223,10 @@ class WimLinesScale(StreamScale[Line]):
             count = int(_number(v["axle_count"], "axle count"))
             raw["axle_count"] = count
         if "flags" in v:
-            flags |= {f for f in str(v["flags"]).replace(cfg.list_separator, " ").split() if f}
+            for word in str(v["flags"]).replace(cfg.list_separator, " ").split():
+                mapped = cfg.flag_map.get(word, word)
+                if mapped:
+                    flags.add(mapped)
         if "time" in v:
             raw["time"] = v["time"]
         speed = _number(v["speed_kmh"], "speed") if "speed_kmh" in v else None
