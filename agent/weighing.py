@@ -77,6 +77,12 @@ class WeighingConfig(BaseModel):
     detector_timeout_s: float = Field(
         default=300.0, gt=0, description="a detector occupied this long closes the vehicle"
     )
+    detector_hold_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="after the detector goes free, axles starting within this time still "
+        "belong to the vehicle (a loop that ends before the platform)",
+    )
     max_axles: int = Field(default=6, ge=1, description="more axles than this is flagged")
     min_axle_kg: float = Field(default=1000.0, ge=0, description="a lighter axle is flagged")
     plateau_band_pct: float = Field(
@@ -131,6 +137,7 @@ class _Vehicle:
     spikes: int = 0
     last_activity: datetime | None = None
     detector: bool = False  # opened by the detector
+    free_at: datetime | None = None  # the detector went free
 
 
 class WeighingStage:
@@ -173,6 +180,10 @@ class WeighingStage:
         if v is None or self._axle is not None:
             return []
         cfg = self.config
+        if v.free_at is not None and not self._detector:
+            if (now - v.free_at).total_seconds() >= cfg.detector_hold_s:
+                return self._close()
+            return []
         if self._detector_seen and self._detector:
             since = self._detector_since or v.started
             if (now - since).total_seconds() >= cfg.detector_timeout_s:
@@ -255,13 +266,15 @@ class WeighingStage:
                 self._vehicle = _Vehicle(started=e.at, detector=True, last_activity=e.at)
             else:
                 self._vehicle.detector = True
+                self._vehicle.free_at = None
             self._detector_since = e.at
         elif not e.occupied and self._detector:
             v = self._vehicle
+            self._detector = False
             if v is not None:
                 v.last_activity = e.at
-                if self._axle is None:
-                    out += self._close()
+                v.free_at = e.at
+                out += self.flush(e.at)
         self._detector = e.occupied
         return out
 
@@ -308,13 +321,8 @@ class WeighingStage:
                 a.end = s.at
                 self._axle = None
                 self._finish_axle(a)
-                if (
-                    self._vehicle is not None
-                    and self._detector_seen
-                    and not self._detector
-                    and self._vehicle.detector
-                ):
-                    out += self._close()
+                if self._vehicle is not None and self._vehicle.free_at is not None:
+                    out += self.flush(s.at)
         else:
             a.below_since = None
         return out

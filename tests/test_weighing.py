@@ -332,3 +332,21 @@ def test_end_to_end_modbus_axle_scale() -> None:
         sim.stop()
     assert len(out) == 1
     assert_loads(out[0], truck, pct=4.0)
+
+
+def test_loop_ending_before_the_platform_with_detector_hold() -> None:
+    """The loop frees while the last axle is still approaching: detector_hold_s keeps it."""
+    trace = axle_scale_trace(DUMP, seed=14)
+    starts = [t for (t, kg), (_, prev) in zip(trace[1:], trace, strict=False) if prev < 500 <= kg]
+    free_at = starts[-1] - 0.5  # half a second before the last axle reaches the platform
+    items: list[WeightSample | DetectorEdge] = list(samples(trace))
+    items += [
+        DetectorEdge(at=T0, occupied=True),
+        DetectorEdge(at=T0 + timedelta(seconds=free_at), occupied=False),
+    ]
+    strict = run(WeighingStage(1, SCALE, WeighingConfig(mode="axle")), list(items))
+    assert [w.axle_count for w in strict] == [2, 1]
+    assert WeighingFlag.INCONSISTENT in strict[1].flags, "an axle with the detector free"
+    held = run(WeighingStage(1, SCALE, WeighingConfig(mode="axle", detector_hold_s=2.0)), items)
+    assert len(held) == 1
+    assert_loads(held[0], DUMP)
