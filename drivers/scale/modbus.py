@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -134,6 +135,7 @@ class ModbusPoller(Scale):
         self._pending: collections.deque[Measurement] = collections.deque()
         self._next_poll = 0.0
         self._detector_occupied: bool | None = None
+        self._requests: dict[tuple[int, int, str], tuple[str, Callable[[Any], Any]]] = {}
 
     def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
         if self._pending:
@@ -178,7 +180,8 @@ class ModbusPoller(Scale):
     def _poll(self) -> Measurement | None:
         raise NotImplementedError
 
-    def _read_registers(self, start: int, count: int, what: str) -> list[int]:
+    def _request(self, start: int, count: int, what: str) -> tuple[str, Callable[[Any], Any]]:
+        """The label and the call of one register read (built once, used every poll)."""
         device_id = self.config.device_id
         if self.map.table == "input":
 
@@ -189,7 +192,14 @@ class ModbusPoller(Scale):
             def fn(client: Any) -> Any:
                 return client.read_holding_registers(start, count=count, device_id=device_id)
 
-        label = f"{what}: read {self.map.table} registers {start}..{start + count - 1}"
+        return f"{what}: read {self.map.table} registers {start}..{start + count - 1}", fn
+
+    def _read_registers(self, start: int, count: int, what: str) -> list[int]:
+        key = (start, count, what)
+        request = self._requests.get(key)
+        if request is None:
+            request = self._requests[key] = self._request(start, count, what)
+        label, fn = request
         response = self.link.call(self.raw_tail, label, fn)
         registers = list(response.registers)
         if len(registers) < count:
@@ -229,6 +239,7 @@ class ModbusIndicator(ModbusPoller):
     ) -> None:
         super().__init__(config, clock, lane, link_key, factory)
         self._block = self.map.weight_block()
+        self._decode = self.map.weight_decoder(self._block[0])
         self._factor = 1.0
         if config.unit is not None and config.unit != self.map.unit:
             self._factor = 1000.0 if config.unit == "t" else 0.001
@@ -237,7 +248,7 @@ class ModbusIndicator(ModbusPoller):
         start, count = self._block
         registers = self._read_registers(start, count, "weight")
         try:
-            weight, stable, flags = self.map.decode_weight(registers, start)
+            weight, stable, flags = self._decode(registers)
         except ValueError as err:
             raise ScaleError(f"map {self.map.name!r}: {err}") from err
         self._read_detector()
@@ -246,7 +257,7 @@ class ModbusIndicator(ModbusPoller):
             gross_kg=weight * self._factor,
             stable=stable,
             flags=flags,
-            raw=b"".join(r.to_bytes(2, "big") for r in registers),
+            raw=struct.pack(f">{len(registers)}H", *registers),
         )
 
 

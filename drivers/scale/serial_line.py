@@ -50,6 +50,10 @@ class ModbusLink:
         self._tail: collections.deque[bytes] | None = None
         self.client: Any = factory(self._trace)
         self.users = 0
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        # Order matters in ``call``: the specific ones before their base class.
+        self._errors = (ConnectionException, ModbusIOException, ModbusException)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         tail = self._tail
@@ -70,8 +74,7 @@ class ModbusLink:
         Raises :class:`LinkError` when the line is down (the port is closed so the next call
         reopens it) and :class:`DeviceError` when only this request failed.
         """
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
+        ConnectionException, ModbusIOException, ModbusException = self._errors  # noqa: N806
         with self.lock:
             self._tail = tail
             self._last_rx = False
