@@ -40,10 +40,11 @@ from agent.evidence import (
 )
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.permits import PermitBook
+from agent.weighing import WeighingStage
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PLATE_READERS, PlateReader
-from drivers.scale import SCALES, Scale, ScaleError, WimRecord
+from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +66,6 @@ class Counters:
     stored: int = 0
     store_errors: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
-
-
-def _wim_to_weighing(rec: WimRecord, scale: Scale, lane: Lane) -> VehicleWeighing:
-    """A WIM controller's record as the station's weighing (values unchanged)."""
-    flags: set[WeighingFlag] = set()
-    if len(rec.axle_loads_kg) < 2:
-        flags.add(WeighingFlag.INCOMPLETE)
-    if "fault" in rec.flags:
-        flags.add(WeighingFlag.SCALE_FAULT)
-    cfg = scale.config
-    if rec.speed_kmh is not None and not (cfg.min_speed_kmh <= rec.speed_kmh <= cfg.max_speed_kmh):
-        flags.add(WeighingFlag.SPEED_OUT_OF_RANGE)
-    return VehicleWeighing(
-        lane=lane.number,
-        measured_at=rec.at,
-        axle_loads_kg=rec.axle_loads_kg,
-        gross_kg=rec.gross_kg,
-        scale_id=scale.id,
-        axle_spacings_mm=rec.axle_spacings_mm,
-        speed_kmh=rec.speed_kmh,
-        flags=frozenset(flags),
-        raw=dict(rec.raw),
-    )
 
 
 class Station:
@@ -277,6 +255,11 @@ class Station:
             return
         self.stop_event.set()
         deadline = time.monotonic() + timeout_s
+        # Producers first (scales close open vehicles), then the pipeline drains its queue,
+        # then the rest, so nothing weighed is dropped on the way out.
+        scale_threads = [t for t in self._threads if t.name.startswith("scale-")]
+        for t in scale_threads:
+            t.join(max(0.1, deadline - time.monotonic()))
         for scale in self._scales.values():
             scale.shutdown()
         for t in reversed(self._threads):
@@ -302,7 +285,9 @@ class Station:
     # -- stages -----------------------------------------------------------------------------
 
     def _scale_loop(self, lane: Lane, scale: Scale) -> None:
+        """Read one lane's scale into its weighing stage until the station stops."""
         name = f"scale-lane{lane.number}"
+        stage = WeighingStage(lane.number, lane.scale, lane.weighing)
         failing = False
         while not self.stop_event.is_set():
             self._beat(name)
@@ -320,21 +305,42 @@ class Station:
                 log.exception("lane %d scale %s: unexpected error", lane.number, scale.id)
                 self.stop_event.wait(1.0)
                 continue
-            if m is None:
-                continue
-            if failing:
+            if failing and m is not None:
                 log.warning("lane %d scale %s: reading again", lane.number, scale.id)
                 failing = False
-            if isinstance(m, WimRecord):
-                self._submit(lane, _wim_to_weighing(m, scale, lane))
+            try:
+                done = stage.feed(m) if m is not None else stage.flush(self.clock.now())
+            except Exception:
+                log.exception("lane %d weighing: measurement %r not used", lane.number, m)
+                continue
+            for weighing in done:
+                self._submit(lane, weighing)
+        for weighing in stage.close_incomplete(
+            "station stopped while the vehicle was on the scale"
+        ):
+            log.warning(
+                "lane %d: vehicle on the scale at shutdown stored as incomplete", lane.number
+            )
+            self._submit(lane, weighing)
 
     def _submit(self, lane: Lane, weighing: VehicleWeighing) -> None:
-        while not self.stop_event.is_set():
+        """Hand a vehicle to the pipeline; waits while the queue is full (never drops)."""
+        while True:
             try:
                 self._work.put((lane, weighing), timeout=0.5)
                 return
             except queue.Full:
                 log.error("pipeline queue full: lane %d waits", lane.number)
+                if self.stop_event.is_set() and not self._pipeline_alive():
+                    log.error(
+                        "lane %d: vehicle at %s LOST: pipeline stopped",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                    )
+                    return
+
+    def _pipeline_alive(self) -> bool:
+        return any(t.name == "pipeline" and t.is_alive() for t in self._threads)
 
     def _pipeline_loop(self) -> None:
         while not self.stop_event.is_set() or not self._work.empty():

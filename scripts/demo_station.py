@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from agent.config import parse_config  # noqa: E402
 from agent.platform_sim import PlatformSim  # noqa: E402
+
+from agent.config import parse_config  # noqa: E402
 from agent.station import Station  # noqa: E402
 from drivers import traffic  # noqa: E402
 
@@ -118,7 +119,7 @@ def main() -> int:
             print(f"station    {cfg.station.id}, {len(cfg.lanes)} lane(s), data in {data_dir}")
             print()
             try:
-                printed, ok = watch(station, data_dir, args.trucks, args.timeout)
+                _, ok = watch(station, data_dir, args.trucks, args.timeout)
             finally:
                 station.stop()
                 sim.stop()
