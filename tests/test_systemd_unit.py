@@ -1,8 +1,9 @@
 """The systemd unit: clean under ``systemd-analyze verify``, exposure ≤ 2.0, devices limited.
 
 ``systemd-analyze verify`` insists that ``ExecStart=`` binaries exist, and on a build machine
-``/opt/roadside-agent/venv`` does not; so the unit is verified as a copy whose ``/opt/roadside-agent``
-prefix points at a temporary tree with an executable stand-in. Nothing else is changed.
+``/opt/roadside-agent/venv`` does not; so the unit is verified as a copy whose
+``/opt/roadside-agent`` prefix points at a temporary tree with an executable stand-in.
+Nothing else is changed.
 ``verify`` exits 0 even for lines it ignores ("Invalid syntax, ignoring"), so "clean" means
 exit 0 *and* no output at all.
 """
@@ -45,8 +46,8 @@ def _analyze() -> str:
 def _settings(text: str) -> dict[str, list[str]]:
     """Every ``Key=value`` of the unit (keys repeat: all values kept, in order)."""
     out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")
