@@ -148,3 +148,19 @@ def test_clock_sync_status_stays_readable_under_the_syscall_filter() -> None:
     assert "@system-service" in allowed
     assert {"adjtimex", "clock_adjtime"} <= set(allowed)
     assert "ProtectClock" not in s  # it would add a second filter denying all of @clock
+
+
+def test_drop_in_examples_are_clean_on_top_of_the_unit(tmp_path: Path) -> None:
+    analyze = _analyze()
+    unit = _verifiable_copy(tmp_path)
+    dropins = tmp_path / f"{UNIT.name}.d"
+    dropins.mkdir()
+    # NN-name.conf are unit drop-ins (sysusers-*.conf is not)
+    examples = sorted((REPO / "systemd" / "examples").glob("[0-9][0-9]-*.conf"))
+    assert examples
+    for example in examples:
+        text = example.read_text().replace(PREFIX, str(tmp_path / "opt-roadside-agent"))
+        (dropins / example.name).write_text(text)
+    result = _verify(analyze, unit)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
