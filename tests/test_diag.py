@@ -197,3 +197,74 @@ def test_diag_says_when_it_cannot_write(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["diag", "--config", str(DEMO), "-o", str(tmp_path / "no" / "such" / "x.tgz")])
     assert code == 73
     assert "cannot write" in capsys.readouterr().err
+
+
+FAKE_DAEMON = """
+import json, os, signal, sys, threading
+data = sys.argv[2]
+handles = sys.argv[3] == "handles"
+dump = threading.Event()
+if handles:
+    signal.signal(signal.SIGUSR1, lambda *_: dump.set())
+doc = {"pid": os.getpid(), "running": True}
+if handles:
+    doc["diag_dump_signal"] = "SIGUSR1"
+with open(os.path.join(data, "status.json"), "w") as fh:
+    json.dump(doc, fh)
+print("ready", flush=True)
+n = 0
+while True:
+    dump.wait()
+    dump.clear()
+    n += 1
+    os.makedirs(os.path.join(data, "diag"), exist_ok=True)
+    with open(os.path.join(data, "diag", "raw-wim-1.log"), "w") as fh:
+        fh.write(f"dump {n}: 02 2B 30 30 32 30 30 30 32 31 42 03\\n")
+    with open(os.path.join(data, "diag", "dump.json"), "w") as fh:
+        json.dump({"dumps": n}, fh)
+"""
+
+
+def _fake_daemon(tmp_path: Path, handles: bool) -> subprocess.Popen[str]:
+    """A process that behaves like the station for diag: status.json, and SIGUSR1 dumps."""
+    script = tmp_path / "fake-roadside-agent.py"
+    script.write_text(FAKE_DAEMON)
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "run", str(data), "handles" if handles else "plain"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_diag_asks_a_running_daemon_for_current_raw_frames(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc = _fake_daemon(tmp_path, handles=True)
+    try:
+        archive = _diag(
+            tmp_path, "--config", str(DEMO), "--data-dir", str(tmp_path / "data"), capsys=capsys
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    m = _members(archive)
+    assert m["frames/diag/raw-wim-1.log"].startswith(b"dump 1: 02 2B 30")
+    assert "did not dump" not in m["MANIFEST.txt"].decode()
+
+
+def test_diag_never_signals_a_daemon_that_did_not_ask_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGUSR1 kills a process without a handler: only announced daemons get it."""
+    proc = _fake_daemon(tmp_path, handles=False)
+    try:
+        _diag(tmp_path, "--config", str(DEMO), "--data-dir", str(tmp_path / "data"), capsys=capsys)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

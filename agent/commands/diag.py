@@ -22,9 +22,11 @@ Never in the archive: private keys, the database, the MQTT key. Every part is co
 its own; a missing journal, an unreadable config or a station that never ran gives a note in
 the manifest, not a failed diag — a broken station is exactly when this is needed.
 
-The daemon's side (``{data_dir}/diag/``): files the running station dumps for this command,
-e.g. ``raw-{device}.log`` with a device's last raw frames (hex, one per line, with times).
-Every regular file there (and in ``{data_dir}/raw-frames/``) is copied, each capped in size.
+The daemon's side (``{data_dir}/diag/``): files the station dumps for this command, e.g.
+``raw-{device}.log`` with a device's last raw frames (hex, one per line). Every regular file
+there (and in ``{data_dir}/raw-frames/``) is copied, each capped in size. When the daemon
+runs and announces ``"diag_dump_signal": "SIGUSR1"`` in ``status.json``, diag first sends it
+SIGUSR1 and waits (5 s at most) for a renewed ``diag/dump.json``, so the frames are current.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -58,6 +61,7 @@ JOURNAL_LINES = 2000
 IMAGES = 10
 FILE_CAP_BYTES = 16 * 1024 * 1024
 COMMAND_TIMEOUT_S = 60
+DUMP_TIMEOUT_S = 5.0
 UNIT = "roadside-agent"
 CREDENTIALS_DIR = Path("/etc/roadside-agent/credentials")
 FRAME_DIRS = ("diag", "raw-frames")
@@ -346,7 +350,46 @@ def _status(a: Archive, data_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def request_dump(data_dir: Path, timeout_s: float = DUMP_TIMEOUT_S) -> str:
+    """Ask the running daemon for fresh ring buffers; returns a note (empty on success).
+
+    Only when the daemon says in ``status.json`` that it handles the signal
+    (``"diag_dump_signal": "SIGUSR1"``) — SIGUSR1 would kill a process without a handler —
+    and only to the pid it wrote there, if that process is still a roadside-agent. The daemon
+    writes ``diag/*`` and then ``diag/dump.json``; this waits for the latter to be renewed.
+    """
+    try:
+        doc = json.loads((data_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if doc.get("diag_dump_signal") != "SIGUSR1" or not doc.get("running"):
+        return ""
+    pid = int(doc.get("pid") or 0)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return f"frames: daemon pid {pid} from status.json is not running; older dumps only"
+    is_daemon = b"roadside-agent" in cmdline or b"-m agent" in cmdline
+    if pid <= 1 or not is_daemon or b" run " not in cmdline + b" ":
+        return f"frames: pid {pid} is not the daemon; older dumps only"
+    marker = data_dir / "diag" / "dump.json"
+    before = marker.stat().st_mtime_ns if marker.exists() else 0
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError as err:
+        return f"frames: cannot signal the daemon (pid {pid}): {err}; older dumps only"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.stat().st_mtime_ns != before:
+            return ""
+        time.sleep(0.1)  # another process writes the file: nothing to wait on but the file
+    return f"frames: the daemon did not dump within {timeout_s:g} s; older dumps only"
+
+
 def _frames(a: Archive, data_dir: Path) -> None:
+    note = request_dump(data_dir)
+    if note:
+        a.note(note)
     found = 0
     for sub in FRAME_DIRS:
         d = data_dir / sub
