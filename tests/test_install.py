@@ -75,6 +75,10 @@ def test_installed_config_passes_check_config(tmp_path: Path) -> None:
         sys.executable, "-m", "agent", "check-config", config, env={"PYTHONPATH": str(REPO)}
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # status, diag and export find the unit's data dir from the config alone
+    from agent.config import load_config
+
+    assert load_config(config).data_dir() == Path("/var/lib/roadside-agent")
 
 
 def test_install_creates_a_signing_key_the_agent_can_load(tmp_path: Path) -> None:
