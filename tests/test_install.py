@@ -60,6 +60,8 @@ def test_install_stages_a_bootable_tree(tmp_path: Path) -> None:
     assert "m roadside-agent dialout" in sysusers and "m roadside-agent video" in sysusers
     assert (tmp_path / "etc/udev/rules.d/99-roadside-serial.rules.example").is_file()
     assert (tmp_path / "opt/roadside-agent/firmware_config/examples/demo.toml").is_file()
+    command = tmp_path / "usr/local/bin/roadside-agent"
+    assert os.readlink(command) == "/opt/roadside-agent/venv/bin/roadside-agent"
     assert (tmp_path / STATE).stat().st_mode & 0o777 == 0o750
     assert (tmp_path / ETC / "credentials").stat().st_mode & 0o777 == 0o700
     # nothing happened to this machine
@@ -137,6 +139,7 @@ def test_uninstall_keeps_evidence_config_and_keys(tmp_path: Path, evidence: Path
     result = _run(UNINSTALL, "--root", tmp_path)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "opt/roadside-agent").exists()
+    assert not (tmp_path / "usr/local/bin/roadside-agent").is_symlink()
     assert not (tmp_path / "etc/systemd/system/roadside-agent.service").exists()
     assert not (
         tmp_path / "etc/systemd/system/multi-user.target.wants/roadside-agent.service"
