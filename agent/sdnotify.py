@@ -104,17 +104,17 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """``READY=1``: start-up finished (systemd stops waiting; ``After=`` units start)."""
-        return self.notify("READY=1", *self._status_field(status))
+        return self._send_with_status(["READY=1"], status)
 
     def status(self, text: str) -> bool:
         """``STATUS=``: the one line ``systemctl status`` shows. Repeats are not re-sent."""
         if text == self.last_status:
             return self.enabled
-        return self.notify(*self._status_field(text))
+        return self._send_with_status([], text)
 
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``: shut-down began (sent on SIGTERM before flushing)."""
-        return self.notify("STOPPING=1", *self._status_field(status))
+        return self._send_with_status(["STOPPING=1"], status)
 
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: one keep-alive. Prefer :class:`Watchdog`, which gates it."""
@@ -122,16 +122,16 @@ class Notifier:
 
     def extend_timeout(self, seconds: float, status: str | None = None) -> bool:
         """``EXTEND_TIMEOUT_USEC``: ask for ``seconds`` more of start-up or shut-down time."""
-        return self.notify(
-            f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", *self._status_field(status)
-        )
+        return self._send_with_status([f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"], status)
 
-    def _status_field(self, text: str | None) -> list[str]:
-        if text is None:
-            return []
-        line = " ".join(text.split())  # one line: a newline would start a new field
-        self.last_status = text
-        return [f"STATUS={line}"]
+    def _send_with_status(self, fields: list[str], status: str | None) -> bool:
+        if status is not None:
+            # one line: a newline would start a new field
+            fields = [*fields, "STATUS=" + " ".join(status.split())]
+        sent = self.notify(*fields)
+        if sent and status is not None:
+            self.last_status = status
+        return sent
 
     def close(self) -> None:
         with self._lock:

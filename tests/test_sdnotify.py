@@ -306,3 +306,16 @@ def test_daemon_tells_systemd_ready_watchdog_and_stopping(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+def test_a_status_that_was_not_delivered_is_sent_again(receiver: Receiver) -> None:
+    n = Notifier(receiver.address + ".later")
+    assert not n.status("queue 3")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(receiver.address + ".later")  # systemd's socket is back
+    try:
+        assert n.status("queue 3")
+        assert Receiver(sock, "").recv() == {"STATUS": "queue 3"}
+    finally:
+        sock.close()
+        os.unlink(receiver.address + ".later")
