@@ -165,9 +165,10 @@ def test_diag_collects_what_the_desk_needs(
     images = [n for n in m if n.startswith("images/")]
     newest = newest_images(data, 1)[0]
     assert images == [f"images/{newest.relative_to(data / 'images')}"]
-    assert "-000003/" in images[0]  # the last of the three vehicles
     status = json.loads(m["status-cli.json"])
-    assert sum(status["records"].values()) == 3
+    # --max-vehicles 3 stops after the third; one already queued may still be stored
+    assert sum(status["records"].values()) >= 3
+    assert f"/{status['last_vehicles'][0]['event_id']}/" in images[0]  # the newest vehicle
     assert b"roadside-agent 0.1.0" in m["versions.txt"]
     assert b"OK" in m["config/check-config.txt"]
     # never the key, never the database
