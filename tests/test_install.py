@@ -59,6 +59,7 @@ def test_install_stages_a_bootable_tree(tmp_path: Path) -> None:
     assert "u roadside-agent" in sysusers
     assert "m roadside-agent dialout" in sysusers and "m roadside-agent video" in sysusers
     assert (tmp_path / "etc/udev/rules.d/99-roadside-serial.rules.example").is_file()
+    assert (tmp_path / "etc/tmpfiles.d/roadside-agent.conf").is_file()
     assert (tmp_path / "opt/roadside-agent/firmware_config/examples/demo.toml").is_file()
     command = tmp_path / "usr/local/bin/roadside-agent"
     assert os.readlink(command) == "/opt/roadside-agent/venv/bin/roadside-agent"
@@ -67,6 +68,25 @@ def test_install_stages_a_bootable_tree(tmp_path: Path) -> None:
     # nothing happened to this machine
     assert "skipped (--root): service user" in out
     assert Path("/etc/roadside-agent").exists() == real_etc_existed
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="no systemd-tmpfiles")
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting file ownership needs root")
+def test_first_boot_gives_the_service_user_its_config(tmp_path: Path) -> None:
+    """In a staged tree the user does not exist at install time: tmpfiles.d fixes it at boot."""
+    _install(tmp_path)
+    # what systemd-sysusers adds at first boot
+    (tmp_path / "etc/passwd").write_text(
+        "root:x:0:0::/root:/bin/sh\nroadside-agent:x:990:990::/var/lib/roadside-agent:/bin/false\n"
+    )
+    (tmp_path / "etc/group").write_text("root:x:0:\nroadside-agent:x:990:\n")
+    result = _run("systemd-tmpfiles", f"--root={tmp_path}", "--create", "roadside-agent.conf")
+    assert result.returncode == 0, result.stderr
+    for path, mode in (("", 0o750), ("station.toml", 0o640)):
+        st = (tmp_path / ETC / path).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 990, mode), path
+    creds = (tmp_path / ETC / "credentials").stat()
+    assert (creds.st_uid, creds.st_gid, creds.st_mode & 0o777) == (0, 0, 0o700)
 
 
 def test_installed_config_passes_check_config(tmp_path: Path) -> None:
