@@ -142,7 +142,7 @@ def test_diag_collects_what_the_desk_needs(
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(station_data, data)
-    (data / "diag").mkdir()
+    (data / "diag").mkdir(exist_ok=True)
     (data / "diag" / "raw-wim-1.log").write_text("2026-11-26T10:30:15 02 2B 30 30 32 30\n")
     archive = _diag(
         tmp_path, "--config", str(DEMO), "--data-dir", str(data), "--images", "1", capsys=capsys
