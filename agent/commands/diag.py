@@ -404,23 +404,30 @@ def _frames(a: Archive, data_dir: Path) -> None:
 
 
 def newest_images(data_dir: Path, limit: int) -> list[Path]:
-    """The newest ``limit`` images: ``images/{day}/{event_id}/{name}``, newest first.
+    """The newest ``limit`` images still on disk, newest record first.
 
-    Walks the day and event folders from the newest down (their names sort by time), so it
-    stays fast with a full disk of evidence.
+    Asks the station database (the one place that knows which file belongs to which record)
+    read-only, so it works whatever the folder layout and never blocks the daemon.
     """
-    root = data_dir / "images"
-    if limit <= 0 or not root.is_dir():
+    db = data_dir / "station.db"
+    if limit <= 0 or not db.exists():
         return []
-    found: list[Path] = []
-    for day in sorted((d for d in root.iterdir() if d.is_dir()), reverse=True):
-        for event in sorted((e for e in day.iterdir() if e.is_dir()), reverse=True):
-            for img in sorted(event.iterdir()):
-                if img.is_file() and not img.name.startswith("."):
-                    found.append(img)
-                    if len(found) >= limit:
-                        return found
-    return found
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute(
+                "SELECT i.path FROM images i JOIN records r ON r.event_id = i.event_id"
+                " WHERE i.evicted_at IS NULL ORDER BY r.seq DESC, i.name LIMIT ?",
+                (limit * 4,),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+    found = [data_dir / row[0] for row in rows if (data_dir / row[0]).is_file()]
+    return found[:limit]
 
 
 def _images(a: Archive, data_dir: Path, limit: int) -> None:
