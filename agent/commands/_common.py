@@ -20,6 +20,8 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     from agent import evidence
     from agent.config import EX_CONFIG
 
+    if args.data_dir:
+        return Path(args.data_dir)
     try:
         data_dir, _ = evidence.locate(args.config, args.data_dir)
     except evidence.ConfigFileError as err:

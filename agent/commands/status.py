@@ -83,9 +83,32 @@ def run(args: argparse.Namespace) -> int:
         )
     up = d.get("uplink", {})
     if up:
+        age = up.get("oldest_unacked_age_s")
         print(
-            f"broker    {'connected' if up.get('connected') else 'NOT connected'}  "
-            f"{up.get('broker', '')}"
+            f"broker    {up.get('broker', '?')} "
+            f"{'connected' if up.get('connected') else 'NOT connected'}"
+            f"  in flight {up.get('in_flight', 0)}"
+            + (f"  oldest unacked {age:.0f} s" if isinstance(age, (int, float)) else "")
+            + (f"  last error: {up['last_error']}" if up.get("last_error") else "")
+        )
+    clock = d.get("clock", {})
+    if clock:
+        sync = clock.get("synchronized")
+        print(
+            "clock     "
+            + {True: "NTP-synchronised", False: "NOT synchronised (records are flagged)"}.get(
+                sync, "sync state unknown"
+            )
+        )
+    if d.get("stages"):
+        slow = {n: age for n, age in d["stages"].items() if age > 10}
+        print(
+            "stages    "
+            + (
+                "all beating"
+                if not slow
+                else ", ".join(f"{n} silent {a:.0f} s" for n, a in slow.items())
+            )
         )
     q = doc["queue"]
     print(f"queue     {q['pending']} waiting for platform ack, oldest {q['oldest_pending'] or '-'}")
