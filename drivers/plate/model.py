@@ -120,7 +120,7 @@ class ModelPlateReader(PlateReader):
 
     def _read_internal(self, frame: Frame) -> list[PlateRead]:
         try:
-            image = decode_image(frame.jpeg)
+            image = frame.pixels if frame.pixels is not None else decode_image(frame.jpeg)
         except ValueError as err:
             raise PlateReaderError(
                 f"plate reader: frame of camera {frame.camera_id} at {frame.captured_at}: {err}"
