@@ -325,3 +325,21 @@ def test_vote_by_position_keeps_front_and_rear_apart() -> None:
         ("front", "苏L12345"),
         ("rear", "苏L6789挂"),
     ]
+
+
+def test_auto_refuses_a_tampered_bundle_instead_of_falling_back(tmp_path: Path) -> None:
+    folder = _copy_bundle(tmp_path)
+    (folder / "clp_dict.txt").write_text("tampered\n", encoding="utf-8")
+    cls = PLATE_READERS.get("auto")
+    with pytest.raises(BundleError, match=r"clp_dict\.txt"):
+        cls(cls.Config(type="auto", bundle=str(folder)))
+
+
+def test_missing_tflite_runtime_is_named_in_the_error() -> None:
+    if tflite_runtime_available("tflite-runtime"):
+        pytest.skip("tflite-runtime is installed here")
+    if not SHARED_BUNDLE.is_dir():
+        pytest.skip(f"no TFLite bundle at {SHARED_BUNDLE}")
+    cls = PLATE_READERS.get("tflite")
+    with pytest.raises(PlateReaderError, match=r"tflite-runtime: No module named"):
+        cls(cls.Config(type="tflite", runtime="tflite-runtime"))

