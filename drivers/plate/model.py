@@ -50,6 +50,11 @@ class ModelPlateReaderConfig(PlateReaderConfig):
     det_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="plate detector score threshold"
     )
+    tiles: bool = Field(
+        default=True,
+        description="when a picture shows no readable plate, look again at four zoomed tiles "
+        "(up to four more detector runs)",
+    )
 
 
 def _runners_tflite(
@@ -97,6 +102,7 @@ class ModelPlateReader(PlateReader):
             self.bundle.charset,
             text_detector,
             det_threshold=config.det_threshold,
+            tiles=config.tiles,
         )
         self._lock = threading.Lock()  # interpreters are not re-entrant
         log.info(
