@@ -8,17 +8,21 @@ One pipeline for every runtime (:mod:`drivers.plate.runtimes`): the models are c
    [[24, 48], [96, 192], [384, 768]] on steps [8, 16, 32]; boxes and the four corner landmarks
    decoded with variances (0.1, 0.2); score = class 1 of the (already softmaxed) output; score
    ≥ 0.5 (green plates score 0.51–0.69: the original 0.7 loses them); NMS at IoU 0.4; a box whose
-   centre lies in the letterbox padding is dropped (the detector fires on the padding edge).
+   centre lies in the letterbox padding is dropped (the detector fires on the padding edge), and
+   so is one whose corners lie well outside the picture (cut off by the frame edge). When the
+   whole picture yields no readable plate, four zoomed tiles are searched again.
 2. **Warp**: the plate straightened from its four corners (landmark order bottom-right,
    bottom-left, top-left, top-right) with a margin of a few percent, so a corner that lands a
    pixel inside the plate does not clip the first or last character.
 3. **Shape**: a single-row plate is resized to one aspect ratio (3.6: the 440×140 mm plate and
-   its margin), so small landmark errors do not squeeze the characters together.
+   its margin; 3.9 for the 480 mm green plates), so small landmark errors do not squeeze the
+   characters together.
 4. **Rows**: a plate about twice as wide as high is a double-row plate (the rear plate of every
    truck and trailer: 440×220 mm, small province + letter line above the five large characters).
-   The DB text-line detector of the bundle finds the two lines; each is recognised on its own and
-   the texts joined top first. When the lines cannot be found or the result fails the format
-   check the plate is reported *unread* — never a guess.
+   The DB text-line detector of the bundle finds the two lines; they are read two ways (each on
+   its own, texts joined; the top line stitched left of the bottom one) and the readings must
+   agree. When the lines cannot be found, the readings disagree or the result fails the format
+   check, the plate is reported *unread* — never a guess.
 5. **Recogniser** (CRNN + CTC, 32×320): the line resized to height 32 keeping its aspect and
    **padded to width 320** (the original package stretches it instead, ~20 points worse), BGR,
    x/255 − 0.5, /0.5. Greedy CTC: argmax, merge repeats, drop blanks (class 0); class i is
