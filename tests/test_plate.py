@@ -294,6 +294,18 @@ def test_blank_frame_has_no_plate(reader: ModelPlateReader) -> None:
     assert reader.read(Frame("cam-front", "front", 1, T0, jpeg.tobytes())) == []
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (3, 500, 3), (700, 2, 3)])
+def test_tiny_and_thin_pictures_are_read_without_error(
+    reader: ModelPlateReader, shape: tuple[int, int, int]
+) -> None:
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.full(shape, 200, np.uint8))
+    assert ok
+    assert reader.read(Frame("cam-front", "front", 1, T0, png.tobytes())) == []
+
+
 def test_auto_prefers_the_tflite_bundle() -> None:
     if _skip_reason("tflite"):
         pytest.skip(_skip_reason("tflite") or "")
@@ -345,3 +357,10 @@ def test_missing_tflite_runtime_is_named_in_the_error() -> None:
     cls = PLATE_READERS.get("tflite")
     with pytest.raises(PlateReaderError, match=r"tflite-runtime: No module named"):
         cls(cls.Config(type="tflite", runtime="tflite-runtime"))
+
+
+def test_degenerate_plate_box_is_unread_not_an_error(reader: ModelPlateReader) -> None:
+    import numpy as np
+
+    result = reader.pipeline.read_plate(np.zeros((2, 30, 3), np.uint8))
+    assert not result.valid and result.reason == "plate too small"

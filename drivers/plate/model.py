@@ -120,9 +120,21 @@ class ModelPlateReader(PlateReader):
         return f"{self.bundle.name} on {self.runtime}"
 
     def read_results(self, image: U8) -> list[PlateResult]:
-        """Every detected plate, read or unread (``valid`` False), in detector order."""
+        """Every detected plate, read or unread (``valid`` False), in detector order.
+
+        Raises :class:`PlateReaderError` when the picture cannot be processed at all (an
+        interpreter or OpenCV failure), so that one bad frame costs one read, not the worker.
+        """
         with self._lock:
-            return self.pipeline.read_image(image)
+            try:
+                return self.pipeline.read_image(image)
+            except PlateReaderError:
+                raise
+            except Exception as err:  # cv2.error, interpreter RuntimeError, odd shapes
+                raise PlateReaderError(
+                    f"plate reader ({self.describe()}): cannot process a "
+                    f"{'x'.join(map(str, image.shape))} picture: {err!r}"
+                ) from err
 
     def _read_internal(self, frame: Frame) -> list[PlateRead]:
         try:

@@ -380,6 +380,9 @@ class PlatePipeline:
     def read_plate(self, plate: U8, detection: Detection | None = None) -> PlateResult:
         """Read an upright plate picture (one or two rows)."""
         h, w = plate.shape[:2]
+        if h < 4 or w < 8:  # a degenerate box at the picture's edge
+            empty = LineRead("", ())
+            return _unread(self._result(empty, "unknown", False, detection), "plate too small")
         color = plate_color(plate)
         if w >= self.double_row_aspect * h:
             return self._result(self._read_single(plate, color), color, False, detection)
