@@ -157,8 +157,15 @@ class LiveCamera(Camera):
                 if failures >= self.config.failures_to_reconnect:
                     return
                 continue
+            try:
+                self._keep(image)
+            except Exception as err:  # an odd frame (format, size) must not kill the thread
+                log.debug("camera %s: cannot store a frame: %r", self.id, err)
+                failures += 1
+                if failures >= self.config.failures_to_reconnect:
+                    return
+                continue
             failures = 0
-            self._keep(image)
             if pace and self._closed.wait(pace):
                 return
 
