@@ -80,7 +80,9 @@ class LiveCamera(Camera):
         self._cond = threading.Condition()
         self._last_kept_mono = -math.inf
         self.connects = 0  # successful opens (the first one included)
-        self._thread = threading.Thread(target=self._run, name=f"camera-{config.id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_guarded, name=f"camera-{config.id}", daemon=True
+        )
 
     def start(self) -> LiveCamera:
         """Start the grabber thread (returns self). Idempotent."""
@@ -106,6 +108,14 @@ class LiveCamera(Camera):
         return 0.0
 
     # -- grabber thread ------------------------------------------------------------------------
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except Exception:  # never a silent death: the heartbeat shows the camera as failed
+            log.exception("camera %s: grabber thread stopped by an unexpected error", self.id)
+            self.health.state = "fault"
+            self._notify()
+
     def _run(self) -> None:
         backoff = self.config.reconnect_min_s
         down_since_logged = False
