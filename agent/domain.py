@@ -77,7 +77,9 @@ class Frame:
     """One camera picture, kept as the JPEG bytes that become evidence.
 
     ``source`` names where a replayed picture came from (a file path); live cameras leave it
-    ``None``.
+    ``None``. ``pixels`` is the decoded picture (a BGR ``uint8`` array, height × width × 3) when
+    the camera already has it, so the plate reader need not decode the JPEG again; it is not
+    part of the evidence and not compared.
     """
 
     camera_id: str
@@ -86,6 +88,7 @@ class Frame:
     captured_at: datetime
     jpeg: bytes
     source: str | None = None
+    pixels: Any = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)

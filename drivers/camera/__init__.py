@@ -7,6 +7,8 @@ CAMERAS: Registry[Camera] = Registry(
     "camera",
     {
         "replay": "drivers.camera.replay:ReplayCamera",
+        "opencv": "drivers.camera.opencv:OpenCvCamera",
+        "picamera2": "drivers.camera.picamera2:Picamera2Camera",
     },
 )
 

@@ -11,7 +11,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,7 +28,11 @@ class CameraConfig(BaseModel):
 
     type: str = Field(description="backend: replay, opencv, picamera2")
     id: str = Field(default="cam-1", description="camera id written into every record")
-    role: str = Field(default="front", description="what it shows: front, rear, side, overview")
+    role: Literal["front", "rear", "side", "overview"] = Field(
+        default="front",
+        description="what it shows: front (plate of the tractor), rear (plate of the trailer), "
+        "side (axles, load), overview",
+    )
 
 
 @dataclass

@@ -7,6 +7,9 @@ PLATE_READERS: Registry[PlateReader] = Registry(
     "plate reader",
     {
         "simulated": "drivers.plate.simulated:SimulatedPlateReader",
+        "tflite": "drivers.plate.model:TflitePlateReader",
+        "onnx": "drivers.plate.model:OnnxPlateReader",
+        "auto": "drivers.plate.model:AutoPlateReader",
     },
 )
 

@@ -1,0 +1,61 @@
+"""A weighing's trigger: capture every camera of the lane and read the plates, degrading.
+
+The daemon calls this from its camera worker for each weighing (never from the weighing thread:
+a capture may wait up to ``capture_timeout_s`` for frames still to come) and hands the result to
+``agent.assemble.Assembler.add_reads``. A camera that is down or a plate reader that fails or was
+never loaded costs that record its photos or plate — it is then flagged ``no_image`` /
+``no_plate`` by the assemble stage — and never stops the station::
+
+    result = capture_and_read(lane_cameras, reader, weighing.measured_at, frames_per_camera=2)
+    assembler.add_reads(lane, result.reads, result.frames)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agent.domain import Frame, PlateRead
+from drivers.camera.base import Camera, CameraError
+from drivers.plate.base import PlateReader, PlateReaderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TriggerResult:
+    frames: list[Frame] = field(default_factory=list)
+    reads: list[PlateRead] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)  # one line per failed camera / read
+
+
+def capture_and_read(
+    cameras: Sequence[Camera],
+    reader: PlateReader | None,
+    at: datetime,
+    frames_per_camera: int = 2,
+) -> TriggerResult:
+    """Frames of every camera near ``at`` and the plates read from the front/rear ones.
+
+    Never raises for a device fault: faults are logged and listed in the result.
+    """
+    result = TriggerResult()
+    for camera in cameras:
+        try:
+            frames = camera.capture(at, frames_per_camera)
+        except CameraError as err:
+            log.warning("%s", err)
+            result.faults.append(str(err))
+            continue
+        result.frames.extend(frames)
+        if reader is None or camera.role not in ("front", "rear"):
+            continue
+        for frame in frames:
+            try:
+                result.reads.extend(reader.read(frame))
+            except PlateReaderError as err:
+                log.warning("%s", err)
+                result.faults.append(str(err))
+    return result

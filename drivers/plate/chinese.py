@@ -1,0 +1,104 @@
+"""Chinese licence plates: the character set, the format check and the plate colour.
+
+Formats (GA 36-2018 and the new-energy supplement), ``P`` = one of the 31 province characters,
+``L`` = a letter A–Z without I and O, ``X`` = a letter or a digit:
+
+* ordinary (blue, yellow, white, black): ``P L XXXXX`` — 7 characters;
+* new energy (green): ``P L [A-K] X dddd`` (small cars) or ``P L ddddd [A-K]`` (large vehicles)
+  — 8 characters;
+* with a suffix: ``P L XXXX`` + one of 挂 (trailer) 学 (learner) 警 (police) 领 (consulate)
+  港 澳 (cross-border, Guangdong ``粤Z``);
+* embassy: ``使`` + 6 digits (older plates put ``使`` last).
+
+The recogniser can emit any sequence of its 72 characters; :func:`is_valid_plate` rejects what
+cannot be on a real plate (a province character in the middle, a suffix with a 6-character
+body, a digit where the issuing-office letter belongs) so that a misread becomes "unread"
+instead of a wrong plate in an enforcement record.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I, no O
+DIGITS = "0123456789"
+SUFFIXES = "挂学警领港澳"
+EMBASSY = "使"
+
+PlateColor = Literal["blue", "yellow", "green", "white", "black", "unknown"]
+COLORS: tuple[PlateColor, ...] = ("blue", "yellow", "green", "white", "black", "unknown")
+
+_P = f"[{PROVINCES}]"
+_L = f"[{LETTERS}]"
+_X = f"[{LETTERS}{DIGITS}]"
+_D = "[0-9]"
+_NEV_CLASS = "[ABCDEFGHJK]"  # new-energy class letters (D/F first issued, A–K since 2021)
+
+_FORMATS: dict[str, re.Pattern[str]] = {
+    "ordinary": re.compile(f"{_P}{_L}{_X}{{5}}"),
+    "new_energy_small": re.compile(f"{_P}{_L}{_NEV_CLASS}{_X}{_D}{{4}}"),
+    "new_energy_large": re.compile(f"{_P}{_L}{_D}{{5}}{_NEV_CLASS}"),
+    "trailer": re.compile(f"{_P}{_L}{_X}{{4}}挂"),
+    "learner": re.compile(f"{_P}{_L}{_X}{{4}}学"),
+    "police": re.compile(f"{_P}{_L}{_X}{{4}}警"),
+    "consulate": re.compile(f"{_P}{_L}{_X}{{4}}领"),
+    "cross_border": re.compile(f"粤Z{_X}{{4}}[港澳]"),
+    "embassy": re.compile(f"使{_D}{{6}}|{_D}{{6}}使"),
+}
+
+
+def plate_format(text: str) -> str | None:
+    """The name of the format ``text`` has (see the module docstring), or ``None``."""
+    for name, pattern in _FORMATS.items():
+        if pattern.fullmatch(text):
+            return name
+    return None
+
+
+def is_valid_plate(text: str) -> bool:
+    """True when ``text`` can be a real Chinese plate."""
+    return plate_format(text) is not None
+
+
+def plate_color(plate_bgr: npt.NDArray[np.uint8]) -> PlateColor:
+    """The background colour of an upright plate picture (BGR), from its pixels alone.
+
+    The characters and the frame take up roughly a third of a plate, so the background is the
+    dominant class among the pixels of the inner region: saturated pixels vote by hue
+    (blue, yellow, green), unsaturated ones by brightness (white, black). Green new-energy plates
+    are a white-to-green gradient, which still leaves green as the largest saturated class.
+    Night pictures under infrared light have no colour: they come out ``white``/``black`` or
+    ``unknown`` when no class has a clear majority.
+    """
+    import cv2
+
+    h, w = plate_bgr.shape[:2]
+    if h < 4 or w < 4:
+        return "unknown"
+    inner = plate_bgr[h // 8 : h - h // 8, w // 16 : w - w // 16]
+    hsv = cv2.cvtColor(inner, cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(np.int32)
+    hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    saturated = (sat > 70) & (val > 60)
+    votes = {
+        "yellow": int(np.count_nonzero(saturated & (hue >= 11) & (hue < 34))),
+        "green": int(np.count_nonzero(saturated & (hue >= 34) & (hue < 95))),
+        "blue": int(np.count_nonzero(saturated & (hue >= 95) & (hue < 135))),
+        "white": int(np.count_nonzero(~saturated & (val >= 140))),
+        "black": int(np.count_nonzero(~saturated & (val < 90))),
+    }
+    total = hue.size
+    best = max(votes, key=lambda k: votes[k])
+    # Saturated colours need less area to win: the white characters of a blue plate take a
+    # third of it, and green plates fade to white.
+    colour_votes = {k: votes[k] for k in ("yellow", "green", "blue")}
+    best_colour = max(colour_votes, key=lambda k: colour_votes[k])
+    if colour_votes[best_colour] >= 0.25 * total:
+        return best_colour  # type: ignore[return-value]
+    if votes[best] >= 0.35 * total:
+        return best  # type: ignore[return-value]
+    return "unknown"
