@@ -71,6 +71,9 @@ class AssembleConfig(BaseModel):
         ge=0,
         description="a read about equally near two weighings (within this) goes to neither",
     )
+    frames_per_camera: int = Field(
+        default=2, ge=1, le=10, description="frames each camera gives per weighing"
+    )
     min_vote_share: float = Field(
         default=0.6, gt=0.5, le=1, description="share of read confidence a plate must win by"
     )

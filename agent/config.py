@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.assemble import AssembleConfig
 from agent.evidence import EvidenceConfig
 from agent.legal import LegalConfig
 from agent.uplink import UplinkConfig
@@ -58,17 +59,6 @@ class StationSection(BaseModel):
     )
 
 
-class MatchingSection(BaseModel):
-    """``[matching]``: how plate reads are paired with weighings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    frames_per_camera: int = Field(default=1, ge=1, le=10, description="frames kept per camera")
-    window_s: float = Field(
-        default=3.0, gt=0, le=60, description="plate and weighing belong together within this"
-    )
-
-
 class LaneSection(BaseModel):
     """``[[lanes]]``: one traffic lane with its scale and cameras."""
 
@@ -99,7 +89,7 @@ class StationConfigFile(BaseModel):
     uplink: UplinkConfig
     legal: LegalConfig = Field(default_factory=LegalConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
-    matching: MatchingSection = Field(default_factory=MatchingSection)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
     plate: dict[str, Any] = Field(
         default_factory=lambda: {"type": "simulated"},
         description="the plate reader; its keys depend on `type`",
@@ -143,8 +133,8 @@ class StationConfig:
         return self.file.evidence
 
     @property
-    def matching(self) -> MatchingSection:
-        return self.file.matching
+    def assemble(self) -> AssembleConfig:
+        return self.file.assemble
 
     def data_dir(self, override: str | Path | None = None) -> Path:
         return Path(override) if override else Path(self.station.data_dir)

@@ -53,7 +53,8 @@ def _backends(title: str, registry: Registry[Any], skip: tuple[str, ...] = ()) -
 
 
 def render() -> str:
-    from agent.config import LaneSection, MatchingSection, StationConfigFile, StationSection
+    from agent.assemble import AssembleConfig
+    from agent.config import LaneSection, StationConfigFile, StationSection
     from agent.evidence import EvidenceConfig
     from agent.legal import LegalConfig
     from agent.uplink import UplinkConfig
@@ -75,7 +76,7 @@ def render() -> str:
         ("[uplink]", UplinkConfig, ()),
         ("[legal]", LegalConfig, ()),
         ("[evidence]", EvidenceConfig, ()),
-        ("[matching]", MatchingSection, ()),
+        ("[assemble]", AssembleConfig, ()),
         ("[[lanes]]", LaneSection, ()),
     ]
     for title, model, skip in sections:

@@ -23,14 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, audit, evidence, legalid, retention, sdnotify, timesync
+from agent.assemble import Assembler
 from agent.config import Lane, StationConfig
 from agent.db import Database
-from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
+from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.evidence import (
     EvidenceError,
     EvidenceStore,
@@ -42,8 +43,10 @@ from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, loa
 from agent.permits import PermitBook
 from agent.weighing import WeighingStage
 from drivers.camera import CAMERAS, Camera
+from drivers.camera.trigger import capture_and_read
 from drivers.clock import Clock, SystemClock
-from drivers.plate import PLATE_READERS, PlateReader
+from drivers.plate import PlateReader
+from drivers.plate.model import open_plate_reader
 from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class Counters:
     vehicles: int = 0
     stored: int = 0
     store_errors: int = 0
+    unmatched_plates: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
 
 
@@ -95,6 +99,7 @@ class Station:
         self._scales: dict[int, Scale] = {}
         self._cameras: dict[int, list[Camera]] = {}
         self._plate_reader: PlateReader | None = None
+        self.assembler = Assembler(config.assemble)
         self._plate_error = ""
         self._beats: dict[str, StageBeat] = {}
         self._recent: list[dict[str, Any]] = []
@@ -201,16 +206,10 @@ class Station:
             self.uplink.wake()
 
     def _start_plate_reader(self) -> None:
-        try:
-            cls = PLATE_READERS.get(self.config.plate.type)
-            self._plate_reader = cls(self.config.plate)
-        except Exception as err:
-            self._plate_error = str(err)
-            log.error(
-                "plate reader %s unavailable, records will say 'no plate': %s",
-                self.config.plate.type,
-                err,
-            )
+        # A missing or refused model degrades to records flagged "no plate" (logged at ERROR).
+        self._plate_reader = open_plate_reader(self.config.plate)
+        if self._plate_reader is None:
+            self._plate_error = f"plate reader {self.config.plate.type!r} not available"
 
     def _start_uplink(self) -> None:
         try:
@@ -233,7 +232,11 @@ class Station:
         cams: list[Camera] = []
         for cam_cfg in lane.cameras:
             try:
-                cams.append(CAMERAS.get(cam_cfg.type)(cam_cfg, self.clock, lane.number))
+                cam = CAMERAS.get(cam_cfg.type)(cam_cfg, self.clock, lane.number)
+                start = getattr(cam, "start", None)
+                if callable(start):
+                    start()  # live cameras fill their ring buffer from now on
+                cams.append(cam)
             except Exception as err:
                 log.error("lane %d camera %s unavailable: %s", lane.number, cam_cfg.id, err)
         self._cameras[lane.number] = cams
@@ -352,27 +355,64 @@ class Station:
         return any(t.name == "pipeline" and t.is_alive() for t in self._threads)
 
     def _pipeline_loop(self) -> None:
+        """Weighings in; photos and plates captured for each; events out once assembled."""
+        lanes = {lane.number: lane for lane in self.config.lanes}
         while not self.stop_event.is_set() or not self._work.empty():
             self._beat("pipeline")
             try:
-                lane, weighing = self._work.get(timeout=0.5)
+                lane, weighing = self._work.get(timeout=0.25)
             except queue.Empty:
-                continue
+                pass
+            else:
+                try:
+                    self._capture(lane, weighing)
+                except Exception:
+                    log.exception(
+                        "lane %d: capture for the vehicle at %s failed",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                    )
+            self._store_events(self.assembler.ready(self.clock.now()), lanes)
+            for passage in self.assembler.take_unmatched(self.clock.now()):
+                self.counters.unmatched_plates += 1
+                log.warning(
+                    "lane %d: plate %s seen by the camera at %s but no weighing matched it",
+                    passage.lane,
+                    ", ".join(p.text for p in passage.plates) or "(unread)",
+                    passage.first_at.isoformat(),
+                )
+        # shutting down: whatever waits for its matching window is stored now
+        self._store_events(self.assembler.flush(), lanes)
+
+    def _capture(self, lane: Lane, weighing: VehicleWeighing) -> None:
+        self.assembler.add_weighing(weighing)
+        result = capture_and_read(
+            self._cameras.get(lane.number, []),
+            self._plate_reader,
+            weighing.measured_at,
+            self.config.assemble.frames_per_camera,
+        )
+        self.assembler.add_reads(lane.number, result.reads, result.frames)
+
+    def _store_events(self, events: list[VehicleEvent], lanes: dict[int, Lane]) -> None:
+        for event in events:
+            lane = lanes[event.weighing.lane]
             try:
-                self._process_until_stored(lane, weighing)
+                self._process_until_stored(lane, event)
             except Exception:
                 log.exception(
                     "lane %d: vehicle at %s not processed",
                     lane.number,
-                    weighing.measured_at.isoformat(),
+                    event.weighing.measured_at.isoformat(),
                 )
 
-    def _process_until_stored(self, lane: Lane, weighing: VehicleWeighing) -> None:
+    def _process_until_stored(self, lane: Lane, event: VehicleEvent) -> None:
         """Process one vehicle; when the store cannot commit, retry rather than lose it."""
         attempt = 0
         while True:
+            weighing = event.weighing
             try:
-                self.process(lane, weighing)
+                self.process(lane, event)
                 if attempt:
                     log.warning("evidence: storing works again (after %d attempt(s))", attempt)
                 return
@@ -398,46 +438,11 @@ class Station:
                     )
                     return
 
-    def _frames(self, lane: Lane, at: datetime) -> list[Frame]:
-        frames: list[Frame] = []
-        for cam in self._cameras.get(lane.number, []):
-            try:
-                frames.extend(cam.capture(at, self.config.matching.frames_per_camera))
-            except Exception as err:
-                log.error("lane %d camera %s: %s", lane.number, cam.id, err)
-        return frames
-
-    def _plates(self, frames: list[Frame]) -> tuple[list[PlateRead], set[str]]:
-        flags: set[str] = set()
-        if self._plate_reader is None:
-            return [], {"no_plate", "plate_reader_unavailable"}
-        reads: list[PlateRead] = []
-        for frame in frames:
-            try:
-                reads.extend(self._plate_reader.read(frame))
-            except Exception as err:
-                log.error("plate reader on %s: %s", frame.camera_id, err)
-        best: dict[str, PlateRead] = {}
-        for r in reads:
-            if r.position not in best or r.confidence > best[r.position].confidence:
-                best[r.position] = r
-        texts = {r.text for r in best.values()}
-        if not best:
-            flags.add("no_plate")
-        elif len(texts) > 1:
-            flags.add("plates_disagree")
-        return list(best.values()), flags
-
-    def process(self, lane: Lane, weighing: VehicleWeighing) -> StoredRecord | None:
-        """One vehicle through frames, plates, verdict and evidence."""
+    def process(self, lane: Lane, event: VehicleEvent) -> StoredRecord | None:
+        """One assembled vehicle through the verdict into the evidence store."""
         assert self.store is not None
-        frames = self._frames(lane, weighing.measured_at)
-        if not frames and self._cameras.get(lane.number):
-            match_flags = {"no_plate", "no_image"}
-            plates: list[PlateRead] = []
-        else:
-            plates, match_flags = self._plates(frames)
-        event = VehicleEvent(weighing, tuple(plates), tuple(frames), frozenset(match_flags))
+        weighing = event.weighing
+        plates = event.plates
         plate = plates[0].text if plates else None
         verdict = judge(
             self._facts(lane, weighing, plate),
@@ -575,6 +580,7 @@ class Station:
                 "seen": self.counters.vehicles,
                 "stored": self.counters.stored,
                 "store_errors": self.counters.store_errors,
+                "unmatched_plates": self.counters.unmatched_plates,
                 "by_status": dict(self.counters.by_status),
             },
         }

@@ -94,7 +94,7 @@ def fmt_kg(kg: int | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--trucks", type=int, default=20, help="how many trucks (default 20)")
-    ap.add_argument("--rate", type=float, default=120.0, help="trucks per minute (default 120)")
+    ap.add_argument("--rate", type=float, default=60.0, help="trucks per minute (default 60)")
     ap.add_argument("--timeout", type=float, default=90.0, help="give up after this many s")
     ap.add_argument("--keep", help="keep the station's data in this folder")
     args = ap.parse_args()

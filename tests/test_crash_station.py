@@ -44,6 +44,10 @@ def test_sigkill_the_running_station(tmp_path: Path) -> None:
         pytest.skip("no demo config in this checkout")
     text = DEMO.read_text(encoding="utf-8")
     text = text.replace("vehicles_per_min = 60", "vehicles_per_min = 1200")
+    # commit as soon as weighed: this test is about crashes, not about plate matching windows
+    text = text.replace("window_after_s = 1.0", "window_after_s = 0.0")
+    text = text.replace("settle_s = 1.0", "settle_s = 0.0")
+    text = text.replace("ambiguity_margin_s = 0.3", "ambiguity_margin_s = 0.0")
     text = text.replace(
         '"../../../shared/fixtures/plates/full"',
         f'"{REPO.parent / "shared" / "fixtures" / "plates" / "full"}"',
