@@ -5,14 +5,22 @@ message: an event record (its JSON and images come from the evidence tables) or 
 (payload stored here). A message is *delivered* only when the platform acknowledges it on
 ``{root}/ack``; a PUBACK alone only marks it published.
 
-Priorities drain in order: alarms (0), violations (1), passages (2); oldest first within one.
-Rows are enqueued inside the evidence store's write transaction, so a committed record always
-has its outbox row.
+Priorities drain in order: alarms (0), violations (1), passages (2); oldest first within one,
+and *live* violations (measured within the uplink's live window) ahead of the old violation
+backlog, so a truck passing now is not queued behind yesterday's outage. Rows are enqueued
+inside the evidence store's write transaction, so a committed record always has its outbox row.
+
+``next_attempt_mono`` is the uplink's monotonic re-send deadline for a row it has sent and not
+seen acknowledged; it means nothing after a restart, so :func:`reset_deadlines` clears it when
+the uplink starts (everything unacknowledged is due again).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -36,6 +44,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX outbox_pending ON outbox (acked_at, priority, id);
         """,
     ),
+    (
+        # Partial indexes over the unacknowledged rows only: they shrink as the platform acks,
+        # so draining a 100 000-row backlog does not rescan what is already delivered.
+        # julianday() of an ISO time with its UTC offset is deterministic (no 'now'), so SQLite
+        # accepts it in an index; it orders times written in different offsets correctly.
+        "0002-outbox-unacked-indexes",
+        """
+        CREATE INDEX outbox_unacked ON outbox (priority, id) WHERE acked_at IS NULL;
+        CREATE INDEX outbox_unacked_time ON outbox (priority, julianday(created_at))
+            WHERE acked_at IS NULL;
+        CREATE INDEX outbox_created ON outbox (kind, julianday(created_at));
+        """,
+    ),
 ]
 
 
@@ -43,6 +64,19 @@ class Priority(IntEnum):
     ALARM = 0
     VIOLATION = 1
     PASSAGE = 2
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outbox message as the uplink sends it."""
+
+    id: int
+    kind: str
+    ref: str
+    priority: int
+    created_at: str
+    payload: str | None
+    attempts: int
 
 
 def enqueue(
@@ -68,5 +102,134 @@ def pending_count(conn: sqlite3.Connection) -> int:
 
 
 def oldest_pending_created_at(conn: sqlite3.Connection) -> str | None:
-    row = conn.execute("SELECT min(created_at) FROM outbox WHERE acked_at IS NULL").fetchone()
-    return None if row is None else row[0]
+    """``created_at`` of the oldest unacknowledged message (by instant, not by string)."""
+    row = conn.execute(
+        "SELECT created_at FROM outbox WHERE acked_at IS NULL"
+        " ORDER BY julianday(created_at) LIMIT 1"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def julian_day(t: datetime) -> float:
+    """SQLite's ``julianday()`` of an aware datetime (for comparisons in SQL)."""
+    return t.timestamp() / 86400.0 + 2440587.5
+
+
+_COLUMNS = "id, kind, ref, priority, created_at, payload, attempts"
+_DUE = "(next_attempt_mono IS NULL OR next_attempt_mono <= ?)"
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[Row]:
+    return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in cursor.fetchall()]
+
+
+def due(
+    conn: sqlite3.Connection, *, now_mono: float, live_since: datetime, limit: int
+) -> list[Row]:
+    """Up to ``limit`` messages to send now, in drain order.
+
+    Order: alarms; violations created at or after ``live_since`` (live); the other violations;
+    passages — oldest first within each. A row is due when never sent since the uplink started
+    or its re-send deadline (``next_attempt_mono``) has passed.
+    """
+    if limit <= 0:
+        return []
+    out: list[Row] = []
+    seen: set[int] = set()
+
+    def take(rows: Iterable[Row]) -> None:
+        for row in rows:
+            if row.id not in seen and len(out) < limit:
+                seen.add(row.id)
+                out.append(row)
+
+    take(
+        _rows(
+            conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority = 0"
+                f" AND {_DUE} ORDER BY id LIMIT ?",
+                (now_mono, limit),
+            )
+        )
+    )
+    if len(out) < limit:
+        take(
+            _rows(
+                conn.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority = 1"
+                    f" AND julianday(created_at) >= ? AND {_DUE} ORDER BY id LIMIT ?",
+                    (julian_day(live_since), now_mono, limit - len(out)),
+                )
+            )
+        )
+    if len(out) < limit:
+        # Over-fetch by what was already taken, so rows picked above cannot starve the rest.
+        take(
+            _rows(
+                conn.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority >= 1"
+                    f" AND {_DUE} ORDER BY priority, id LIMIT ?",
+                    (now_mono, limit),
+                )
+            )
+        )
+    return out
+
+
+def mark_attempts(conn: sqlite3.Connection, attempts: Sequence[tuple[int, str, float]]) -> None:
+    """Record a send of each ``(id, attempted_at, next_attempt_mono)`` (caller's transaction)."""
+    conn.executemany(
+        "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?, next_attempt_mono = ?"
+        " WHERE id = ?",
+        [(at, nxt, row_id) for row_id, at, nxt in attempts],
+    )
+
+
+def retry_soon(conn: sqlite3.Connection, ids: Sequence[int], next_attempt_mono: float) -> None:
+    """Move the re-send deadline of ``ids`` to ``next_attempt_mono`` (a failed publish)."""
+    conn.executemany(
+        "UPDATE outbox SET next_attempt_mono = ? WHERE id = ? AND acked_at IS NULL",
+        [(next_attempt_mono, i) for i in ids],
+    )
+
+
+def mark_published(conn: sqlite3.Connection, ids: Sequence[int], at: str) -> None:
+    """The broker accepted every part of these messages (PUBACK with a success code)."""
+    conn.executemany(
+        "UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL",
+        [(at, i) for i in ids],
+    )
+
+
+def mark_acked(conn: sqlite3.Connection, kind: str, refs: Sequence[str], at: str) -> list[str]:
+    """The platform acknowledged these messages; returns the refs that were pending."""
+    done: list[str] = []
+    for ref in refs:
+        cur = conn.execute(
+            "UPDATE outbox SET acked_at = ?, published_at = coalesce(published_at, ?),"
+            " next_attempt_mono = NULL"
+            " WHERE kind = ? AND ref = ? AND acked_at IS NULL",
+            (at, at, kind, ref),
+        )
+        if cur.rowcount:
+            done.append(ref)
+    return done
+
+
+def reset_deadlines(conn: sqlite3.Connection) -> int:
+    """Make every unacknowledged message due now (uplink start, reconnect). Returns the count."""
+    cur = conn.execute(
+        "UPDATE outbox SET next_attempt_mono = NULL"
+        " WHERE acked_at IS NULL AND next_attempt_mono IS NOT NULL"
+    )
+    return cur.rowcount
+
+
+def requeue_events(conn: sqlite3.Connection, since: datetime, until: datetime) -> int:
+    """Send again the event records created in ``[since, until]`` (the platform's ``resend``)."""
+    cur = conn.execute(
+        "UPDATE outbox SET acked_at = NULL, next_attempt_mono = NULL"
+        " WHERE kind = 'event' AND julianday(created_at) BETWEEN ? AND ?",
+        (julian_day(since), julian_day(until)),
+    )
+    return cur.rowcount
