@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink
 from conftest import (
     Mosquitto,
     StationData,
@@ -18,6 +15,10 @@ from conftest import (
     uplink_config,
     wait_until,
 )
+
+from agent.domain import VerdictStatus
+from agent.platform_sim import PlatformSim
+from agent.uplink import Uplink
 
 MakeUplink = Callable[..., Uplink]
 MakeSim = Callable[..., PlatformSim]
