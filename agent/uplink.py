@@ -22,6 +22,7 @@ for a day catches up by itself, alarms first, then live violations, then the bac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -359,7 +360,7 @@ class Uplink:
         self._seen_gen = 0
         self._pubacks: deque[tuple[int, bool, str]] = deque()
         self._acks: deque[tuple[str, list[str]]] = deque()
-        self._commands: queue.Queue[_Command] = queue.Queue(COMMAND_QUEUE)
+        self._commands: queue.Queue[_Command | None] = queue.Queue(COMMAND_QUEUE)
         self._inflight: dict[int, _Flight] = {}
         self._by_mid: dict[int, int] = {}
         self._by_key: dict[tuple[str, str], int] = {}
@@ -422,6 +423,8 @@ class Uplink:
         deadline = self.clock.monotonic() + timeout_s
         self._stop.set()
         self._wake.set()
+        with contextlib.suppress(queue.Full):
+            self._commands.put_nowait(None)  # wakes the command thread
         for t in self._threads:
             t.join(max(0.1, deadline - self.clock.monotonic()))
             if t.is_alive():
@@ -811,6 +814,8 @@ class Uplink:
                 cmd = self._commands.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if cmd is None:
+                return
             try:
                 self._counts["commands"] += 1
                 self._reply(cmd, self.dispatcher.dispatch(cmd.name, cmd.payload))
