@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from agent.integrity import chain_hash
-from agent.uplink import UplinkConfig, _props, canonical_json, make_client
+from agent.uplink import UplinkConfig, canonical_json, make_client, mqtt_properties
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class PlatformSim:
         """Send a command and wait for its reply (MQTT 5 response topic + correlation data)."""
         assert self._client is not None
         corr = uuid.uuid4().hex.encode()
-        props = _props(PacketTypes.PUBLISH)
+        props = mqtt_properties(PacketTypes.PUBLISH)
         props.ResponseTopic = f"{self.prefix}/{station_id}/reply/{corr.decode()}"
         props.CorrelationData = corr
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -242,7 +242,7 @@ def make_client(
     )
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
-    props = _props(PacketTypes.CONNECT)
+    props = mqtt_properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0 if clean_start else config.session_expiry_s
     return client, props
 
@@ -280,7 +280,7 @@ def probe_broker(config: UplinkConfig, station_id: str, timeout_s: float) -> boo
         client.loop_stop()
 
 
-def _props(packet_type: int) -> Properties:
+def mqtt_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
@@ -717,7 +717,7 @@ class Uplink:
     def _image_message(
         self, event_id: str, name: str, sha256: str, path: Path | None
     ) -> tuple[str, bytes, Properties]:
-        props = _props(PacketTypes.PUBLISH)
+        props = mqtt_properties(PacketTypes.PUBLISH)
         user = [("sha256", sha256), ("content-type", "image/jpeg")]
         data = b""
         if path is None:
@@ -826,7 +826,7 @@ class Uplink:
         client = self._client
         if client is None:
             return
-        props = _props(PacketTypes.PUBLISH)
+        props = mqtt_properties(PacketTypes.PUBLISH)
         if cmd.correlation is not None:
             props.CorrelationData = cmd.correlation
         topic = cmd.response_topic or f"{self.root}/reply/{cmd.name}"
