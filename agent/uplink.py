@@ -134,6 +134,12 @@ class UplinkConfig(BaseModel):
         description="records sent and not yet "
         "acknowledged by the platform; bounds duplicates after a reconnect",
     )
+    max_unacked_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1,
+        description="payload bytes (records and images) sent and not yet acknowledged; keeps "
+        "a slow 4G link from holding hundreds of photos in memory and on the wire",
+    )
     heartbeat_s: float = Field(default=60.0, gt=0, description="heartbeat period, seconds")
     live_window_s: float = Field(
         default=300.0,
@@ -308,7 +314,9 @@ class _Flight:
     row_id: int
     key: tuple[str, str]  # (kind, ref)
     deadline_mono: float
+    timeout_s: float  # the ack timeout once every part is PUBACKed
     pending_mids: set[int] = field(default_factory=set)
+    size_bytes: int = 0
     failed: bool = False
 
 
@@ -362,6 +370,7 @@ class Uplink:
         self._acks: deque[tuple[str, list[str]]] = deque()
         self._commands: queue.Queue[_Command | None] = queue.Queue(COMMAND_QUEUE)
         self._inflight: dict[int, _Flight] = {}
+        self._inflight_bytes = 0
         self._by_mid: dict[int, int] = {}
         self._by_key: dict[tuple[str, str], int] = {}
         self._started_mono = self.clock.monotonic()
@@ -498,6 +507,7 @@ class Uplink:
             "queue_depth": outbox.pending_count(conn),
             "oldest_unacked_age_s": age_s,
             "in_flight": len(self._inflight),
+            "in_flight_bytes": self._inflight_bytes,
             "last_error": self._last_error,
             **self._counts,
         }
@@ -643,19 +653,19 @@ class Uplink:
         if self._gen != self._seen_gen:
             self._seen_gen = self._gen
             self._inflight.clear()
+            self._inflight_bytes = 0
             self._by_mid.clear()
             self._by_key.clear()
             with self.db.write() as conn:
                 outbox.reset_deadlines(conn)
-        for row_id in [r for r, f in self._inflight.items() if f.deadline_mono <= now_mono]:
-            self._forget(row_id)
+        self._expire(now_mono)
         if not self._connected.is_set():
             return False
         if now_mono >= self._next_heartbeat:
             self._next_heartbeat = now_mono + self.config.heartbeat_s
             self._heartbeat()
         free = self.config.max_unacked - len(self._inflight)
-        if free <= 0:
+        if free <= 0 or self._inflight_bytes >= self.config.max_unacked_bytes:
             return False
         now = self.clock.now()
         rows = outbox.due(
@@ -664,23 +674,36 @@ class Uplink:
             live_since=now - timedelta(seconds=self.config.live_window_s),
             limit=min(free, SEND_BATCH),
         )
-        rows = [r for r in rows if r.id not in self._inflight]
-        if not rows:
-            return False
+        sent: list[tuple[int, str, float]] = []
         at = now.isoformat(timespec="milliseconds")
-        with self.db.write() as conn:
-            outbox.mark_attempts(conn, [(r.id, at, now_mono + self._timeout(r)) for r in rows])
-        unsent: list[int] = []
-        for i, row in enumerate(rows):
-            if not self._send(row, now_mono + self._timeout(row)):
-                unsent = [r.id for r in rows[i:]]
+        taken = True
+        for row in rows:
+            if row.id in self._inflight:
+                continue
+            if self._inflight_bytes >= self.config.max_unacked_bytes:
                 break
-        if unsent:
-            for row_id in unsent:
-                self._forget(row_id)
+            # Until its PUBACK arrives a row waits longer: on a slow link its images may take
+            # a while to leave; the ack timeout proper starts when the broker has it all.
+            deadline = now_mono + self._timeout(row) + self.config.ack_timeout_max_s
+            taken = self._send(row, deadline)
+            if not taken:
+                self._forget(row.id)
+                break
+            sent.append((row.id, at, deadline))
+        if sent:
             with self.db.write() as conn:
-                outbox.retry_soon(conn, unsent, now_mono + 1.0)
-        return not unsent
+                outbox.mark_attempts(conn, sent)
+        return bool(sent) and taken
+
+    def _expire(self, now_mono: float) -> None:
+        """Rows whose ack did not come in time become due again (the outbox says so)."""
+        expired = [r for r, f in self._inflight.items() if f.deadline_mono <= now_mono]
+        if not expired:
+            return
+        for row_id in expired:
+            self._forget(row_id)
+        with self.db.write() as conn:
+            outbox.retry_soon(conn, expired, now_mono)
 
     def _timeout(self, row: outbox.Row) -> float:
         t = self.config.ack_timeout_s * self.config.ack_backoff_factor**row.attempts
@@ -690,7 +713,7 @@ class Uplink:
         """Publish one row (images first); False when paho would not take it."""
         client = self._client
         assert client is not None
-        flight = _Flight(row.id, (row.kind, row.ref), deadline_mono)
+        flight = _Flight(row.id, (row.kind, row.ref), deadline_mono, self._timeout(row))
         messages: list[tuple[str, bytes, Properties | None]] = []
         if row.kind == "event":
             record = self.store.get(row.ref)
@@ -702,7 +725,9 @@ class Uplink:
             messages.append((f"{self.root}/events", canonical_json(record), None))
         else:
             messages.append((f"{self.root}/alarms", (row.payload or "{}").encode(), None))
+        flight.size_bytes = sum(len(m[1]) for m in messages)
         self._inflight[row.id] = flight
+        self._inflight_bytes += flight.size_bytes
         self._by_key[flight.key] = row.id
         for topic, payload, props in messages:
             info = client.publish(topic, payload, qos=1, properties=props)
@@ -735,6 +760,7 @@ class Uplink:
         flight = self._inflight.pop(row_id, None)
         if flight is None:
             return
+        self._inflight_bytes -= flight.size_bytes
         for mid in flight.pending_mids:
             self._by_mid.pop(mid, None)
         self._by_key.pop(flight.key, None)
@@ -752,8 +778,11 @@ class Uplink:
                 flight.failed = True
                 self._counts["puback_failures"] += 1
                 self._note_failure(f"broker rejected {flight.key[1]}: {reason}")
-            if not flight.pending_mids and not flight.failed:
-                published.append(flight.row_id)
+            if not flight.pending_mids:
+                # the broker has it all (or refused it): the ack timeout proper starts now
+                flight.deadline_mono = self.clock.monotonic() + flight.timeout_s
+                if not flight.failed:
+                    published.append(flight.row_id)
         if published:
             self._counts["published"] += len(published)
             with self.db.write() as conn:
