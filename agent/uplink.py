@@ -683,8 +683,14 @@ class Uplink:
             if self._inflight_bytes >= self.config.max_unacked_bytes:
                 break
             # Until its PUBACK arrives a row waits longer: on a slow link its images may take
-            # a while to leave; the ack timeout proper starts when the broker has it all.
-            deadline = now_mono + self._timeout(row) + self.config.ack_timeout_max_s
+            # a while to leave, and a dead link is the keep-alive's job (a reconnect makes
+            # everything due again). The ack timeout proper starts when the broker has it all.
+            deadline = (
+                now_mono
+                + self._timeout(row)
+                + self.config.ack_timeout_max_s
+                + 2 * self.config.keepalive_s
+            )
             taken = self._send(row, deadline)
             if not taken:
                 self._forget(row.id)

@@ -90,6 +90,7 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            "log_type information",
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to 'mosquitto' and cannot read tmp
