@@ -77,6 +77,9 @@ class Row:
     created_at: str
     payload: str | None
     attempts: int
+    #: for events: the record's stored canonical JSON and its image count (evidence tables)
+    record_json: str | None = None
+    image_count: int = 0
 
 
 def enqueue(
@@ -115,12 +118,19 @@ def julian_day(t: datetime) -> float:
     return t.timestamp() / 86400.0 + 2440587.5
 
 
-_COLUMNS = "id, kind, ref, priority, created_at, payload, attempts"
+# The record's bytes come with the row: the evidence store keeps each record as the canonical
+# JSON it hashed and signed (``records.record_json``), which is exactly the ``{root}/events``
+# payload, so the drain neither re-reads nor re-serialises it row by row.
+_COLUMNS = (
+    "o.id, o.kind, o.ref, o.priority, o.created_at, o.payload, o.attempts,"
+    " r.record_json, (SELECT count(*) FROM images i WHERE i.event_id = o.ref)"
+    " FROM outbox o LEFT JOIN records r ON o.kind = 'event' AND r.event_id = o.ref"
+)
 _DUE = "(next_attempt_mono IS NULL OR next_attempt_mono <= ?)"
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[Row]:
-    return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in cursor.fetchall()]
+    return [Row(*r) for r in cursor.fetchall()]
 
 
 def due(
@@ -146,8 +156,8 @@ def due(
     take(
         _rows(
             conn.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority = 0"
-                f" AND {_DUE} ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} WHERE acked_at IS NULL AND priority = 0"
+                f" AND {_DUE} ORDER BY o.id LIMIT ?",
                 (now_mono, limit),
             )
         )
@@ -156,8 +166,8 @@ def due(
         take(
             _rows(
                 conn.execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority = 1"
-                    f" AND julianday(created_at) >= ? AND {_DUE} ORDER BY id LIMIT ?",
+                    f"SELECT {_COLUMNS} WHERE acked_at IS NULL AND priority = 1"
+                    f" AND julianday(created_at) >= ? AND {_DUE} ORDER BY o.id LIMIT ?",
                     (julian_day(live_since), now_mono, limit - len(out)),
                 )
             )
@@ -167,8 +177,8 @@ def due(
         take(
             _rows(
                 conn.execute(
-                    f"SELECT {_COLUMNS} FROM outbox WHERE acked_at IS NULL AND priority >= 1"
-                    f" AND {_DUE} ORDER BY priority, id LIMIT ?",
+                    f"SELECT {_COLUMNS} WHERE acked_at IS NULL AND priority >= 1"
+                    f" AND {_DUE} ORDER BY priority, o.id LIMIT ?",
                     (now_mono, limit),
                 )
             )
@@ -201,18 +211,18 @@ def mark_published(conn: sqlite3.Connection, ids: Sequence[int], at: str) -> Non
     )
 
 
-def mark_acked(conn: sqlite3.Connection, kind: str, refs: Sequence[str], at: str) -> list[str]:
-    """The platform acknowledged these messages; returns the refs that were pending."""
-    done: list[str] = []
-    for ref in refs:
+def mark_acked(conn: sqlite3.Connection, kind: str, refs: Sequence[str], at: str) -> int:
+    """The platform acknowledged these messages; returns how many were pending."""
+    done = 0
+    for i in range(0, len(refs), 500):
+        chunk = refs[i : i + 500]
         cur = conn.execute(
             "UPDATE outbox SET acked_at = ?, published_at = coalesce(published_at, ?),"
-            " next_attempt_mono = NULL"
-            " WHERE kind = ? AND ref = ? AND acked_at IS NULL",
-            (at, at, kind, ref),
+            " next_attempt_mono = NULL WHERE kind = ? AND acked_at IS NULL"
+            f" AND ref IN ({','.join('?' * len(chunk))})",
+            (at, at, kind, *chunk),
         )
-        if cur.rowcount:
-            done.append(ref)
+        done += cur.rowcount
     return done
 
 

@@ -30,6 +30,7 @@ import os
 import queue
 import ssl
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -61,6 +62,9 @@ SEND_BATCH = 256
 COMMAND_QUEUE = 16
 #: Longest idle wait of the sender, seconds (it also wakes on every ack, PUBACK and commit).
 IDLE_WAIT_S = 0.25
+#: Shortest time between two rounds of the sender, seconds: bounds its commits (each one an
+#: fsync) to 1/MIN_ROUND_S per second while adding at most this much latency.
+MIN_ROUND_S = 0.01
 
 
 class TlsConfig(BaseModel):
@@ -171,9 +175,7 @@ class UplinkError(Exception):
 
 
 class RecordSource(Protocol):
-    """What the uplink needs from the evidence store."""
-
-    def get(self, event_id: str) -> dict[str, Any] | None: ...
+    """What the uplink needs from the evidence store (records come with the outbox rows)."""
 
     def image_files(self, event_id: str) -> list[tuple[str, str, Path | None]]: ...
 
@@ -633,7 +635,14 @@ class Uplink:
     # -- the sender ---------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        last_round = 0.0
         while not self._stop.is_set():
+            # At most one round (and so one fsync'd commit) per MIN_ROUND_S: acks and PUBACKs
+            # arriving meanwhile are applied together instead of one commit each.
+            pause = MIN_ROUND_S - (time.monotonic() - last_round)
+            if pause > 0 and self._stop.wait(pause):
+                break
+            last_round = time.monotonic()
             try:
                 busy = self._step()
             except Exception as err:
@@ -646,10 +655,12 @@ class Uplink:
                 self._wake.clear()
 
     def _step(self) -> bool:
-        """One round; True when it sent something (go again without waiting)."""
+        """One round; True when it sent something (go again without waiting).
+
+        Everything the round learnt (acks, PUBACKs, expired deadlines, new attempts) is
+        written in one transaction at its end.
+        """
         now_mono = self.clock.monotonic()
-        self._apply_acks()
-        self._apply_pubacks()
         if self._gen != self._seen_gen:
             self._seen_gen = self._gen
             self._inflight.clear()
@@ -658,15 +669,46 @@ class Uplink:
             self._by_key.clear()
             with self.db.write() as conn:
                 outbox.reset_deadlines(conn)
-        self._expire(now_mono)
-        if not self._connected.is_set():
-            return False
-        if now_mono >= self._next_heartbeat:
-            self._next_heartbeat = now_mono + self.config.heartbeat_s
-            self._heartbeat()
+        acks = self._take_acks()
+        published = self._take_pubacks()
+        expired = [r for r, f in self._inflight.items() if f.deadline_mono <= now_mono]
+        for row_id in expired:
+            self._forget(row_id)
+        sent: list[tuple[int, str, float]] = []
+        taken = True
+        if self._connected.is_set():
+            if now_mono >= self._next_heartbeat:
+                self._next_heartbeat = now_mono + self.config.heartbeat_s
+                self._heartbeat()
+            acked_now = {(kind, ref) for kind, refs in acks for ref in refs}
+            taken = self._send_due(now_mono, sent, acked_now)
+        if acks or published or expired or sent:
+            at = self._now_iso()
+            with self.db.write() as conn:
+                for kind, refs in acks:
+                    done = outbox.mark_acked(conn, kind, refs, at)
+                    self._counts["acked"] += done
+                    if done < len(refs):
+                        log.debug(
+                            "uplink: ack for %d unknown or already acked %s id(s)",
+                            len(refs) - done,
+                            kind,
+                        )
+                if published:
+                    outbox.mark_published(conn, published, at)
+                if expired:
+                    outbox.retry_soon(conn, expired, now_mono)
+                if sent:
+                    outbox.mark_attempts(conn, sent)
+        return bool(sent) and taken
+
+    def _send_due(
+        self, now_mono: float, sent: list[tuple[int, str, float]], skip: set[tuple[str, str]]
+    ) -> bool:
+        """Publish due rows while the window has room; False when paho refused one."""
         free = self.config.max_unacked - len(self._inflight)
         if free <= 0 or self._inflight_bytes >= self.config.max_unacked_bytes:
-            return False
+            return True
         now = self.clock.now()
         rows = outbox.due(
             self.db.read(),
@@ -674,11 +716,9 @@ class Uplink:
             live_since=now - timedelta(seconds=self.config.live_window_s),
             limit=min(free, SEND_BATCH),
         )
-        sent: list[tuple[int, str, float]] = []
         at = now.isoformat(timespec="milliseconds")
-        taken = True
         for row in rows:
-            if row.id in self._inflight:
+            if row.id in self._inflight or (row.kind, row.ref) in skip:
                 continue
             if self._inflight_bytes >= self.config.max_unacked_bytes:
                 break
@@ -691,25 +731,11 @@ class Uplink:
                 + self.config.ack_timeout_max_s
                 + 2 * self.config.keepalive_s
             )
-            taken = self._send(row, deadline)
-            if not taken:
+            if not self._send(row, deadline):
                 self._forget(row.id)
-                break
+                return False
             sent.append((row.id, at, deadline))
-        if sent:
-            with self.db.write() as conn:
-                outbox.mark_attempts(conn, sent)
-        return bool(sent) and taken
-
-    def _expire(self, now_mono: float) -> None:
-        """Rows whose ack did not come in time become due again (the outbox says so)."""
-        expired = [r for r, f in self._inflight.items() if f.deadline_mono <= now_mono]
-        if not expired:
-            return
-        for row_id in expired:
-            self._forget(row_id)
-        with self.db.write() as conn:
-            outbox.retry_soon(conn, expired, now_mono)
+        return True
 
     def _timeout(self, row: outbox.Row) -> float:
         t = self.config.ack_timeout_s * self.config.ack_backoff_factor**row.attempts
@@ -722,13 +748,14 @@ class Uplink:
         flight = _Flight(row.id, (row.kind, row.ref), deadline_mono, self._timeout(row))
         messages: list[tuple[str, bytes, Properties | None]] = []
         if row.kind == "event":
-            record = self.store.get(row.ref)
-            if record is None:
+            if row.record_json is None:
                 self._note_failure(f"outbox names record {row.ref}, which is not stored")
                 return True  # retried after its timeout; nothing else to do
-            for name, sha256, path in self.store.image_files(row.ref):
-                messages.append(self._image_message(row.ref, name, sha256, path))
-            messages.append((f"{self.root}/events", canonical_json(record), None))
+            if row.image_count:
+                for name, sha256, path in self.store.image_files(row.ref):
+                    messages.append(self._image_message(row.ref, name, sha256, path))
+            # the stored canonical JSON: the very bytes that were hashed and signed
+            messages.append((f"{self.root}/events", row.record_json.encode(), None))
         else:
             messages.append((f"{self.root}/alarms", (row.payload or "{}").encode(), None))
         flight.size_bytes = sum(len(m[1]) for m in messages)
@@ -771,7 +798,8 @@ class Uplink:
             self._by_mid.pop(mid, None)
         self._by_key.pop(flight.key, None)
 
-    def _apply_pubacks(self) -> None:
+    def _take_pubacks(self) -> list[int]:
+        """Apply PUBACKs to the flights; returns the rows now wholly published."""
         published: list[int] = []
         while self._pubacks:
             mid, failed, reason = self._pubacks.popleft()
@@ -789,30 +817,20 @@ class Uplink:
                 flight.deadline_mono = self.clock.monotonic() + flight.timeout_s
                 if not flight.failed:
                     published.append(flight.row_id)
-        if published:
-            self._counts["published"] += len(published)
-            with self.db.write() as conn:
-                outbox.mark_published(conn, published, self._now_iso())
+        self._counts["published"] += len(published)
+        return published
 
-    def _apply_acks(self) -> None:
-        if not self._acks:
-            return
-        at = self._now_iso()
-        with self.db.write() as conn:
-            while self._acks:
-                kind, refs = self._acks.popleft()
-                done = outbox.mark_acked(conn, kind, refs, at)
-                self._counts["acked"] += len(done)
-                if len(done) < len(refs):
-                    log.debug(
-                        "uplink: ack for %d unknown or already acked %s id(s)",
-                        len(refs) - len(done),
-                        kind,
-                    )
-                for ref in refs:
-                    row_id = self._by_key.get((kind, ref))
-                    if row_id is not None:
-                        self._forget(row_id)
+    def _take_acks(self) -> list[tuple[str, list[str]]]:
+        """The platform's acks since the last round; their flights are done."""
+        acks: list[tuple[str, list[str]]] = []
+        while self._acks:
+            kind, refs = self._acks.popleft()
+            acks.append((kind, refs))
+            for ref in refs:
+                row_id = self._by_key.get((kind, ref))
+                if row_id is not None:
+                    self._forget(row_id)
+        return acks
 
     def _now_iso(self) -> str:
         return self.clock.now().isoformat(timespec="milliseconds")
