@@ -62,9 +62,9 @@ SEND_BATCH = 256
 COMMAND_QUEUE = 16
 #: Longest idle wait of the sender, seconds (it also wakes on every ack, PUBACK and commit).
 IDLE_WAIT_S = 0.25
-#: Shortest time between two rounds of the sender, seconds: bounds its commits (each one an
-#: fsync) to 1/MIN_ROUND_S per second while adding at most this much latency.
-MIN_ROUND_S = 0.01
+#: Shortest time between two rounds of the sender, seconds: PUBACKs and acks arriving meanwhile
+#: are taken together, at the cost of at most this much latency.
+MIN_ROUND_S = 0.005
 
 
 class TlsConfig(BaseModel):
@@ -323,6 +323,18 @@ class _Flight:
 
 
 @dataclass
+class _Book:
+    """What one sender round learnt, for the bookkeeping thread to write (in order)."""
+
+    acks: list[tuple[str, list[str]]] = field(default_factory=list)
+    published: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)
+    now_mono: float = 0.0
+    sent: list[tuple[int, str, float]] = field(default_factory=list)
+    reset: bool = False
+
+
+@dataclass
 class _Command:
     name: str
     payload: bytes
@@ -372,6 +384,11 @@ class Uplink:
         self._acks: deque[tuple[str, list[str]]] = deque()
         self._commands: queue.Queue[_Command | None] = queue.Queue(COMMAND_QUEUE)
         self._inflight: dict[int, _Flight] = {}
+        self._book: deque[_Book] = deque()
+        self._book_ready = threading.Event()
+        self._book_lock = threading.Lock()
+        self._acked_unwritten: set[tuple[str, str]] = set()  # acked, not yet in the outbox
+        self._sender_done = threading.Event()
         self._inflight_bytes = 0
         self._by_mid: dict[int, int] = {}
         self._by_key: dict[tuple[str, str], int] = {}
@@ -418,7 +435,11 @@ class Uplink:
             properties=props,
         )
         client.loop_start()
-        for name, target in (("uplink-send", self._send_loop), ("uplink-cmd", self._cmd_loop)):
+        for name, target in (
+            ("uplink-send", self._send_loop),
+            ("uplink-book", self._book_loop),
+            ("uplink-cmd", self._cmd_loop),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             self._threads.append(t)
             t.start()
@@ -643,6 +664,8 @@ class Uplink:
             if pause > 0 and self._stop.wait(pause):
                 break
             last_round = time.monotonic()
+            # cleared before the round, so a wake() during the round is never lost
+            self._wake.clear()
             try:
                 busy = self._step()
             except Exception as err:
@@ -652,7 +675,8 @@ class Uplink:
                 continue
             if not busy:
                 self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
+        self._sender_done.set()
+        self._book_ready.set()
 
     def _step(self) -> bool:
         """One round; True when it sent something (go again without waiting).
@@ -667,8 +691,7 @@ class Uplink:
             self._inflight_bytes = 0
             self._by_mid.clear()
             self._by_key.clear()
-            with self.db.write() as conn:
-                outbox.reset_deadlines(conn)
+            self._book.append(_Book(reset=True))
         acks = self._take_acks()
         published = self._take_pubacks()
         expired = [r for r, f in self._inflight.items() if f.deadline_mono <= now_mono]
@@ -676,31 +699,69 @@ class Uplink:
             self._forget(row_id)
         sent: list[tuple[int, str, float]] = []
         taken = True
+        with self._book_lock:
+            for kind, refs in acks:
+                self._acked_unwritten.update((kind, ref) for ref in refs)
+            skip = set(self._acked_unwritten)
         if self._connected.is_set():
             if now_mono >= self._next_heartbeat:
                 self._next_heartbeat = now_mono + self.config.heartbeat_s
                 self._heartbeat()
-            acked_now = {(kind, ref) for kind, refs in acks for ref in refs}
-            taken = self._send_due(now_mono, sent, acked_now)
+            taken = self._send_due(now_mono, sent, skip)
         if acks or published or expired or sent:
-            at = self._now_iso()
-            with self.db.write() as conn:
-                for kind, refs in acks:
+            self._book.append(_Book(acks, published, expired, now_mono, sent))
+            self._book_ready.set()
+        return bool(sent) and taken
+
+    def _book_loop(self) -> None:
+        """Write what the sender learnt, batched: the sender never waits for an fsync or for
+        the evidence store's transaction (one writer), which keeps a live record's latency
+        down to the network's."""
+        while True:
+            stopping = self._sender_done.is_set()
+            self._book_ready.wait(IDLE_WAIT_S)
+            self._book_ready.clear()  # books appended after this are seen by the next turn
+            try:
+                self._write_books()
+            except Exception as err:
+                self._note_failure(f"outbox bookkeeping: {err}")
+                log.debug("uplink: bookkeeping failed", exc_info=True)
+                if self._sender_done.wait(1.0) and stopping:
+                    return
+                continue
+            if stopping and not self._book:
+                return
+
+    def _write_books(self) -> None:
+        books: list[_Book] = []
+        while self._book:
+            books.append(self._book.popleft())
+        if not books:
+            return
+        at = self._now_iso()
+        written: list[tuple[str, str]] = []
+        with self.db.write() as conn:
+            for book in books:
+                if book.reset:
+                    outbox.reset_deadlines(conn)
+                for kind, refs in book.acks:
                     done = outbox.mark_acked(conn, kind, refs, at)
                     self._counts["acked"] += done
+                    written.extend((kind, ref) for ref in refs)
                     if done < len(refs):
                         log.debug(
                             "uplink: ack for %d unknown or already acked %s id(s)",
                             len(refs) - done,
                             kind,
                         )
-                if published:
-                    outbox.mark_published(conn, published, at)
-                if expired:
-                    outbox.retry_soon(conn, expired, now_mono)
-                if sent:
-                    outbox.mark_attempts(conn, sent)
-        return bool(sent) and taken
+                if book.published:
+                    outbox.mark_published(conn, book.published, at)
+                if book.expired:
+                    outbox.retry_soon(conn, book.expired, book.now_mono)
+                if book.sent:
+                    outbox.mark_attempts(conn, book.sent)
+        with self._book_lock:
+            self._acked_unwritten.difference_update(written)
 
     def _send_due(
         self, now_mono: float, sent: list[tuple[int, str, float]], skip: set[tuple[str, str]]
