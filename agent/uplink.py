@@ -792,7 +792,16 @@ class Uplink:
                 + self.config.ack_timeout_max_s
                 + 2 * self.config.keepalive_s
             )
-            if not self._send(row, deadline):
+            try:
+                taken = self._send(row, deadline)
+            except Exception as err:
+                # one bad row (unreadable image, broken record) must not block the queue
+                # behind it: it waits its longest back-off and the others go on
+                self._note_failure(f"cannot send {row.kind} {row.ref}: {err}")
+                self._forget(row.id)
+                sent.append((row.id, at, now_mono + self.config.ack_timeout_max_s))
+                continue
+            if not taken:
                 self._forget(row.id)
                 return False
             sent.append((row.id, at, deadline))
