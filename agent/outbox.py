@@ -10,6 +10,9 @@ and *live* violations (measured within the uplink's live window) ahead of the ol
 backlog, so a truck passing now is not queued behind yesterday's outage. Rows are enqueued
 inside the evidence store's write transaction, so a committed record always has its outbox row.
 
+:func:`due` joins the evidence store's ``records`` and ``images`` tables (same database), so the
+evidence migrations must have run first (the evidence store applies both).
+
 ``next_attempt_mono`` is the uplink's monotonic re-send deadline for a row it has sent and not
 seen acknowledged; it means nothing after a restart, so :func:`reset_deadlines` clears it when
 the uplink starts (everything unacknowledged is due again).

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import outbox
+from agent import evidence, outbox
 from agent.db import Database
 from agent.outbox import Priority
 
@@ -18,6 +18,7 @@ NOW = datetime(2026, 11, 26, 10, 0, tzinfo=CST)
 
 def _db(path: Path) -> Database:
     db = Database(path)
+    db.migrate("evidence", evidence.MIGRATIONS)  # due() joins the stored records
     db.migrate("outbox", outbox.MIGRATIONS)
     return db
 
