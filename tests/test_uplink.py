@@ -65,14 +65,21 @@ def test_broker_stopped_then_restarted_station_catches_up(
     up.wake()
     assert sim.wait_for(lambda s: complete_count(s) == 20, 20)
     broker.stop()
-    for i in range(30):
-        station.commit(VerdictStatus.OVERLOADED if i % 3 == 0 else VerdictStatus.WITHIN_LIMIT)
-    up.wake()
     wait_until(lambda: not up.connected, 10, "the uplink to notice the broker is gone")
+    outage = [
+        station.commit(VerdictStatus.OVERLOADED if i % 3 == 0 else VerdictStatus.WITHIN_LIMIT)
+        for i in range(30)
+    ]
+    up.wake()
     assert outbox_unacked(station) >= 30
     broker.start()
     assert sim.wait_for(lambda s: complete_count(s) == 50, 30)
     wait_until(lambda: outbox_unacked(station) == 0, 15, "all acks")
+    # what waited out the outage arrives in the promised order: violations, then passages
+    arrived = [e for e in sim.arrival_order() if e in {r.event_id for r in outage}]
+    violations = [r.event_id for r in outage if r.record["verdict"]["status"] == "overloaded"]
+    passages = [r.event_id for r in outage if r.record["verdict"]["status"] != "overloaded"]
+    assert arrived == violations + passages
     assert_delivered_exactly_once(station, sim, config.max_unacked)
 
 
