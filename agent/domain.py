@@ -119,6 +119,8 @@ class Verdict:
     vehicle_class: VehicleClass = VehicleClass.UNKNOWN
     class_source: str = "unknown"  # lane | spacings | declared | unknown
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    watchlist_hit: bool = False  # the plate is on the platform's watch-list: raise an alarm
+    rules_version: str = ""  # `version` of the legal rule table that gave this verdict
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -133,6 +135,8 @@ class Verdict:
             "tolerance_policy": self.tolerance_policy,
             "vehicle_class": self.vehicle_class.value,
             "class_source": self.class_source,
+            "watchlist_hit": self.watchlist_hit,
+            "rules_version": self.rules_version,
         }
         if self.details:
             out["details"] = dict(self.details)

@@ -4,12 +4,21 @@
 the record without its ``integrity`` block; ``signature = Ed25519(bytes.fromhex(hash))``. The
 first record chains to :data:`GENESIS`. ``key_id`` is the first 16 hex digits of the SHA-256 of
 the raw public key, so the platform can tell keys apart after a key change.
+
+The same seal protects the audit log (:mod:`agent.audit`), on a chain of its own.
+
+Key files: the private key is PKCS#8 PEM, mode 0600; public keys are SubjectPublicKeyInfo PEM.
+``verify`` looks a record's ``key_id`` up among every ``*.pub`` in the key directory, so records
+signed before a key change still verify once the old public key is kept there (``keygen
+--force`` keeps it as ``station-{key_id}.pub``).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,10 +28,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 GENESIS = "0" * 64
+ALGORITHM = "sha256-chain+ed25519"
 
 
 class SigningKeyError(Exception):
     """The signing key is missing, unreadable or not an Ed25519 key."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, UTF-8, no spaces: the bytes that are hashed and signed."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:
@@ -56,8 +71,17 @@ class Signer:
             "hash": digest,
             "signature": base64.b64encode(signature).decode("ascii"),
             "key_id": self.key_id,
-            "algorithm": "sha256-chain+ed25519",
+            "algorithm": ALGORITHM,
         }
+
+
+def verify_signature(public_key: Ed25519PublicKey, digest: str, signature_b64: str) -> bool:
+    """Whether ``signature_b64`` is the key's Ed25519 signature over the hash bytes."""
+    try:
+        public_key.verify(base64.b64decode(signature_b64, validate=True), bytes.fromhex(digest))
+    except (InvalidSignature, ValueError, binascii.Error):
+        return False
+    return True
 
 
 def verify_seal(
@@ -69,31 +93,69 @@ def verify_seal(
     digest = chain_hash(prev_hash, body)
     if seal.get("hash") != digest:
         return "content altered: hash does not match the record"
-    try:
-        public_key.verify(base64.b64decode(seal.get("signature", "")), bytes.fromhex(digest))
-    except (InvalidSignature, ValueError):
+    if not verify_signature(public_key, digest, str(seal.get("signature", ""))):
         return "signature invalid for this key"
     return None
 
 
-def generate_key(path: Path) -> Ed25519PrivateKey:
-    """Create a new key at ``path`` (mode 0600; refuses to overwrite)."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_key_file(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int,
+    overwrite: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Write a key file durably with ``mode`` (and ``owner`` uid/gid when given).
+
+    Without ``overwrite`` an existing file is an error (``FileExistsError``); with it the new
+    file replaces the old one atomically (temp file, fsync, rename).
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
+    target = path.with_name(f".{path.name}.tmp") if overwrite else path
+    if overwrite:
+        target.unlink(missing_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow it
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1])
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        os.close(fd)
+    if overwrite:
+        target.replace(path)
+    _fsync_dir(path.parent)
+
+
+def generate_key(path: Path) -> Ed25519PrivateKey:
+    """Create a new key at ``path`` (mode 0600; refuses to overwrite: ``FileExistsError``)."""
+    key = Ed25519PrivateKey.generate()
+    write_key_file(path, private_pem(key), mode=0o600)
     return key
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key at ``path``. Raises :class:`SigningKeyError`."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -105,3 +167,28 @@ def load_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{path} is not an Ed25519 key")
     return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The Ed25519 public key (PEM) at ``path``. Raises :class:`SigningKeyError`."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise SigningKeyError(f"cannot read the public key {path}: {err}") from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def load_public_keys(keys_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """Every readable ``*.pub`` in ``keys_dir`` by key id (unreadable ones are skipped)."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    if not keys_dir.is_dir():
+        return keys
+    for path in sorted(keys_dir.glob("*.pub")):
+        try:
+            key = load_public_key(path)
+        except SigningKeyError:
+            continue
+        keys[key_id_of(key)] = key
+    return keys

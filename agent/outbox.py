@@ -47,19 +47,6 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX outbox_pending ON outbox (acked_at, priority, id);
         """,
     ),
-    (
-        # Partial indexes over the unacknowledged rows only: they shrink as the platform acks,
-        # so draining a 100 000-row backlog does not rescan what is already delivered.
-        # julianday() of an ISO time with its UTC offset is deterministic (no 'now'), so SQLite
-        # accepts it in an index; it orders times written in different offsets correctly.
-        "0002-outbox-unacked-indexes",
-        """
-        CREATE INDEX outbox_unacked ON outbox (priority, id) WHERE acked_at IS NULL;
-        CREATE INDEX outbox_unacked_time ON outbox (priority, julianday(created_at))
-            WHERE acked_at IS NULL;
-        CREATE INDEX outbox_created ON outbox (kind, julianday(created_at));
-        """,
-    ),
 ]
 
 
@@ -108,10 +95,19 @@ def pending_count(conn: sqlite3.Connection) -> int:
 
 
 def oldest_pending_created_at(conn: sqlite3.Connection) -> str | None:
-    """``created_at`` of the oldest unacknowledged message (by instant, not by string)."""
+    """``created_at`` of the oldest unacknowledged message.
+
+    The oldest of each class's first row in queue order (three index look-ups, not a scan
+    of a 100 000-row backlog); rows are queued as they are created, so this is the oldest.
+    """
     row = conn.execute(
-        "SELECT created_at FROM outbox WHERE acked_at IS NULL"
-        " ORDER BY julianday(created_at) LIMIT 1"
+        "SELECT created_at FROM ("
+        + " UNION ALL ".join(
+            f"SELECT * FROM (SELECT created_at FROM outbox WHERE acked_at IS NULL"
+            f" AND priority = {int(p)} ORDER BY id LIMIT 1)"
+            for p in Priority
+        )
+        + ") ORDER BY julianday(created_at) LIMIT 1"
     ).fetchone()
     return None if row is None else str(row[0])
 
@@ -166,15 +162,17 @@ def due(
         )
     )
     if len(out) < limit:
-        take(
-            _rows(
-                conn.execute(
-                    f"SELECT {_COLUMNS} WHERE acked_at IS NULL AND priority = 1"
-                    f" AND julianday(created_at) >= ? AND {_DUE} ORDER BY o.id LIMIT ?",
-                    (julian_day(live_since), now_mono, limit - len(out)),
+        live = _live_violation_ids(conn, julian_day(live_since))
+        if live:
+            take(
+                _rows(
+                    conn.execute(
+                        f"SELECT {_COLUMNS} WHERE o.id IN ({','.join('?' * len(live))})"
+                        f" AND acked_at IS NULL AND {_DUE} ORDER BY o.id LIMIT ?",
+                        (*live, now_mono, limit - len(out)),
+                    )
                 )
             )
-        )
     if len(out) < limit:
         # Over-fetch by what was already taken, so rows picked above cannot starve the rest.
         take(
@@ -187,6 +185,32 @@ def due(
             )
         )
     return out
+
+
+#: Most live violations looked at per round (a burst larger than this drains as backlog, still
+#: oldest first).
+LIVE_SCAN_MAX = 500
+
+
+def _live_violation_ids(conn: sqlite3.Connection, since_jd: float) -> list[int]:
+    """Unacknowledged violations created at or after ``since_jd`` (a julian day).
+
+    Walks the pending violations newest first and stops at the first older one, so the cost
+    is the number of live rows, whatever the backlog (no extra index to keep on disk).
+    """
+    ids: list[int] = []
+    cur = conn.execute(
+        "SELECT id, julianday(created_at) FROM outbox WHERE acked_at IS NULL AND priority = 1"
+        " ORDER BY id DESC"
+    )
+    try:
+        for row_id, jd in cur:
+            if jd is None or jd < since_jd or len(ids) >= LIVE_SCAN_MAX:
+                break
+            ids.append(row_id)
+    finally:
+        cur.close()
+    return ids
 
 
 def mark_attempts(conn: sqlite3.Connection, attempts: Sequence[tuple[int, str, float]]) -> None:

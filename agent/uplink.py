@@ -827,7 +827,7 @@ class Uplink:
             # the stored canonical JSON: the very bytes that were hashed and signed
             messages.append((f"{self.root}/events", row.record_json.encode(), None))
         else:
-            messages.append((f"{self.root}/alarms", (row.payload or "{}").encode(), None))
+            messages.append((f"{self.root}/alarms", self._alarm_payload(row), None))
         flight.size_bytes = sum(len(m[1]) for m in messages)
         self._inflight[row.id] = flight
         self._inflight_bytes += flight.size_bytes
@@ -841,6 +841,36 @@ class Uplink:
             self._by_mid[info.mid] = row.id
         self._counts["resent" if row.attempts else "sent"] += 1
         return True
+
+    def _alarm_payload(self, row: outbox.Row) -> bytes:
+        """The alarm as ``roadside.alarm.v1``.
+
+        Rows queued by :meth:`alarm` already are; other producers (the evidence store's
+        ``enqueue_alarm``: ``{"alarm", "at", "message", **details}``) are mapped here, so the
+        platform sees one shape whoever raised it.
+        """
+        try:
+            doc = json.loads(row.payload or "{}")
+        except ValueError:
+            doc = {"message": row.payload or ""}
+        if not isinstance(doc, dict):
+            doc = {"message": str(doc)}
+        if doc.get("schema") == ALARM_SCHEMA:
+            return (row.payload or "{}").encode()
+        kind = str(doc.pop("alarm", doc.pop("kind", "unknown")))
+        message = str(doc.pop("message", ""))
+        raised_at = str(doc.pop("at", row.created_at))
+        return canonical_json(
+            {
+                "schema": ALARM_SCHEMA,
+                "alarm_id": row.ref,
+                "station_id": self.station_id,
+                "kind": kind,
+                "message": message,
+                "details": doc,
+                "raised_at": raised_at,
+            }
+        )
 
     def _image_message(
         self, event_id: str, name: str, sha256: str, path: Path | None

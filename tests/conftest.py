@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, a station database with an
-evidence store, and a way to commit vehicle records the way the pipeline does."""
+"""Shared fixtures: repository paths and the shared fixtures folder (when present); a real
+Mosquitto on a free loopback port, a station database with an evidence store, and a way to
+commit vehicle records the way the pipeline does."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )
 STATION_ID = "JS-ZJ-0001"
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+DEMO_CONFIG = REPO / "firmware_config" / "examples" / "demo.toml"
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED}")
+    return SHARED
 
 
 def free_port() -> int:

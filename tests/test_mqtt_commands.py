@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from agent.commands_mqtt import MAX_COMMAND_BYTES, CommandError, parse_command, set_config
+from agent.platform_sim import PlatformSim
+from agent.uplink import Uplink, UplinkConfig, probe_broker
+from tests.conftest import (
     Mosquitto,
     StationData,
     free_port,
@@ -16,10 +20,6 @@ from conftest import (
     uplink_config,
     wait_until,
 )
-
-from agent.commands_mqtt import MAX_COMMAND_BYTES, CommandError, parse_command, set_config
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink, UplinkConfig, probe_broker
 
 MakeUplink = Callable[..., Uplink]
 MakeSim = Callable[..., PlatformSim]

@@ -17,7 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import (
+
+from agent.domain import VerdictStatus
+from agent.platform_sim import PlatformSim
+from agent.uplink import Uplink
+from tests.conftest import (
     Mosquitto,
     StationData,
     assert_delivered_exactly_once,
@@ -26,10 +30,6 @@ from conftest import (
     uplink_config,
     wait_until,
 )
-
-from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink
 
 pytestmark = pytest.mark.root
 MakeUplink = Callable[..., Uplink]

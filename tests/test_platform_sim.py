@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from conftest import Mosquitto, StationData, uplink_config, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
@@ -17,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from agent.domain import VerdictStatus
 from agent.platform_sim import PlatformSim, check_record, load_schema, validate
 from agent.uplink import canonical_json, make_client, mqtt_properties
+from tests.conftest import Mosquitto, StationData, uplink_config, wait_until
 
 MakeSim = Callable[..., PlatformSim]
 EVENT_SCHEMA = load_schema("vehicle-event.v1")

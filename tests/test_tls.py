@@ -6,17 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from certs import CertFiles, Pki
-from conftest import (
+
+from agent.platform_sim import PlatformSim
+from agent.uplink import TlsConfig, Uplink, UplinkConfig, probe_broker
+from tests.certs import CertFiles, Pki
+from tests.conftest import (
     Mosquitto,
     StationData,
     assert_delivered_exactly_once,
     outbox_unacked,
     wait_until,
 )
-
-from agent.platform_sim import PlatformSim
-from agent.uplink import TlsConfig, Uplink, UplinkConfig, probe_broker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "firmware_config" / "mosquitto"
 MakeUplink = Callable[..., Uplink]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
-from conftest import (
+from agent.domain import VerdictStatus
+from agent.platform_sim import PlatformSim
+from agent.uplink import Uplink
+from tests.conftest import (
     Mosquitto,
     StationData,
     assert_delivered_exactly_once,
@@ -15,10 +19,6 @@ from conftest import (
     uplink_config,
     wait_until,
 )
-
-from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink
 
 MakeUplink = Callable[..., Uplink]
 MakeSim = Callable[..., PlatformSim]
@@ -245,3 +245,21 @@ def test_evicted_image_is_announced_and_the_record_still_delivered(
     rows = sim.query("SELECT name, evicted, bytes FROM images ORDER BY name")
     assert rows[0][0] == "front.jpg" and rows[0][1] == 0 and rows[0][2] > 0
     assert rows[1] == ("rear.jpg", 1, 0)
+
+
+def test_alarms_queued_by_the_evidence_store_reach_the_platform_in_the_alarm_schema(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    from agent import evidence
+
+    with station.db.write() as conn:
+        ref = evidence.enqueue_alarm(
+            conn, alarm="disk-watermark", at=station.clock.now(), message="low", free_mb=90
+        )
+    config = uplink_config(broker)
+    sim = make_sim(config)
+    make_uplink(station, config)
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "the alarm acked")
+    doc = json.loads(sim.query("SELECT payload FROM alarms")[0][0])
+    assert doc["alarm_id"] == ref and doc["kind"] == "disk-watermark"
+    assert doc["details"] == {"free_mb": 90} and doc["message"] == "low"

@@ -86,6 +86,8 @@ def test_deadlines_acks_and_resend_ranges(tmp_path: Path) -> None:
 def test_due_order_is_class_then_age(rows: list[tuple[Priority, int]]) -> None:
     import tempfile
 
+    # rows are queued as vehicles are stored: creation times never go backwards
+    rows = sorted(rows, key=lambda r: -r[1])
     with tempfile.TemporaryDirectory() as tmp:
         db = _db(Path(tmp) / "s.db")
         for i, (priority, minutes_ago) in enumerate(rows):

@@ -1,23 +1,475 @@
-"""``roadside-agent export``: write evidence packages for records."""
+"""``roadside-agent export EVENT_ID... --out DIR``: evidence packages a court or platform can check.
+
+One directory per record::
+
+    {event_id}/
+        index.html        self-contained page: photos, plate, axle-load chart vs the limit,
+                          verdict, and how to verify the package
+        record.json       the record exactly as stored and signed (canonical JSON)
+        body.json         record.json without "integrity": the bytes that were hashed
+        prev_hash.txt     the previous record's hash (the chain link)
+        hash.bin          SHA-256(prev_hash ‖ body.json), 32 raw bytes
+        signature.sig     Ed25519 signature over hash.bin, 64 raw bytes
+        public_key.pem    the station public key (key id in record.json)
+        images/           the photos, byte for byte
+        SHA256SUMS        sha256sum -c format, for the images and the files above
+        verify.py         stand-alone check (Python 3 + the cryptography package)
+
+Exit 0 when every package was written and verified; 1 when a record is missing or fails its
+check (its package is still written, marked NOT VERIFIED); 66 without a database.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import html
+import json
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
-EX_UNAVAILABLE = 69
+EX_BROKEN = 1
+EX_NOINPUT = 66
+EX_CONFIG = 78
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "export", help="write evidence packages for records"
+        "export",
+        help="write evidence packages for records",
+        description="Write one evidence package per record: record JSON, images, signature, "
+        "public key, a stand-alone verifier and a human-readable page.",
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("event_ids", nargs="+", metavar="EVENT_ID", help="record ids to export")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--config", metavar="FILE", help="station config (reads [station] data_dir)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides --config)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    print("roadside-agent export: not available in this version", file=sys.stderr)
-    return EX_UNAVAILABLE
+    from agent import evidence
+
+    try:
+        data_dir, config = evidence.locate(args.config, args.data_dir)
+    except evidence.ConfigFileError as err:
+        print(f"roadside-agent export: {err}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        conn = evidence.open_readonly(data_dir)
+    except FileNotFoundError as err:
+        print(f"roadside-agent export: {err}", file=sys.stderr)
+        return EX_NOINPUT
+    keys = evidence.verification_keys(data_dir, config)
+    out = Path(args.out)
+    results: list[dict[str, Any]] = []
+    try:
+        for event_id in args.event_ids:
+            results.append(export_one(conn, data_dir, keys, event_id, out))
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"packages": results}, ensure_ascii=False))
+    else:
+        for r in results:
+            state = "verified" if r["verified"] else "NOT VERIFIED: " + "; ".join(r["problems"])
+            print(f"{r['event_id']}: {r.get('path', '-')} ({state})")
+    return 0 if all(r["verified"] for r in results) else EX_BROKEN
+
+
+def export_one(
+    conn: Any, data_dir: Path, keys: dict[str, Any], event_id: str, out: Path
+) -> dict[str, Any]:
+    """Write the package of one record; returns ``{event_id, path, verified, problems}``."""
+    from agent import integrity
+
+    row = conn.execute("SELECT record_json FROM records WHERE event_id = ?", (event_id,)).fetchone()
+    if row is None:
+        pruned = conn.execute(
+            "SELECT pruned_at FROM records_pruned WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        why = f"pruned by retention at {pruned[0]}" if pruned else "no such record"
+        return {"event_id": event_id, "verified": False, "problems": [why]}
+    record_json: str = row[0]
+    record = json.loads(record_json)
+    seal = dict(record["integrity"])
+    body = {k: v for k, v in record.items() if k != "integrity"}
+    body_bytes = integrity.canonical_json(body)
+    problems: list[str] = []
+    key = keys.get(str(seal.get("key_id")))
+    if key is None:
+        problems.append(f"no public key with key id {seal.get('key_id')}")
+    else:
+        broken = integrity.verify_seal(key, seal.get("prev_hash", ""), body_bytes, seal)
+        if broken:
+            problems.append(broken)
+
+    pkg = out / event_id
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    (pkg / "images").mkdir(parents=True)
+    files: dict[str, bytes] = {
+        "record.json": record_json.encode(),
+        "body.json": body_bytes,
+        "prev_hash.txt": (seal.get("prev_hash", "") + "\n").encode(),
+        "hash.bin": bytes.fromhex(seal.get("hash", "")),
+        "signature.sig": base64.b64decode(seal.get("signature", "")),
+        "verify.py": VERIFY_PY.encode(),
+    }
+    if key is not None:
+        files["public_key.pem"] = integrity.public_pem(key).encode()
+    image_rows = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute(
+            "SELECT name, path, evicted_at FROM images WHERE event_id = ?", (event_id,)
+        )
+    }
+    photos: list[tuple[dict[str, Any], bytes | None, str]] = []
+    for img in record.get("images", []):
+        name = img["name"]
+        path, evicted = image_rows.get(name, (None, None))
+        data: bytes | None = None
+        note = ""
+        if evicted:
+            note = f"evicted by retention at {evicted}"
+        elif path is None:
+            note = "no image row"
+        else:
+            try:
+                data = (data_dir / path).read_bytes()
+            except OSError as err:
+                note = f"missing: {err.strerror}"
+        if data is not None and hashlib.sha256(data).hexdigest() != img["sha256"]:
+            note = "SHA-256 differs from the signed record"
+        if note and not evicted:
+            problems.append(f"image {name}: {note}")
+        if data is not None:
+            files[f"images/{name}"] = data
+        photos.append((img, data, note))
+    for name, data in files.items():
+        (pkg / name).write_bytes(data)
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+        for name, data in sorted(files.items())
+        if name != "SHA256SUMS"
+    )
+    (pkg / "SHA256SUMS").write_text(sums)
+    (pkg / "index.html").write_text(
+        render_html(record, seal, photos, problems, files.get("public_key.pem", b"").decode()),
+        encoding="utf-8",
+    )
+    return {
+        "event_id": event_id,
+        "path": str(pkg),
+        "verified": not problems,
+        "problems": problems,
+    }
+
+
+# -- the page --------------------------------------------------------------------------------
+
+STATUS_COLOURS = {
+    "overloaded": "#c62828",
+    "warning": "#ef6c00",
+    "within_limit": "#2e7d32",
+    "exempt": "#1565c0",
+    "undetermined": "#616161",
+}
+
+
+def axle_chart_svg(
+    axle_loads_kg: list[int], gross_kg: int | None, limit_kg: int | None, tolerance_kg: int | None
+) -> str:
+    """Axle loads as bars, then the gross as a bar against the limit and limit + tolerance."""
+    w, h, pad, top = 640, 260, 48, 16
+    labels = [f"Axle {i + 1}" for i in range(len(axle_loads_kg))]
+    values = list(axle_loads_kg)
+    if gross_kg is not None:
+        labels.append("Gross")
+        values.append(gross_kg)
+    lines = [(limit_kg, "limit", "#c62828")]
+    if limit_kg is not None and tolerance_kg:
+        lines.append((limit_kg + tolerance_kg, "limit + tolerance", "#ef6c00"))
+    top_value = max([v for v in values] + [v or 0 for v, _, _ in lines] + [1]) * 1.1
+    plot_h = h - pad - top
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - v / top_value)
+
+    n = max(len(values), 1)
+    slot = (w - pad - 10) / n
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" '
+        f'height="{h}" role="img" aria-label="axle loads and gross against the limit">',
+        f'<line x1="{pad}" y1="{top}" x2="{pad}" y2="{h - pad}" stroke="#333"/>',
+        f'<line x1="{pad}" y1="{h - pad}" x2="{w - 10}" y2="{h - pad}" stroke="#333"/>',
+    ]
+    for frac in (0, 0.25, 0.5, 0.75, 1.0):
+        v = top_value / 1.1 * frac
+        parts.append(
+            f'<text x="{pad - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">'
+            f"{v / 1000:.0f} t</text>"
+        )
+    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
+        x = pad + i * slot + slot * 0.15
+        bw = slot * 0.7
+        gross = label == "Gross"
+        over = gross and limit_kg is not None and v > limit_kg + (tolerance_kg or 0)
+        colour = "#c62828" if over else ("#1565c0" if gross else "#78909c")
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw:.1f}" height="{y(0) - y(v):.1f}" '
+            f'fill="{colour}"><title>{label}: {v} kg</title></rect>'
+        )
+        parts.append(
+            f'<text x="{x + bw / 2:.1f}" y="{y(v) - 4:.1f}" font-size="11" '
+            f'text-anchor="middle">{v:,} kg</text>'
+        )
+        parts.append(
+            f'<text x="{x + bw / 2:.1f}" y="{h - pad + 16}" font-size="11" '
+            f'text-anchor="middle">{label}</text>'
+        )
+    for i, (line_kg, label, colour) in enumerate(lines):
+        if line_kg is None:
+            continue
+        parts.append(
+            f'<line x1="{pad}" x2="{w - 10}" y1="{y(line_kg):.1f}" y2="{y(line_kg):.1f}" '
+            f'stroke="{colour}" stroke-dasharray="6 3" stroke-width="2"/>'
+        )
+        dy = 13 if i == 0 else -5  # limit below its line, limit + tolerance above its own
+        parts.append(
+            f'<text x="{pad + 6}" y="{y(line_kg) + dy:.1f}" font-size="11" fill="{colour}">'
+            f"{label} {line_kg:,} kg</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _kg(value: Any) -> str:
+    return "—" if value is None else f"{value:,} kg"
+
+
+def render_html(
+    record: dict[str, Any],
+    seal: dict[str, Any],
+    photos: list[tuple[dict[str, Any], bytes | None, str]],
+    problems: list[str],
+    public_key_pem: str,
+) -> str:
+    e = html.escape
+    v = record.get("verdict", {})
+    veh = record.get("vehicle", {})
+    dev = record.get("device", {})
+    sw = record.get("software", {})
+    status = str(v.get("status", "undetermined"))
+    colour = STATUS_COLOURS.get(status, "#616161")
+    plates = record.get("plates", [])
+    plate_html = (
+        "".join(
+            f'<span class="plate plate-{e(str(p.get("color")))}">{e(str(p.get("text")))}</span> '
+            f"<small>{e(str(p.get('position')))}, {e(str(p.get('color')))}, "
+            f"confidence {p.get('confidence')}</small><br>"
+            for p in plates
+        )
+        or "<em>no plate read</em>"
+    )
+    photo_html = []
+    for img, data, note in photos:
+        caption = f"{e(img['name'])} ({e(str(img.get('role')))}, {img.get('bytes'):,} bytes)"
+        if data is not None and not note:
+            b64 = base64.b64encode(data).decode()
+            photo_html.append(
+                f'<figure><img src="data:image/jpeg;base64,{b64}" alt="{e(img["name"])}">'
+                f"<figcaption>{caption}<br><code>SHA-256 {e(img['sha256'])}</code>"
+                "</figcaption></figure>"
+            )
+        else:
+            photo_html.append(
+                f'<figure class="missing"><div>{e(note)}</div><figcaption>{caption}<br>'
+                f"<code>SHA-256 {e(img['sha256'])}</code></figcaption></figure>"
+            )
+    clock = record.get("clock", {}).get("synchronized")
+    clock_html = (
+        "NTP-synchronised"
+        if clock
+        else '<b class="bad">NOT synchronised: the time of this record is not trusted</b>'
+    )
+    storage = record.get("storage_flags") or []
+    verified = (
+        '<p class="ok">This package was verified when exported: hash chain link, '
+        "Ed25519 signature and every image hash hold.</p>"
+        if not problems
+        else '<p class="bad">NOT VERIFIED when exported: '
+        + "; ".join(e(p) for p in problems)
+        + "</p>"
+    )
+    rows = [
+        ("Event id", e(str(record.get("event_id")))),
+        ("Station / lane", f"{e(str(record.get('station_id')))} / lane {record.get('lane')}"),
+        ("Measured at", f"{e(str(record.get('measured_at')))} ({clock_html})"),
+        ("Sequence", str(record.get("seq"))),
+        ("Vehicle class", f"{e(str(veh.get('vehicle_class')))} ({veh.get('axle_count')} axles)"),
+        ("Speed", f"{veh.get('speed_kmh')} km/h"),
+        (
+            "Axle loads",
+            ", ".join(f"{x:,} kg" for x in veh.get("axle_loads_kg", [])),
+        ),
+        ("Axle spacings", ", ".join(f"{x:,} mm" for x in veh.get("axle_spacings_mm", []))),
+        ("Gross", f"<b>{veh.get('gross_kg', 0):,} kg</b>"),
+        (
+            "Limit / tolerance",
+            f"{_kg(v.get('limit_kg'))} / {_kg(v.get('tolerance_kg'))} "
+            f"({e(str(v.get('tolerance_policy', '')))})",
+        ),
+        ("Over the limit", f"{_kg(v.get('over_kg'))} ({v.get('over_pct')} %)"),
+        ("Rule", e(str(v.get("rule")))),
+        (
+            "Scale",
+            f"{e(str(dev.get('scale_id')))}, accuracy class "
+            f"{e(str(dev.get('accuracy_class')))}, certificate {e(str(dev.get('certificate')))} "
+            f"valid until {e(str(dev.get('certificate_valid_until')))}",
+        ),
+        (
+            "Software",
+            f"{e(str(sw.get('version')))}, legal id <code>{e(str(sw.get('legal_id')))}</code>",
+        ),
+        ("Audit counter", str(record.get("audit_counter"))),
+    ]
+    if storage:
+        rows.append(("Storage", '<b class="bad">' + e(", ".join(storage)) + "</b>"))
+    table = "".join(f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows)
+    chart = axle_chart_svg(
+        list(veh.get("axle_loads_kg", [])),
+        veh.get("gross_kg"),
+        v.get("limit_kg"),
+        v.get("tolerance_kg"),
+    )
+    return PAGE.format(
+        title=e(str(record.get("event_id"))),
+        colour=colour,
+        status=e(status.replace("_", " ").upper()),
+        explanation=e(str(v.get("explanation", ""))),
+        explanation_zh=e(str(v.get("explanation_zh", ""))),
+        plates=plate_html,
+        photos="".join(photo_html),
+        chart=chart,
+        table=table,
+        verified=verified,
+        prev_hash=e(str(seal.get("prev_hash"))),
+        hash=e(str(seal.get("hash"))),
+        signature=e(str(seal.get("signature"))),
+        key_id=e(str(seal.get("key_id"))),
+        public_key=e(public_key_pem),
+    )
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<title>Evidence {title}</title>
+<style>
+body {{ font-family: system-ui, "Noto Sans CJK SC", sans-serif; margin: 2em auto; max-width: 980px;
+       color: #222; padding: 0 1em; }}
+h1 {{ font-size: 1.4em; }} code {{ font-size: .85em; word-break: break-all; }}
+.verdict {{ background: {colour}; color: #fff; padding: .8em 1em; border-radius: 6px; }}
+.verdict b {{ font-size: 1.5em; letter-spacing: .05em; }}
+.plate {{ display: inline-block; font-size: 1.6em; font-weight: bold; padding: .1em .5em;
+          border: 2px solid #222; border-radius: 4px; margin: .2em 0; }}
+.plate-yellow {{ background: #f9d71c; }} .plate-blue {{ background: #1e4fa3; color: #fff; }}
+.plate-green {{ background: #7cc576; }} .plate-white {{ background: #fff; }}
+.plate-black {{ background: #111; color: #fff; }}
+.photos {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ margin: 0; max-width: 460px; }} figure img {{ max-width: 100%; border: 1px solid #999; }}
+figure.missing div {{ width: 300px; height: 160px; background: #eee; display: flex;
+                      align-items: center; justify-content: center; color: #666; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ text-align: left; border-bottom: 1px solid #ddd; padding: .35em .5em;
+          vertical-align: top; }}
+th {{ width: 12em; color: #555; font-weight: normal; }}
+.ok {{ color: #2e7d32; font-weight: bold; }} .bad {{ color: #c62828; font-weight: bold; }}
+pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: .85em; }}
+</style></head>
+<body>
+<h1>Vehicle evidence record {title}</h1>
+<div class="verdict"><b>{status}</b><br>{explanation}<br>{explanation_zh}</div>
+<h2>Plate</h2>
+<p>{plates}</p>
+<h2>Photos</h2>
+<div class="photos">{photos}</div>
+<h2>Axle loads against the limit</h2>
+{chart}
+<h2>Record</h2>
+<table>{table}</table>
+<h2>Integrity</h2>
+{verified}
+<table>
+<tr><th>Previous hash</th><td><code>{prev_hash}</code></td></tr>
+<tr><th>Hash</th><td><code>{hash}</code></td></tr>
+<tr><th>Signature (Ed25519)</th><td><code>{signature}</code></td></tr>
+<tr><th>Key id</th><td><code>{key_id}</code></td></tr>
+</table>
+<pre>{public_key}</pre>
+<h2>How to verify this package</h2>
+<ol>
+<li>Check the station public key: its key id (the first 16 hex digits of SHA-256 of the raw
+32-byte key) must match the key registered for this station with the platform.</li>
+<li>Automatically: <code>python3 verify.py</code> in this directory (needs Python 3 and the
+<code>cryptography</code> package). It checks every step below.</li>
+<li>By hand, with standard tools:
+<pre>sha256sum -c SHA256SUMS                      # files and photos unchanged
+jq -S 'del(.integrity)' record.json | diff - &lt;(jq -S . body.json)   # body.json is the record
+(tr -d '\\n' &lt; prev_hash.txt; cat body.json) | sha256sum   # = hash.bin (xxd -p hash.bin)
+openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin \\
+        -in hash.bin -sigfile signature.sig    # "Signature Verified Successfully"</pre></li>
+<li>The photo hashes are inside the signed body (<code>images[].sha256</code>), so a
+photo that still matches its hash is the photo the station signed.</li>
+<li>The previous hash links this record into the station's chain; the platform, holding the
+neighbouring records, can check the link. On the station, <code>roadside-agent verify</code>
+checks the whole chain.</li>
+</ol>
+<p><small>body.json is the canonical JSON of the record without its integrity block: keys sorted,
+UTF-8, no spaces. hash = SHA-256(previous hash as 64 ASCII hex digits followed by body.json);
+the signature is Ed25519 over the 32 hash bytes.</small></p>
+</body></html>
+"""
+
+VERIFY_PY = '''#!/usr/bin/env python3
+"""Verify this evidence package: python3 verify.py [PACKAGE_DIR]. Needs `cryptography`."""
+import base64, hashlib, json, sys
+from pathlib import Path
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+d = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+record = json.loads((d / "record.json").read_bytes())
+seal = record.pop("integrity")
+body = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+ok = True
+def check(cond, what):
+    global ok
+    ok = ok and cond
+    print(("OK   " if cond else "FAIL ") + what)
+check(body == (d / "body.json").read_bytes(), "body.json is the record without integrity")
+digest = hashlib.sha256(seal["prev_hash"].encode("ascii") + body).hexdigest()
+check(digest == seal["hash"], "hash = SHA-256(prev_hash || body)")
+key = load_pem_public_key((d / "public_key.pem").read_bytes())
+raw = key.public_bytes(encoding=__import__("cryptography.hazmat.primitives.serialization",
+    fromlist=["Encoding"]).Encoding.Raw, format=__import__(
+    "cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]).PublicFormat.Raw)
+check(hashlib.sha256(raw).hexdigest()[:16] == seal["key_id"], "public key id " + seal["key_id"])
+try:
+    key.verify(base64.b64decode(seal["signature"]), bytes.fromhex(seal["hash"]))
+    check(True, "Ed25519 signature")
+except Exception:
+    check(False, "Ed25519 signature")
+for img in record.get("images", []):
+    p = d / "images" / img["name"]
+    if p.exists():
+        check(hashlib.sha256(p.read_bytes()).hexdigest() == img["sha256"], "image " + img["name"])
+    else:
+        print("--   image " + img["name"] + " not in the package (evicted or missing)")
+print("VERIFIED" if ok else "NOT VERIFIED")
+sys.exit(0 if ok else 1)
+'''

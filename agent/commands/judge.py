@@ -1,4 +1,11 @@
-"""``roadside-agent judge``: what the station would decide for a truck (legal check)."""
+"""``roadside-agent judge``: what the station would decide for a truck (legal check).
+
+Runs the daemon's own code (:func:`agent.legal.load_rules`, :func:`agent.legal.judge`) on axle
+loads typed by a technician. Without ``--config`` it uses the shipped rule tables and the default
+tolerance (5 %); with ``--config`` it takes the ``[legal]`` table of the station config.
+
+Exit codes: 0 a verdict was printed; 2 bad input; 78 unusable config or rule tables.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,233 @@ import argparse
 import sys
 from typing import Any
 
-EX_UNAVAILABLE = 69
+EX_USAGE = 2
+EX_CONFIG = 78
+
+EPILOG = """\
+examples:
+  roadside-agent judge --axles 7100,9800,9700,11200,11300,11000 \\
+      --spacings-mm 3400,1350,7100,1310,1310
+  roadside-agent judge --axles 7000,9000,10000,10000 --vehicle-class truck --no-air-suspension
+  roadside-agent judge --axles 7000,11500 --config /etc/roadside-agent/station.toml --json
+
+Facts not given are unknown; the station then takes the reading with the higher limit and
+says so in the explanation (never accuse on ambiguity).
+"""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "judge", help="what the station would decide for a truck (legal check)"
+        "judge",
+        help="what the station would decide for a truck (legal check)",
+        description="What the station would decide for a truck, with the daemon's own code.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "--axles", required=True, metavar="KG,KG,...", help="axle loads, front to back, in kg"
+    )
+    p.add_argument("--spacings-mm", metavar="MM,...", help="axle spacings, front to back, in mm")
+    p.add_argument("--gross-kg", type=str, metavar="KG", help="gross (default: sum of the axles)")
+    p.add_argument(
+        "--vehicle-class",
+        choices=["truck", "combination", "unknown"],
+        default="unknown",
+        help="rigid truck or combination (default: unknown, inferred from the spacings)",
+    )
+    yes_no = argparse.BooleanOptionalAction
+    p.add_argument(
+        "--single-drive-axle", action=yes_no, help="the tractor (6+ axles) has one drive axle"
+    )
+    p.add_argument("--air-suspension", action=yes_no, help="air suspension fitted")
+    p.add_argument(
+        "--dual-tyre-drive-axle", action=yes_no, help="drive axle(s) with two tyres per side"
+    )
+    p.add_argument("--articulated", action=yes_no, help="tractor with a semi-trailer (铰接列车)")
+    p.add_argument(
+        "--single-tyre-axles",
+        type=str,
+        metavar="N",
+        help="non-drive group/trailer axles with single tyres (−3000 kg each)",
+    )
+    p.add_argument(
+        "--wide-tyres", action=yes_no, help="those axles have approved wide tyres (no reduction)"
+    )
+    p.add_argument("--speed-kmh", type=str, metavar="KMH", help="measured speed")
+    p.add_argument("--plate", help="licence plate (for permits and the watch-list)")
+    p.add_argument(
+        "--accuracy-class", metavar="CLASS", help="scale accuracy class (tolerance accuracy_class)"
+    )
+    p.add_argument(
+        "--at", metavar="ISO8601", help="measurement time with offset (default: now, +08:00)"
+    )
+    p.add_argument("--config", metavar="FILE", help="station config (TOML); uses its [legal]")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(func=run)
     return p
 
 
+class BadInputError(ValueError):
+    """Input the technician typed that cannot be judged; the message says what is wrong."""
+
+
+def _whole(text: str, what: str, *, allow_zero: bool = True) -> int:
+    text = text.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            float(text)
+        except ValueError:
+            raise BadInputError(f"{what} {text!r} is not a number") from None
+        raise BadInputError(f"{what} {text!r} must be a whole number") from None
+    if value < 0:
+        raise BadInputError(f"{what} {value} is negative")
+    if value == 0 and not allow_zero:
+        raise BadInputError(f"{what} must be greater than 0")
+    return value
+
+
+def _list(text: str | None, what: str, *, allow_zero: bool = True) -> tuple[int, ...]:
+    if text is None or not text.strip():
+        return ()
+    parts = text.split(",")
+    return tuple(
+        _whole(p, f"{what} {i}", allow_zero=allow_zero) for i, p in enumerate(parts, start=1)
+    )
+
+
+def _speed(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadInputError(f"speed {text!r} is not a number") from None
+    if not value >= 0:  # also NaN
+        raise BadInputError(f"speed {text!r} must be 0 km/h or more")
+    return value
+
+
+def _legal_config(path: str | None) -> Any:
+    """``[legal]`` of the station config (or the defaults)."""
+    import tomllib
+
+    from agent.legal import LegalConfig
+
+    if path is None:
+        return LegalConfig()
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    return LegalConfig.model_validate(data.get("legal", {}))
+
+
+def _kg(value: int | None) -> str:
+    return "—" if value is None else f"{value} kg"
+
+
+def _render(verdict: Any) -> str:
+    pct = "" if verdict.over_pct is None else f"  ({verdict.over_pct} %)"
+    lines = [
+        f"status       {verdict.status.value}",
+        f"limit        {_kg(verdict.limit_kg)}  ({verdict.rule})",
+        f"tolerance    {_kg(verdict.tolerance_kg)}  ({verdict.tolerance_policy})",
+        f"over         {_kg(verdict.over_kg)}{pct}",
+        f"class        {verdict.vehicle_class.value} ({verdict.class_source})",
+        f"explanation  {verdict.explanation}",
+        f"说明         {verdict.explanation_zh}",
+    ]
+    if verdict.watchlist_hit:
+        lines.append("watch-list   HIT")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    print("roadside-agent judge: not available in this version", file=sys.stderr)
-    return EX_UNAVAILABLE
+    import json
+    from datetime import datetime
+
+    from pydantic import ValidationError
+
+    from agent.domain import VehicleClass
+    from agent.legal import (
+        DeviceFacts,
+        InvalidFactsError,
+        LegalRulesError,
+        VehicleFacts,
+        judge,
+        load_rules,
+    )
+    from drivers.clock import SystemClock
+
+    prog = "roadside-agent judge"
+    try:
+        loads = _list(args.axles, "axle load")
+        if not loads:
+            raise BadInputError(
+                "--axles needs at least one axle load in kg, e.g. --axles 7000,11000"
+            )
+        spacings = _list(args.spacings_mm, "axle spacing", allow_zero=False)
+        gross = sum(loads) if args.gross_kg is None else _whole(args.gross_kg, "gross")
+        single_tyre = None
+        if args.single_tyre_axles is not None:
+            single_tyre = _whole(args.single_tyre_axles, "single-tyre axle count")
+        at = SystemClock().now()
+        if args.at is not None:
+            try:
+                at = datetime.fromisoformat(args.at)
+            except ValueError:
+                raise BadInputError(f"--at {args.at!r} is not an ISO 8601 time") from None
+            if at.tzinfo is None:
+                raise BadInputError(f"--at {args.at!r} needs a UTC offset, e.g. +08:00")
+        declared = VehicleClass(args.vehicle_class)
+        facts = VehicleFacts(
+            axle_loads_kg=loads,
+            gross_kg=gross,
+            axle_spacings_mm=spacings,
+            speed_kmh=_speed(args.speed_kmh),
+            declared_class=declared,
+            class_source="declared" if declared is not VehicleClass.UNKNOWN else "unknown",
+            single_drive_axle=args.single_drive_axle,
+            plate=args.plate,
+            single_tyre_non_drive_axles=single_tyre,
+            wide_tyres=args.wide_tyres,
+            dual_tyre_drive_axle=args.dual_tyre_drive_axle,
+            air_suspension=args.air_suspension,
+            articulated=args.articulated,
+        )
+    except (BadInputError, InvalidFactsError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EX_USAGE
+
+    try:
+        rules = load_rules(_legal_config(args.config))
+    except OSError as err:
+        print(f"{prog}: cannot read {args.config}: {err.strerror}", file=sys.stderr)
+        return EX_CONFIG
+    except ValidationError as err:
+        problems = "; ".join(
+            f"legal.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        print(f"{prog}: {args.config}: {problems}", file=sys.stderr)
+        return EX_CONFIG
+    except (LegalRulesError, ValueError) as err:  # TOML syntax errors are ValueErrors too
+        print(f"{prog}: {args.config or 'rule tables'}: {err}", file=sys.stderr)
+        return EX_CONFIG
+
+    device = DeviceFacts(accuracy_class=args.accuracy_class) if args.accuracy_class else None
+    if rules.tolerance.kind == "accuracy_class":
+        known = ", ".join(sorted(rules.accuracy_mpe_pct, key=float))
+        if device is None:
+            print(f"{prog}: tolerance_policy is accuracy_class: give --accuracy-class ({known})",
+                  file=sys.stderr)  # fmt: skip
+            return EX_USAGE
+        if args.accuracy_class.strip() not in rules.accuracy_mpe_pct:
+            print(f"{prog}: accuracy class {args.accuracy_class!r} is not in the rule table "
+                  f"(known: {known})", file=sys.stderr)  # fmt: skip
+            return EX_USAGE
+    verdict = judge(facts, rules, at, device=device)
+    if args.json:
+        print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2, default=str))
+    else:
+        print(_render(verdict))
+    return 0

@@ -1,23 +1,427 @@
-"""``roadside-agent probe``: read a device directly, without the station config."""
+"""``roadside-agent probe``: read a device directly, without the station config.
+
+``probe scale --type TYPE --port URL [--baudrate N] [--option KEY=VALUE ...] [--seconds S]
+[--json]`` opens a scale with the named backend (or the one of ``--config FILE``'s lane),
+prints what it reads for a few seconds, and ends with a summary a technician can act on:
+the last stable gross in kg, how many readings came and how fast, every distinct error, and
+the last raw frames in hex. ``--json`` prints one JSON object instead (``gross_kg``,
+``stable``, ``readings``, ``errors``, ``raw_tail``).
+
+``probe ports`` lists serial ports with their /dev/serial/by-id names (stable across
+reboots and replugging: the name to put in the config).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import re
 import sys
+import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
+EX_OK = 0
+EX_USAGE = 64
 EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+MAX_READINGS = 1000
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "probe", help="read a device directly, without the station config"
+        "probe",
+        help="read a device directly, without the station config",
+        description="Read a device directly and tell whether wiring, protocol and scaling "
+        "are right.",
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=run)
+    what = p.add_subparsers(dest="probe_what", metavar="DEVICE")
+    s = what.add_parser(
+        "scale",
+        help="read a scale / indicator / WIM controller for a few seconds",
+        description="Examples:\n"
+        "  roadside-agent probe scale --type xk3190 --port /dev/ttyUSB0 --option unit=t\n"
+        "  roadside-agent probe scale --type modbus_tcp --port 192.168.1.50:502 "
+        "--option map=tuna_id551\n"
+        "  roadside-agent probe scale --type modbus_rtu --port /dev/ttyUSB0 --baudrate 9600 "
+        "--option device_id=3\n"
+        "  roadside-agent probe scale --config /etc/roadside-agent/station.toml --lane 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--type", dest="scale_type", help="backend: modbus_tcp, xk3190, ...")
+    s.add_argument(
+        "--port",
+        help="serial port or pyserial URL; for Modbus TCP host[:port] (default port 502)",
+    )
+    s.add_argument("--baudrate", type=int, help="serial speed, e.g. 9600")
+    s.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config key of the backend (repeatable), e.g. map=generic, unit=t",
+    )
+    s.add_argument("--config", type=Path, help="use the scale of this station config instead")
+    s.add_argument("--lane", type=int, default=0, help="with --config: lane number (default first)")
+    s.add_argument("--seconds", type=float, default=5.0, help="how long to read (default 5)")
+    s.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    s.add_argument(
+        "--simulate",
+        action="store_true",
+        help="read a simulated twin of --type (modbus_tcp, xk3190, toledo, wim_lines) instead "
+        "of hardware: a truck crossing the scale",
+    )
+    s.set_defaults(func=run)
+    ports = what.add_parser("ports", help="list serial ports and their /dev/serial/by-id names")
+    ports.add_argument("--json", action="store_true", help="print JSON")
+    ports.set_defaults(func=run)
+    p.set_defaults(func=run, probe_what=None)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    print("roadside-agent probe: not available in this version", file=sys.stderr)
-    return EX_UNAVAILABLE
+    if args.probe_what == "scale":
+        return probe_scale(args)
+    if args.probe_what == "ports":
+        return probe_ports(args)
+    print("usage: roadside-agent probe {scale,ports} ... (see --help)", file=sys.stderr)
+    return EX_USAGE
+
+
+# ----- scale -------------------------------------------------------------------------------
+
+
+def _value(text: str) -> Any:
+    """A TOML literal when it is one (numbers, booleans, arrays, inline tables), else text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def scale_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend's config table from the command line (or the station config)."""
+    settings: dict[str, Any] = {}
+    if args.config is not None:
+        data = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        lanes = data.get("lanes", [])
+        if not lanes:
+            raise ValueError(f"{args.config}: no [[lanes]]")
+        lane = next((ln for ln in lanes if ln.get("number") == args.lane), None)
+        if lane is None:
+            if args.lane:
+                raise ValueError(f"{args.config}: no lane number {args.lane}")
+            lane = lanes[0]
+        if "scale" not in lane:
+            raise ValueError(f"{args.config}: lane {lane.get('number')} has no [lanes.scale]")
+        settings.update(lane["scale"])
+    if args.scale_type:
+        settings["type"] = args.scale_type
+    if "type" not in settings:
+        raise ValueError("--type is needed (or --config with a [lanes.scale] table)")
+    tcp = settings["type"] == "modbus_tcp" or (
+        settings["type"] == "wim_modbus" and ("host" in settings or _looks_tcp(args.port))
+    )
+    if args.port:
+        if tcp:
+            host, _, port = args.port.removeprefix("tcp://").partition(":")
+            settings["host"] = host
+            settings["port"] = int(port) if port else 502
+        else:
+            settings["port"] = args.port
+    if args.baudrate:
+        settings["baudrate"] = args.baudrate
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        settings[key.strip()] = _value(value.strip())
+    return settings
+
+
+def _looks_tcp(port: str | None) -> bool:
+    if not port:
+        return False
+    if port.startswith("tcp://"):
+        return True
+    head = port.split(":")[0]
+    return bool(head) and all(c.isdigit() or c == "." for c in head) and ":" in port
+
+
+def _reading(m: Any, t0: float) -> dict[str, Any]:
+    from drivers.scale import DetectorEdge, WeightSample, WimRecord
+
+    t = round(time.monotonic() - t0, 3)
+    if isinstance(m, WeightSample):
+        return {
+            "t_s": t,
+            "kind": "weight",
+            "gross_kg": round(m.gross_kg, 3),
+            "stable": m.stable,
+            "flags": sorted(m.flags),
+        }
+    if isinstance(m, WimRecord):
+        return {
+            "t_s": t,
+            "kind": "wim",
+            "lane": m.lane,
+            "axle_loads_kg": list(m.axle_loads_kg),
+            "gross_kg": m.gross_kg,
+            "axle_spacings_mm": list(m.axle_spacings_mm),
+            "speed_kmh": m.speed_kmh,
+            "flags": sorted(m.flags),
+        }
+    assert isinstance(m, DetectorEdge)
+    return {"t_s": t, "kind": "detector", "occupied": m.occupied}
+
+
+def _line(r: dict[str, Any]) -> str:
+    if r["kind"] == "weight":
+        state = "stable" if r["stable"] else "MOTION"
+        flags = f"  [{', '.join(r['flags'])}]" if r["flags"] else ""
+        return f"{r['t_s']:7.2f} s  {r['gross_kg']:>12,.1f} kg  {state}{flags}"
+    if r["kind"] == "wim":
+        loads = " + ".join(str(x) for x in r["axle_loads_kg"])
+        return (
+            f"{r['t_s']:7.2f} s  vehicle lane {r['lane']}: {r['gross_kg']} kg = {loads}"
+            f"  {r['speed_kmh']} km/h  {' '.join(r['flags'])}"
+        )
+    return f"{r['t_s']:7.2f} s  detector {'OCCUPIED' if r['occupied'] else 'free'}"
+
+
+def probe_scale(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from drivers.registry import BackendError
+    from drivers.scale import SCALES, ScaleError
+
+    try:
+        settings = scale_settings(args)
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as err:
+        print(f"probe: {err}", file=sys.stderr)
+        return EX_USAGE
+    sim = None
+    if args.simulate:
+        try:
+            sim = _start_simulator(settings)
+        except ValueError as err:
+            print(f"probe: {err}", file=sys.stderr)
+            return EX_USAGE
+    try:
+        cls = SCALES.get(str(settings["type"]))
+        config = cls.Config.model_validate(settings)
+    except BackendError as err:
+        print(f"probe: {err}", file=sys.stderr)
+        return EX_CONFIG
+    except ValidationError as err:
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(scale)"
+            print(f"probe: {key} = {e.get('input')!r} → {e['msg']}", file=sys.stderr)
+        return EX_CONFIG
+    # probe reports every error itself (counted, once each); the drivers' journal lines would
+    # only repeat them on the terminal.
+    for name in ("drivers", "pymodbus"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    readings: list[dict[str, Any]] = []
+    errors: dict[str, int] = {}
+    last_stable: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    t0 = time.monotonic()
+    try:
+        try:
+            scale = cls(config)
+        except ScaleError as err:
+            print(f"probe: {err}", file=sys.stderr)
+            return EX_CONFIG
+        if not args.json:
+            print(f"reading {settings['type']} {_where(settings)} for {args.seconds:g} s ...")
+        printed_at = -1.0
+        try:
+            while (remaining := args.seconds - (time.monotonic() - t0)) > 0:
+                try:
+                    m = scale.recv(min(0.5, remaining))
+                except ScaleError as err:
+                    text = re.sub(
+                        r"; next attempt in [0-9.]+ s", "", str(err).split("; last raw")[0]
+                    )
+                    errors[text] = errors.get(text, 0) + 1
+                    if not args.json and errors[text] == 1:
+                        print(f"ERROR {text}")
+                    continue
+                if m is None:
+                    continue
+                r = _reading(m, t0)
+                last = r
+                if len(readings) < MAX_READINGS:
+                    readings.append(r)
+                if r["kind"] == "wim" or (r["kind"] == "weight" and r["stable"]):
+                    last_stable = r
+                if not args.json and (r["kind"] != "weight" or r["t_s"] - printed_at >= 0.2):
+                    printed_at = r["t_s"]
+                    print(_line(r))
+            raw_tail = [f.hex(" ") for f in list(scale.raw_tail)[-8:]]
+            rejects = dict(getattr(scale, "rejects", {}) or {})
+        finally:
+            scale.shutdown()
+    finally:
+        if sim is not None:
+            sim.stop()
+    elapsed = time.monotonic() - t0
+    result: dict[str, Any] = {
+        "type": settings["type"],
+        "where": _where(settings),
+        "gross_kg": last_stable["gross_kg"] if last_stable else None,
+        "stable": bool(last is not None and last.get("stable", last["kind"] == "wim")),
+        "readings": readings,
+        "reading_count": len(readings),
+        "rate_hz": round(len(readings) / elapsed, 1) if elapsed > 0 else 0.0,
+        "errors": [{"message": k, "count": v} for k, v in errors.items()],
+        "rejected_frames": rejects,
+        "raw_tail": raw_tail,
+    }
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _summary(result)
+    return EX_OK if readings else EX_UNAVAILABLE
+
+
+def _where(settings: dict[str, Any]) -> str:
+    if "host" in settings and settings.get("host"):
+        return f"{settings['host']}:{settings.get('port', 502)}"
+    return str(settings.get("port", ""))
+
+
+def _summary(r: dict[str, Any]) -> None:
+    print("-" * 60)
+    print(f"readings: {r['reading_count']} ({r['rate_hz']} /s)")
+    if r["gross_kg"] is not None:
+        print(f"last stable gross: {r['gross_kg']:,.1f} kg")
+    elif r["reading_count"]:
+        print("no stable reading (platform moving, or the indicator never reports stable)")
+    for e in r["errors"]:
+        print(f"error ×{e['count']}: {e['message']}")
+    if r["rejected_frames"]:
+        print("rejected frames: " + ", ".join(f"{k} ×{v}" for k, v in r["rejected_frames"].items()))
+    print("last raw frames (hex):")
+    for frame in r["raw_tail"] or ["(none)"]:
+        print(f"  {frame}")
+        text = _as_text(frame)
+        if text:
+            print(f"    = {text!r}")
+    if not r["reading_count"]:
+        print(
+            "verdict: NO READINGS. Check the port name (roadside-agent probe ports), cable and "
+            "RS-485 A/B polarity, baud rate and parity, the device id / register map, and that "
+            "the indicator's output mode matches --type."
+        )
+    elif r["errors"]:
+        print("verdict: readings arrive, with errors: see above.")
+    else:
+        print("verdict: OK. Compare the gross with the indicator's display (unit and decimals).")
+
+
+class _StreamSim:
+    """A continuous-output twin on a pty in a temporary folder."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import tempfile
+
+        from drivers.scale import stream_sim
+        from drivers.scale.pty import PtyPair
+
+        self.dir = tempfile.TemporaryDirectory(prefix="probe-sim-")
+        self.pty = PtyPair(Path(self.dir.name) / "ttySIM0")
+        kind = settings["type"]
+        if kind == "wim_lines":
+            self.talker = stream_sim.wim_controller(self.pty.write)
+        else:
+            unit = str(settings.get("unit", "kg"))
+            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit)
+        self.talker.start()
+        settings["port"] = str(self.pty.path)
+
+    def stop(self) -> None:
+        self.talker.stop()
+        self.pty.close()
+        self.dir.cleanup()
+
+
+def _as_text(hex_frame: str) -> str:
+    """The frame as text when it is printable ASCII (record lines), else ''."""
+    try:
+        data = bytes.fromhex(hex_frame)
+    except ValueError:
+        return ""
+    if data and all(32 <= b < 127 or b in (9, 10, 13) for b in data):
+        return data.decode("ascii")
+    return ""
+
+
+def _start_simulator(settings: dict[str, Any]) -> Any:
+    """Start the simulated twin of ``settings["type"]`` and point the settings at it."""
+    from drivers.scale.modbus_sim import ModbusDeviceSimulator, playback
+    from drivers.scale.stream_sim import SIX_AXLE
+    from drivers.scale.trace import axle_scale_trace
+
+    kind = settings["type"]
+    if kind in ("xk3190", "toledo", "wim_lines"):
+        return _StreamSim(settings)
+    if kind not in ("modbus_tcp", "wim_modbus"):
+        raise ValueError(f"--simulate has no twin for {kind!r} (try modbus_tcp, xk3190, toledo)")
+    default_map = "generic_wim" if kind == "wim_modbus" else "generic"
+    sim = ModbusDeviceSimulator(
+        str(settings.get("map", default_map)), playback(axle_scale_trace(SIX_AXLE))
+    ).start()
+    settings["host"], settings["port"] = "127.0.0.1", sim.port
+    return sim
+
+
+# ----- ports -------------------------------------------------------------------------------
+
+
+def list_ports() -> list[dict[str, str]]:
+    """Serial ports with their stable /dev/serial/by-id (and by-path) names."""
+    from serial.tools import list_ports as lp
+
+    aliases: dict[str, list[str]] = {}
+    for folder in (Path("/dev/serial/by-id"), Path("/dev/serial/by-path")):
+        if folder.is_dir():
+            for link in sorted(folder.iterdir()):
+                try:
+                    aliases.setdefault(str(link.resolve()), []).append(str(link))
+                except OSError:
+                    continue
+    out = []
+    for info in sorted(lp.comports(), key=lambda i: i.device):
+        names = aliases.get(str(Path(info.device).resolve()), [])
+        out.append(
+            {
+                "device": info.device,
+                "by_id": next((n for n in names if "/by-id/" in n), ""),
+                "by_path": next((n for n in names if "/by-path/" in n), ""),
+                "description": info.description or "",
+                "hwid": info.hwid or "",
+            }
+        )
+    return out
+
+
+def probe_ports(args: argparse.Namespace) -> int:
+    ports = list_ports()
+    if args.json:
+        print(json.dumps({"ports": ports}, ensure_ascii=False))
+        return EX_OK
+    if not ports:
+        print("no serial ports found (is the USB adapter plugged in? see `dmesg | tail`)")
+        return EX_OK
+    for p in ports:
+        print(p["device"])
+        if p["by_id"]:
+            print(f"  by-id:   {p['by_id']}   <- use this name in the config")
+        if p["by_path"]:
+            print(f"  by-path: {p['by_path']}")
+        print(f"  {p['description']}  {p['hwid']}")
+    return EX_OK

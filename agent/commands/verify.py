@@ -1,23 +1,118 @@
-"""``roadside-agent verify``: check the evidence chain, signatures and images."""
+"""``roadside-agent verify``: check the evidence chain, signatures, images and the audit log.
+
+Exit 0 only when everything holds; 1 when something is broken (the first broken record is
+named); 66 when there is no station database; 78 when ``--config`` cannot be read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
-EX_UNAVAILABLE = 69
+EX_BROKEN = 1
+EX_NOINPUT = 66
+EX_CONFIG = 78
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "verify", help="check the evidence chain, signatures and images"
+        "verify",
+        help="check the evidence chain, signatures, images and the audit log",
+        description="Re-check every stored record (hash chain, Ed25519 signature, image "
+        "SHA-256) and the audit log; name the first broken record. Exit 0 only when "
+        "everything holds.",
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("--config", metavar="FILE", help="station config (reads [station] data_dir)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides --config)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument(
+        "--no-images", action="store_true", help="skip hashing image files (faster, weaker)"
+    )
     p.set_defaults(func=run)
     return p
 
 
+def verify_data_dir(
+    data_dir: Path, *, check_images: bool = True, config: Any = None
+) -> dict[str, Any]:
+    """Everything ``verify`` checks, as the JSON it prints. Raises ``FileNotFoundError``."""
+    from agent import audit, evidence
+
+    conn = evidence.open_readonly(data_dir)
+    try:
+        keys = evidence.verification_keys(data_dir, config)
+        try:
+            report = evidence.verify_store(conn, data_dir, keys, check_images=check_images)
+        except sqlite3.DatabaseError as err:
+            report = evidence.ChainReport()
+            report.problems.append(evidence.Problem("record", f"database unreadable: {err}"))
+        audit_problems = audit.verify_log(conn, keys)
+        audit_counter = audit.last_counter(conn)
+    finally:
+        conn.close()
+    problems: list[dict[str, Any]] = [p.to_dict() for p in report.problems]
+    problems += [p.to_dict() for p in audit_problems]
+    if report.max_audit_counter > audit_counter:
+        problems.append(
+            {
+                "where": "audit",
+                "problem": f"records carry audit counter {report.max_audit_counter} but the "
+                f"audit log ends at {audit_counter}: audit entries are missing",
+            }
+        )
+    first = report.first_broken
+    return {
+        "ok": not problems,
+        "data_dir": str(data_dir),
+        "records": report.records,
+        "pruned": report.pruned,
+        "images": report.images,
+        "images_evicted": report.images_evicted,
+        "last_seq": report.last_seq,
+        "audit_entries": audit_counter,
+        "keys": sorted(keys),
+        "first_broken": None if first is None else first.event_id or first.seq,
+        "first_broken_seq": None if first is None else first.seq,
+        "problems": problems,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    print("roadside-agent verify: not available in this version", file=sys.stderr)
-    return EX_UNAVAILABLE
+    from agent import evidence
+
+    try:
+        data_dir, config = evidence.locate(args.config, args.data_dir)
+    except evidence.ConfigFileError as err:
+        print(f"roadside-agent verify: {err}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        result = verify_data_dir(data_dir, check_images=not args.no_images, config=config)
+    except FileNotFoundError as err:
+        print(f"roadside-agent verify: {err}", file=sys.stderr)
+        return EX_NOINPUT
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _print_text(result)
+    return 0 if result["ok"] else EX_BROKEN
+
+
+def _print_text(r: dict[str, Any]) -> None:
+    print(
+        f"{r['data_dir']}: {r['records']} records, {r['pruned']} pruned (tombstones), "
+        f"{r['images']} images ({r['images_evicted']} evicted), last seq {r['last_seq']}, "
+        f"{r['audit_entries']} audit entries, keys {', '.join(r['keys']) or 'none'}"
+    )
+    if r["ok"]:
+        print("OK: chain, signatures, images and audit log all hold")
+        return
+    print(f"BROKEN: first broken record: {r['first_broken']}")
+    for p in r["problems"]:
+        where = p.get("event_id") or (f"seq {p['seq']}" if "seq" in p else "")
+        if p.get("where") == "audit" and p.get("counter") is not None:
+            where = f"audit entry {p['counter']}"
+        print(f"  {p['where']:<9} {where}: {p['problem']}")

@@ -17,13 +17,14 @@ from agent.domain import Frame
 from drivers import traffic
 from drivers.camera.base import Camera, CameraConfig, CameraError
 from drivers.clock import Clock
+from drivers.paths import ConfigPath
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 class ReplayCameraConfig(CameraConfig):
     mode: Literal["road", "cycle"] = Field(default="road", description="road or cycle")
-    folder: str = Field(default="", description="folder of pictures (cycle mode)")
+    folder: ConfigPath = Field(default="", description="folder of pictures (cycle mode)")
     road: str = Field(default="default", description="simulated road name (road mode)")
 
 

@@ -16,6 +16,12 @@ SCALES: Registry[Scale] = Registry(
     "scale",
     {
         "simulated": "drivers.scale.simulated:SimulatedWimLane",
+        "modbus_tcp": "drivers.scale.modbus:ModbusTcpScale",
+        "modbus_rtu": "drivers.scale.modbus:ModbusRtuScale",
+        "xk3190": "drivers.scale.xk3190:Xk3190Scale",
+        "toledo": "drivers.scale.toledo:ToledoScale",
+        "wim_modbus": "drivers.scale.wim_modbus:WimModbusScale",
+        "wim_lines": "drivers.scale.wim_lines:WimLinesScale",
     },
 )
 

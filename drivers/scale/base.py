@@ -13,10 +13,12 @@ implements ``_recv_internal`` (python-can's ``BusABC.recv`` / ``_recv_internal``
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +28,80 @@ from drivers.clock import Clock, SystemClock
 
 class ScaleError(Exception):
     """A scale could not be read (port gone, timeout, bad frame). Names the device."""
+
+
+class ScaleConfigError(ScaleError):
+    """The scale's settings cannot work (unknown register map, bad field mapping)."""
+
+
+def hex_tail(frames: Iterable[bytes], limit: int = 8) -> str:
+    """The last ``limit`` raw frames as space-separated hex, oldest first, for log lines."""
+    tail = list(frames)[-limit:]
+    return " | ".join(f.hex(" ") for f in tail) if tail else "(no bytes)"
+
+
+class Backoff:
+    """Exponential retry delay for one device: 0 after a success, then ``first_s`` doubling to
+    ``max_s``. A dead device on a shared bus waits here instead of holding the bus.
+
+    Times come from ``clock.monotonic()`` so tests can step them.
+    """
+
+    def __init__(self, clock: Clock, first_s: float = 0.2, max_s: float = 2.0) -> None:
+        self.clock = clock
+        self.first_s = first_s
+        self.max_s = max_s
+        self.failures = 0
+        self._not_before = 0.0
+
+    def ready(self) -> bool:
+        return self.clock.monotonic() >= self._not_before
+
+    def wait_s(self) -> float:
+        return max(0.0, self._not_before - self.clock.monotonic())
+
+    def failed(self) -> float:
+        """Record a failure; returns the delay until the next attempt in seconds."""
+        self.failures += 1
+        delay = min(self.max_s, self.first_s * 2.0 ** min(self.failures - 1, 30))
+        self._not_before = self.clock.monotonic() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._not_before = 0.0
+
+
+class FaultLog:
+    """Log a device fault once at ERROR, repeats at DEBUG, the recovery at WARNING.
+
+    A dead indicator polled ten times a second must not flood the journal, but its first
+    failure and its return must be there with the bytes that came.
+    """
+
+    def __init__(self, logger: logging.Logger, device: str) -> None:
+        self.logger = logger
+        self.device = device
+        self.failing = False
+        self.repeats = 0
+
+    def failure(self, message: str, raw: str = "") -> None:
+        text = f"{self.device}: {message}" + (f"; last raw frames: {raw}" if raw else "")
+        if self.failing:
+            self.repeats += 1
+            self.logger.debug("%s (repeat %d)", text, self.repeats)
+        else:
+            self.failing = True
+            self.repeats = 0
+            self.logger.error("%s", text)
+
+    def success(self) -> None:
+        if self.failing:
+            self.logger.warning(
+                "%s: working again after %d repeated failures", self.device, self.repeats + 1
+            )
+        self.failing = False
+        self.repeats = 0
 
 
 @dataclass(frozen=True)
@@ -69,8 +145,8 @@ class ScaleConfig(BaseModel):
     id: str = Field(default="scale-1", description="scale id written into every record")
     accuracy_class: str = Field(default="5", description="OIML R134 / JJG 907 accuracy class")
     certificate: str = Field(default="", description="verification certificate number")
-    certificate_valid_until: str = Field(
-        default="", description="verification expiry date, YYYY-MM-DD (empty: not recorded)"
+    certificate_valid_until: date | None = Field(
+        default=None, description="last day the verification certificate is valid (YYYY-MM-DD)"
     )
     min_speed_kmh: float = Field(default=0.0, description="lowest speed the approval covers")
     max_speed_kmh: float = Field(default=100.0, description="highest speed the approval covers")
@@ -91,12 +167,28 @@ class Scale(ABC):
     Config: ClassVar[type[ScaleConfig]] = ScaleConfig
     RAW_TAIL = 32
 
-    def __init__(self, config: ScaleConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: ScaleConfig, clock: Clock | None = None, lane: int = 1) -> None:
         self.config = config
+        self.lane = lane
         self.clock: Clock = clock or SystemClock()
         self.health = ScaleHealth()
         self.raw_tail: collections.deque[bytes] = collections.deque(maxlen=self.RAW_TAIL)
         self._closed = threading.Event()
+
+    def _note_raw(self, data: bytes) -> None:
+        """Keep ``data`` (one frame or chunk as it came) in the raw ring buffer."""
+        if data:
+            self.raw_tail.append(bytes(data))
+
+    def _alive(self) -> None:
+        """The device answered correctly though no measurement came (a WIM controller's
+        unchanged record counter, a quiet road): health is "ok" again."""
+        self.health.state = "ok"
+        self.health.last_good_at = self.clock.now()
+
+    def raw_tail_hex(self, limit: int = 8) -> str:
+        """The last raw frames as hex, for error messages and ``probe``."""
+        return hex_tail(self.raw_tail, limit)
 
     @property
     def id(self) -> str:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from drivers import traffic
 from drivers.clock import Clock
+from drivers.paths import ConfigPath
 from drivers.scale.base import Measurement, Scale, ScaleConfig, WimRecord
 
 
@@ -28,7 +29,7 @@ class SimulatedWimConfig(ScaleConfig):
         default=3.0, ge=0, description="1-sigma scatter of each axle load, percent"
     )
     road: str = Field(default="default", description="name of the shared simulated road")
-    photos: str = Field(
+    photos: ConfigPath = Field(
         default="", description="folder of labelled photos (labels.csv); empty: generated"
     )
     seed: int = Field(default=1, description="random seed of the road")
@@ -41,8 +42,7 @@ class SimulatedWimLane(Scale):
     config: SimulatedWimConfig
 
     def __init__(self, config: SimulatedWimConfig, clock: Clock | None = None, lane: int = 1):
-        super().__init__(config, clock)
-        self.lane = config.lane or lane
+        super().__init__(config, clock, config.lane or lane)
         self.road = traffic.road(
             config.road,
             Path(config.photos) if config.photos else None,

@@ -1,0 +1,103 @@
+"""``roadside-agent status``: one screen for a technician: daemon, devices, queue, disk, clock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from datetime import datetime
+from typing import Any
+
+from agent.commands._common import add_location_args, data_dir_of, open_readonly
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "status",
+        help="one screen: devices, queue, last vehicles, disk, broker",
+        description="Show the station's state from its data directory (works whether or not "
+        "the daemon is running).",
+    )
+    add_location_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def collect(data_dir: Any) -> dict[str, Any]:
+    conn = open_readonly(data_dir)
+    daemon: dict[str, Any] = {}
+    status_file = data_dir / "status.json"
+    if status_file.exists():
+        try:
+            daemon = json.loads(status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            daemon = {}
+    q = conn.execute(
+        "SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox WHERE acked_at IS NULL"
+    ).fetchone()
+    counts = {
+        r["status"]: r["n"]
+        for r in conn.execute("SELECT status, count(*) AS n FROM records GROUP BY status")
+    }
+    last = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT r.event_id, r.lane, r.measured_at, r.plate, r.gross_kg, r.status,"
+            " o.acked_at IS NOT NULL AS delivered FROM records r LEFT JOIN outbox o"
+            " ON o.kind = 'event' AND o.ref = r.event_id ORDER BY r.seq DESC LIMIT 10"
+        )
+    ]
+    disk = shutil.disk_usage(data_dir)
+    return {
+        "data_dir": str(data_dir),
+        "daemon": daemon,
+        "queue": {"pending": q["pending"], "oldest_pending": q["oldest"]},
+        "records": counts,
+        "last_vehicles": last,
+        "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = collect(data_dir_of(args))
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=1))
+        return 0
+    d = doc["daemon"]
+    written = d.get("written_at")
+    age = ""
+    if written:
+        try:
+            age_s = (datetime.now().astimezone() - datetime.fromisoformat(written)).total_seconds()
+            age = f" (status written {age_s:.0f} s ago)"
+        except ValueError:
+            pass
+    print(
+        f"station   {d.get('station_id', '?')}  software {d.get('software_version', '?')}  "
+        f"{'running' if d.get('running') else 'not running'}{age}"
+    )
+    for dev_id, dev in sorted(d.get("devices", {}).items()):
+        print(
+            f"device    {dev_id:16} {dev.get('kind', ''):12} {dev.get('state', '?'):8} "
+            f"last good {dev.get('last_good_at') or '-'}  {dev.get('last_error', '')}"
+        )
+    up = d.get("uplink", {})
+    if up:
+        print(
+            f"broker    {'connected' if up.get('connected') else 'NOT connected'}  "
+            f"{up.get('broker', '')}"
+        )
+    q = doc["queue"]
+    print(f"queue     {q['pending']} waiting for platform ack, oldest {q['oldest_pending'] or '-'}")
+    recs = doc["records"]
+    print("records   " + ", ".join(f"{k} {v}" for k, v in sorted(recs.items())) or "none")
+    free_gb = doc["disk"]["free_bytes"] / 1e9
+    print(f"disk      {free_gb:.1f} GB free in {doc['data_dir']}")
+    print("last vehicles:")
+    for v in doc["last_vehicles"]:
+        print(
+            f"  {v['event_id']}  lane {v['lane']}  {v['plate'] or '(no plate)':10} "
+            f"{v['gross_kg']:>6} kg  {v['status']:13} "
+            f"{'delivered' if v['delivered'] else 'queued'}"
+        )
+    return 0

@@ -1,0 +1,623 @@
+"""The verdict: is this vehicle over the limit? (Order 62 Art. 3 and Art. 43)
+
+Pure: no I/O, no clock reads; the measurement time is passed in. The steps, in order:
+
+1. **Can it be judged?** Fewer than 2 axles, any weighing flag (scale fault, out of range,
+   straddling...), a speed outside the scale's approved range, or an expired verification
+   certificate make the verdict ``undetermined``.
+2. **Class**: from the lane (or a person), else inferred from the axle spacings, else unknown.
+3. **Limit**: the row of the table for the axle count and class, a replacing row when its
+   conditions hold (46 t single-drive tractor, 37 t air-suspended 4-axle articulated), plus the
+   adjustments (single tyres −3 000 kg per axle, air suspension +1 000 kg). Every fact the station
+   does not know (the class included) is read the way that gives the **higher** limit: the engine
+   tries each reading and keeps the highest, and the verdict names the assumptions that mattered.
+4. **Tolerance** by the configured policy, rounded **up** to the whole kg (the lenient side).
+5. **Status**: ``within_limit`` when gross ≤ limit + tolerance; else ``exempt`` when a valid
+   permit covers the gross; else ``warning`` when gross − limit ≤ 1 000 kg (Art. 43); else
+   ``overloaded``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Any
+
+from agent.domain import VehicleClass, Verdict, VerdictStatus, WeighingFlag
+from agent.legal.facts import (
+    DeviceFacts,
+    InvalidFactsError,
+    Permit,
+    VehicleFacts,
+    WatchEntry,
+    normalize_plate,
+)
+from agent.legal.rules import BUILD_FACTS, Adjustment, AxleTable, LimitRow, Rules
+
+#: Assumption key for a semi-trailer axle spacing the station did not measure.
+SEMI_TRAILER_SPACING = "semi_trailer_axle_spacing"
+CLASS = "vehicle_class"
+AXLE_SUM_SOURCE = (
+    "交通运输部令2016年第62号 第三条第二款第（三）项："
+    "车辆最大允许总质量不应当超过各车轴最大允许轴荷之和"
+)
+
+_LABELS: dict[str, tuple[str, str]] = {
+    "single_drive_axle": ("single drive axle", "牵引车单驱动轴"),
+    "air_suspension": ("air suspension", "空气悬架"),
+    "dual_tyre_drive_axle": ("dual-tyre drive axle", "驱动轴双轮胎"),
+    "articulated": ("semi-trailer (articulated)", "铰接列车"),
+    "wide_tyres": ("approved wide tyres", "加宽轮胎"),
+    SEMI_TRAILER_SPACING: ("semi-trailer axle spacing ≥ limit", "半挂车两轴距离达标"),
+}
+
+_CLASS_WORDS: dict[VehicleClass, tuple[str, str]] = {
+    VehicleClass.TRUCK: ("truck", "货车"),
+    VehicleClass.COMBINATION: ("combination", "汽车列车"),
+    VehicleClass.UNKNOWN: ("vehicle, class not known", "车辆，车型未知"),
+}
+
+_FLAG_WORDS: dict[WeighingFlag, tuple[str, str]] = {
+    WeighingFlag.SCALE_FAULT: ("scale fault", "衡器故障"),
+    WeighingFlag.OUT_OF_RANGE: ("reading out of the scale's range", "读数超出衡器量程"),
+    WeighingFlag.SPEED_OUT_OF_RANGE: ("speed outside the scale's range", "车速超出衡器允许范围"),
+    WeighingFlag.STRADDLING: ("vehicle straddled the lanes", "车辆跨道行驶"),
+    WeighingFlag.INCOMPLETE: ("incomplete weighing", "称重不完整"),
+    WeighingFlag.INCONSISTENT: ("gross and axle loads disagree", "总重与轴重不一致"),
+    WeighingFlag.CALIBRATION_EXPIRED: ("calibration expired", "检定过期"),
+    WeighingFlag.MOTION: ("no stable weight", "未获得稳定读数"),
+}
+
+Text = tuple[str, str]  # (English, Chinese)
+
+
+# --- class -----------------------------------------------------------------------------------
+
+
+def classify(facts: VehicleFacts, rules: Rules) -> tuple[VehicleClass, str, Text]:
+    """The vehicle class, where it came from (lane | declared | spacings | unknown), and why."""
+    if facts.declared_class is not VehicleClass.UNKNOWN:
+        src = facts.class_source if facts.class_source != "unknown" else "declared"
+        who = ("set for the lane", "车道配置") if src == "lane" else ("declared", "人工指定")
+        return facts.declared_class, src, who
+    inference = rules.class_inference
+    spacings = facts.axle_spacings_mm
+    if not inference.enabled:
+        return VehicleClass.UNKNOWN, "unknown", ("not inferred (switched off)", "未启用轴距判定")
+    if not spacings:
+        return VehicleClass.UNKNOWN, "unknown", ("no axle spacings", "无轴距数据")
+    gap = inference.trailer_gap_above_mm
+    for i, mm in enumerate(spacings[1:], start=2):
+        if mm > gap:
+            return (
+                VehicleClass.COMBINATION,
+                "spacings",
+                (f"spacing {i} is {mm} mm > {gap} mm", f"第{i}轴距{mm}毫米>{gap}毫米"),
+            )
+    twin = inference.twin_steer_below_mm
+    if spacings[0] < twin:
+        return (
+            VehicleClass.TRUCK,
+            "spacings",
+            (
+                f"first spacing {spacings[0]} mm < {twin} mm: twin steer",
+                f"第1轴距{spacings[0]}毫米<{twin}毫米，双转向",
+            ),
+        )
+    if facts.axle_count in inference.rigid_axle_counts:
+        return (
+            VehicleClass.TRUCK,
+            "spacings",
+            (f"no spacing after the first > {gap} mm", f"第1轴距之后无>{gap}毫米的轴距"),
+        )
+    return VehicleClass.UNKNOWN, "unknown", ("spacings do not tell", "轴距无法判定")
+
+
+# --- limit -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The limit in one reading of the facts."""
+
+    limit_kg: int
+    row: LimitRow
+    base: LimitRow
+    adjustments: tuple[tuple[Adjustment, int], ...]  # (adjustment, kg applied)
+    world: Mapping[str, Any]
+
+
+def _semi_trailer_spacings(facts: VehicleFacts, rules: Rules) -> tuple[int, ...] | None:
+    """Spacings between the semi-trailer's axles, or ``None`` when the station cannot tell."""
+    spacings = facts.axle_spacings_mm
+    gap = rules.class_inference.trailer_gap_above_mm
+    last_gap = max((i for i, mm in enumerate(spacings) if i >= 1 and mm > gap), default=None)
+    if last_gap is None:
+        return None
+    return spacings[last_gap + 1 :]
+
+
+def _holds(when: Iterable[tuple[str, bool]], world: Mapping[str, Any]) -> bool:
+    return all(world[name] == value for name, value in when)
+
+
+def _row_applies(row: LimitRow, world: Mapping[str, Any], trailer: tuple[int, ...] | None) -> bool:
+    if not _holds(row.when, world):
+        return False
+    need = row.min_semi_trailer_axle_spacing_mm
+    if need is None:
+        return True
+    if trailer is None:
+        return bool(world[SEMI_TRAILER_SPACING])
+    # The rule speaks of "the semi-trailer's two axles": one spacing, at least `need`.
+    return len(trailer) == 1 and trailer[0] >= need
+
+
+def _limit_in(
+    rules: Rules, facts: VehicleFacts, world: Mapping[str, Any], trailer: tuple[int, ...] | None
+) -> Limit:
+    axles = facts.axle_count
+    cls: VehicleClass = world[CLASS]
+    base = next(r for r in rules.gross_limits if r.replaces is None and r.matches(axles, cls))
+    row = next(
+        (
+            r
+            for r in rules.gross_limits
+            if r.replaces == base.id and r.matches(axles, cls) and _row_applies(r, world, trailer)
+        ),
+        base,
+    )
+    applied: list[tuple[Adjustment, int]] = []
+    for adj in rules.adjustments:
+        if not adj.matches(axles, cls) or not _holds(adj.when, world):
+            continue
+        times = 1 if adj.per == "vehicle" else facts.single_tyre_non_drive_axles or 0
+        if times:
+            applied.append((adj, adj.delta_kg * times))
+    total = row.limit_kg + sum(kg for _, kg in applied)
+    return Limit(total, row, base, tuple(applied), dict(world))
+
+
+def _unknowns(facts: VehicleFacts, cls: VehicleClass, rules: Rules) -> dict[str, tuple[Any, ...]]:
+    """Each fact the station does not know, with the readings to try."""
+    out: dict[str, tuple[Any, ...]] = {}
+    classes: tuple[VehicleClass, ...] = (VehicleClass.TRUCK, VehicleClass.COMBINATION)
+    if cls is VehicleClass.UNKNOWN:
+        out[CLASS] = classes
+    else:
+        classes = (cls,)
+    # Only facts that a row or adjustment for this vehicle depends on: fewer readings to try.
+    axles = facts.axle_count
+    rows = [r for r in rules.gross_limits if any(r.matches(axles, c) for c in classes)]
+    adjustments = [
+        a
+        for a in rules.adjustments
+        if any(a.matches(axles, c) for c in classes)
+        and (a.per == "vehicle" or facts.single_tyre_non_drive_axles)
+    ]
+    referenced = {name for r in rows for name, _ in r.when}
+    referenced |= {name for a in adjustments for name, _ in a.when}
+    for name in sorted(referenced):
+        if getattr(facts, name) is None:
+            out[name] = (False, True)
+    needs_trailer = any(r.min_semi_trailer_axle_spacing_mm for r in rows)
+    if needs_trailer and _semi_trailer_spacings(facts, rules) is None:
+        out[SEMI_TRAILER_SPACING] = (False, True)
+    return out
+
+
+def gross_limit(
+    facts: VehicleFacts, rules: Rules, cls: VehicleClass
+) -> tuple[Limit, dict[str, Any]]:
+    """The highest limit over every reading of the unknown facts, and the assumptions that
+    decided it (each one, read the other way, would give a lower limit)."""
+    trailer = _semi_trailer_spacings(facts, rules)
+    unknown = _unknowns(facts, cls, rules)
+    known: dict[str, Any] = {name: getattr(facts, name) for name in BUILD_FACTS}
+    known[CLASS] = cls
+    names = list(unknown)
+    best: Limit | None = None
+    for values in itertools.product(*(unknown[n] for n in names)):
+        world = {**known, **dict(zip(names, values, strict=True))}
+        candidate = _limit_in(rules, facts, world, trailer)
+        if best is None or candidate.limit_kg > best.limit_kg:
+            best = candidate
+    assert best is not None  # product() of no factors yields one empty reading
+    decisive: dict[str, Any] = {}
+    for name in names:
+        flipped = dict(best.world)
+        alternatives = [v for v in unknown[name] if v != best.world[name]]
+        lower = False
+        for alt in alternatives:
+            flipped[name] = alt
+            lower |= _limit_in(rules, facts, flipped, trailer).limit_kg < best.limit_kg
+        if lower:
+            value = best.world[name]
+            decisive[name] = value.value if isinstance(value, VehicleClass) else value
+    return best, decisive
+
+
+def _axle_sum_cap(
+    facts: VehicleFacts, table: AxleTable
+) -> tuple[int | None, list[dict[str, Any]], Text | None]:
+    """Sum of the axle / axle-group limits (Order 62 Art. 3 para. 2 (3)) and the groups.
+
+    Axles closer than ``group_spacing_below_mm`` form a group. Where several rows fit a group
+    (tyres, drive axle not known) the highest limit is used. ``None`` when it cannot be computed.
+    """
+    spacings = facts.axle_spacings_mm
+    if not spacings:
+        return None, [], ("axle-sum cap not applied: no spacings", "无轴距，未按轴荷之和核定")
+    groups: list[list[int]] = [[0]]
+    for i, mm in enumerate(spacings, start=1):
+        if mm < table.group_spacing_below_mm:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    total = 0
+    described: list[dict[str, Any]] = []
+    for index, group in enumerate(groups):
+        inner = [spacings[i - 1] for i in group[1:]]
+        widest = max(inner, default=None)
+        fits = [
+            r
+            for r in table.rows
+            if r.group_axles == len(group)
+            and (r.first_axle is None or r.first_axle == (index == 0))
+            and (widest is None or r.min_spacing_mm is None or widest >= r.min_spacing_mm)
+            and (widest is None or r.below_spacing_mm is None or widest < r.below_spacing_mm)
+        ]
+        if not fits:
+            return (
+                None,
+                [],
+                (
+                    f"axle-sum cap not applied: no row for axles {[a + 1 for a in group]}",
+                    "轴组无对应限值，未按轴荷之和核定",
+                ),
+            )
+        row = max(fits, key=lambda r: r.limit_kg)
+        load = sum(facts.axle_loads_kg[a] for a in group)
+        total += row.limit_kg
+        described.append(
+            {
+                "axles": [a + 1 for a in group],
+                "load_kg": load,
+                "limit_kg": row.limit_kg,
+                "rule": row.id,
+            }
+        )
+    return total, described, None
+
+
+# --- tolerance -------------------------------------------------------------------------------
+
+
+def _pct_of(limit_kg: int, pct: Decimal) -> int:
+    return int((Decimal(limit_kg) * pct / 100).to_integral_value(rounding=ROUND_CEILING))
+
+
+def tolerance(
+    limit_kg: int, rules: Rules, device: DeviceFacts | None
+) -> tuple[int | None, str, Text | None]:
+    """(tolerance kg or ``None``, policy as recorded, why it cannot be computed)."""
+    policy = rules.tolerance
+    if policy.kind == "none":
+        return 0, "none", None
+    if policy.kind == "percent":
+        assert policy.pct is not None
+        return _pct_of(limit_kg, policy.pct), f"percent:{policy.pct.normalize():f}", None
+    if policy.kind == "absolute":
+        assert policy.kg is not None
+        return policy.kg, f"absolute:{policy.kg}", None
+    cls = device.accuracy_class if device else None
+    if cls is None:
+        return (
+            None,
+            "accuracy_class:?",
+            (
+                "the scale's accuracy class is not known (tolerance policy accuracy_class)",
+                "衡器准确度等级未知，无法确定容差",
+            ),
+        )
+    mpe = rules.accuracy_mpe_pct.get(cls.strip())
+    if mpe is None:
+        return (
+            None,
+            f"accuracy_class:{cls}",
+            (
+                f"accuracy class {cls!r} has no MPE in the rule table",
+                f"准确度等级{cls}在规则表中无最大允许误差",
+            ),
+        )
+    return _pct_of(limit_kg, mpe), f"accuracy_class:{cls.strip()}={mpe.normalize():f}%", None
+
+
+def check_device(rules: Rules, device: DeviceFacts) -> list[str]:
+    """What is missing or wrong in a scale's facts for these rules (for start-up and
+    ``check-config``); empty when the verdicts of this scale can be complete."""
+    name = f"scale {device.scale_id!r}" if device.scale_id else "scale"
+    problems: list[str] = []
+    if rules.tolerance.kind == "accuracy_class":
+        known = ", ".join(sorted(rules.accuracy_mpe_pct, key=Decimal))
+        if device.accuracy_class is None:
+            problems.append(
+                f"{name}: no accuracy class, but [legal] tolerance_policy = 'accuracy_class' "
+                f"needs one ({known})"
+            )
+        elif device.accuracy_class.strip() not in rules.accuracy_mpe_pct:
+            problems.append(
+                f"{name}: accuracy class {device.accuracy_class!r} is not in the rule table "
+                f"(known: {known})"
+            )
+    if device.certificate_valid_until is None:
+        problems.append(f"{name}: no verification certificate expiry date; it cannot be checked")
+    return problems
+
+
+def _policy_words(policy: str) -> Text:
+    kind, _, value = policy.partition(":")
+    if kind == "none":
+        return "no tolerance", "无容差"
+    if kind == "percent":
+        return f"{value} % of the limit", f"限值的{value}%"
+    if kind == "absolute":
+        return f"fixed {value} kg", f"固定{value}千克"
+    cls, _, pct = value.partition("=")
+    return f"accuracy class {cls}: {pct}", f"准确度等级{cls}：{pct}"
+
+
+# --- the verdict -----------------------------------------------------------------------------
+
+
+def _undetermined_causes(
+    facts: VehicleFacts, at: datetime, device: DeviceFacts | None
+) -> list[Text]:
+    causes: list[Text] = []
+    if facts.axle_count < 2:
+        causes.append((f"only {facts.axle_count} axle(s) weighed", f"仅称得{facts.axle_count}个轴"))
+    causes.extend(_FLAG_WORDS.get(f, (f.value, f.value)) for f in sorted(facts.flags))
+    if device is not None:
+        lo, hi = device.min_speed_kmh, device.max_speed_kmh
+        if lo is not None or hi is not None:
+            span = f"{lo if lo is not None else 0:g}–{hi if hi is not None else '∞'}"
+            speed = facts.speed_kmh
+            if speed is None:
+                causes.append(
+                    (
+                        f"speed not measured; the scale is approved for {span} km/h",
+                        f"无车速，衡器允许车速{span}km/h",
+                    )
+                )
+            elif (lo is not None and speed < lo) or (hi is not None and speed > hi):
+                causes.append(
+                    (
+                        f"speed {speed:g} km/h outside the scale's approved {span} km/h",
+                        f"车速{speed:g}km/h超出衡器允许范围{span}km/h",
+                    )
+                )
+        until = device.certificate_valid_until
+        if until is not None and at.date() > until:
+            causes.append(
+                (
+                    f"verification certificate expired on {until.isoformat()}",
+                    f"检定证书已于{until.isoformat()}到期",
+                )
+            )
+    return causes
+
+
+def _over_pct(over_kg: int, limit_kg: int) -> float:
+    pct = (Decimal(over_kg) * 100 / Decimal(limit_kg)).quantize(
+        Decimal("0.01"), rounding=ROUND_HALF_UP
+    )
+    return float(pct)
+
+
+def _assumption_text(decisive: Mapping[str, Any]) -> Text:
+    en: list[str] = []
+    zh: list[str] = []
+    for name, value in decisive.items():
+        if name == CLASS:
+            cls = VehicleClass(value)
+            en.append(f"class not known, assumed {_CLASS_WORDS[cls][0]}")
+            zh.append(f"车型未知，按{_CLASS_WORDS[cls][1]}计")
+        else:
+            label_en, label_zh = _LABELS[name]
+            en.append(f"{label_en} not known, assumed {'yes' if value else 'no'}")
+            zh.append(f"{label_zh}未知，按{'是' if value else '否'}计")
+    if not en:
+        return "", ""
+    return (
+        "; " + "; ".join(en) + " (the higher limit: never accuse on ambiguity)",
+        "；" + "；".join(zh) + "（取较高限值，存疑不认定）",
+    )
+
+
+def _decide(
+    gross: int,
+    limit: int,
+    tol: int,
+    rules: Rules,
+    *,
+    permits: list[Permit],
+    at: datetime,
+    details: dict[str, Any],
+) -> tuple[VerdictStatus, Text]:
+    """Step 5: the status (DESIGN §3) and its words; records the permit used in ``details``."""
+    over = gross - limit
+    pct = _over_pct(over, limit)
+    band = rules.warning_band.max_excess_kg
+    if gross <= limit + tol:
+        if over < 0:
+            under = f"{-over} kg under the limit: within the limit"
+            return VerdictStatus.WITHIN_LIMIT, (under, "未超限")
+        if over == 0:
+            return VerdictStatus.WITHIN_LIMIT, (
+                "at the limit: within the limit",
+                "恰为限值，未超限",
+            )
+        return VerdictStatus.WITHIN_LIMIT, (
+            f"{over} kg over the limit but within the tolerance: within the limit",
+            f"超出限值{over}千克，在容差内，未超限",
+        )
+    covering = [p for p in permits if p.covers(at, gross, tol)]
+    permit = max(covering, key=lambda p: (p.max_gross_kg, p.permit_id), default=None)
+    if permit is not None:
+        details["permit"] = permit.to_dict()
+        pid = permit.permit_id or permit.plate
+        return VerdictStatus.EXEMPT, (
+            f"{over} kg ({pct} %) over the limit, covered by permit {pid} "
+            f"(max {permit.max_gross_kg} kg): exempt",
+            f"超限{over}千克（{pct}%），持有效超限运输许可{pid}"
+            f"（最大{permit.max_gross_kg}千克），免于认定",
+        )
+    if over <= band:
+        status = VerdictStatus.WARNING
+        out_en = (
+            f"{over} kg ({pct} %) over the limit, above the tolerance and not more than "
+            f"{band} kg: warning ({rules.warning_band.id})"
+        )
+        out_zh = f"超限{over}千克（{pct}%），超出容差且未超过{band}千克，予以警告（第四十三条）"
+    else:
+        status = VerdictStatus.OVERLOADED
+        out_en = f"{over} kg ({pct} %) over the limit: overloaded"
+        out_zh = f"超限{over}千克（{pct}%），认定超限运输"
+    valid = [p for p in permits if p.valid_at(at)]
+    if valid:
+        top = max(p.max_gross_kg for p in valid)
+        details["permit_not_covering"] = [p.to_dict() for p in valid]
+        out_en += f" (a permit is in force but allows only {top} kg)"
+        out_zh += f"（许可有效但最大仅{top}千克）"
+    return status, (out_en, out_zh)
+
+
+def judge(
+    facts: VehicleFacts,
+    rules: Rules,
+    at: datetime,
+    *,
+    device: DeviceFacts | None = None,
+    permits: Iterable[Permit] = (),
+    watchlist: Iterable[WatchEntry] = (),
+) -> Verdict:
+    """The verdict for one vehicle.
+
+    ``at``: the (timezone-aware) measurement time; permits and the certificate are checked
+    against it. ``device``: the scale that weighed it (speed range, certificate, accuracy class);
+    ``None`` skips those checks (the ``judge`` command). ``permits`` / ``watchlist``: entries
+    for any plates (the permit book's lists, or only this plate's); matched on
+    :func:`normalize_plate` of ``facts.plate``.
+    """
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidFactsError(f"measurement time {at.isoformat()} has no UTC offset")
+    axles = facts.axle_count
+    gross = facts.gross_kg
+    plate_key = normalize_plate(facts.plate) if facts.plate else None
+    watch = next((w for w in watchlist if plate_key and w.key == plate_key), None)
+    details: dict[str, Any] = {}
+    watch_en = watch_zh = ""
+    if watch is not None:
+        details["watchlist"] = watch.to_dict()
+        watch_en = f"; plate {facts.plate} is on the watch-list"
+        watch_zh = f"；车牌{facts.plate}在布控名单中"
+    cls, class_source, class_why = classify(facts, rules)
+    details["class_reason"] = class_why[0]
+    causes = _undetermined_causes(facts, at, device)
+
+    limit = tol = None
+    policy = tolerance(0, rules, device)[1]  # recorded even when no limit can be found
+    head_en = f"{axles}-axle {_CLASS_WORDS[cls][0]} ({class_why[0]}), gross {gross} kg"
+    head_zh = f"{axles}轴{_CLASS_WORDS[cls][1]}（{class_why[1]}），总质量{gross}千克"
+    found: Limit | None = None
+    decisive: dict[str, Any] = {}
+    if axles >= 2:
+        found, decisive = gross_limit(facts, rules, cls)
+        limit = found.limit_kg
+        rule = found.row.id
+        details["source"] = found.row.source
+        if found.row is not found.base:
+            details["replaces"] = found.base.id
+        details["adjustments"] = [
+            {"id": a.id, "delta_kg": kg, "source": a.source} for a, kg in found.adjustments
+        ]
+        if decisive:
+            details["assumed"] = dict(decisive)
+        if rules.axle_table is not None:
+            cap, groups, cap_note = _axle_sum_cap(facts, rules.axle_table)
+            details["axle_groups"] = groups
+            if cap_note:
+                details["axle_sum_note"] = cap_note[0]
+            if cap is not None and cap < limit:
+                details["adjustments"].append(
+                    {
+                        "id": "order62-art3-p2-3-axle-sum",
+                        "delta_kg": cap - limit,
+                        "source": AXLE_SUM_SOURCE,
+                    }
+                )
+                limit = cap
+        if limit <= 0:
+            causes.append(("the adjusted limit is not positive", "核定限值不为正"))
+        tol, policy, tol_problem = tolerance(limit, rules, device)
+        if tol_problem:
+            causes.append(tol_problem)
+    else:
+        rule = "undetermined"
+
+    if causes:
+        cause_en = "; ".join(c[0] for c in causes)
+        cause_zh = "；".join(c[1] for c in causes)
+        details["undetermined_causes"] = [c[0] for c in causes]
+        limit_en = f", limit {limit} kg ({rule})" if limit else ""
+        limit_zh = f"，限值{limit}千克（{rule}）" if limit else ""
+        return Verdict(
+            VerdictStatus.UNDETERMINED,
+            limit_kg=limit,
+            tolerance_kg=tol,
+            over_kg=None,
+            over_pct=None,
+            rule=rule,
+            explanation=f"{head_en}{limit_en}: not judged: {cause_en}{watch_en}",
+            explanation_zh=f"{head_zh}{limit_zh}：不予认定：{cause_zh}{watch_zh}",
+            tolerance_policy=policy,
+            vehicle_class=cls,
+            class_source=class_source,
+            details=details,
+            watchlist_hit=watch is not None,
+            rules_version=rules.version,
+        )
+    assert limit is not None and tol is not None and found is not None
+
+    over = gross - limit
+    pct = _over_pct(over, limit)
+    adj_en = "".join(f" {a['delta_kg']:+d} kg {a['id']}" for a in details["adjustments"])
+    adj_zh = "".join(f" {a['delta_kg']:+d}千克 {a['id']}" for a in details["adjustments"])
+    pol_en, pol_zh = _policy_words(policy)
+    body_en = f"{head_en}, limit {limit} kg ({rule}{adj_en}), tolerance {tol} kg ({pol_en})"
+    body_zh = f"{head_zh}，限值{limit}千克（{rule}{adj_zh}），容差{tol}千克（{pol_zh}）"
+
+    mine = [p for p in permits if plate_key and p.key == plate_key]
+    status, (out_en, out_zh) = _decide(
+        gross, limit, tol, rules, permits=mine, at=at, details=details
+    )
+    assume_en, assume_zh = _assumption_text(decisive)
+    return Verdict(
+        status,
+        limit_kg=limit,
+        tolerance_kg=tol,
+        over_kg=over,
+        over_pct=pct,
+        rule=rule,
+        explanation=f"{body_en}: {out_en}{assume_en}{watch_en}",
+        explanation_zh=f"{body_zh}：{out_zh}{assume_zh}{watch_zh}",
+        tolerance_policy=policy,
+        vehicle_class=cls,
+        class_source=class_source,
+        details=details,
+        watchlist_hit=watch is not None,
+        rules_version=rules.version,
+    )

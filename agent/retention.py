@@ -1,0 +1,371 @@
+"""Retention: keep the evidence inside its disk budget without ever losing what matters.
+
+Two limits from ``[evidence]``: ``disk_budget_mb`` (database + live images) and the free-disk
+watermark ``min_free_mb``. While either is crossed, delivered evidence is evicted, oldest first,
+class by class, each class exhausted before the next is touched:
+
+1. images of *delivered passages* (any status but ``overloaded``/``warning``);
+2. delivered passages themselves (the record row; a tombstone keeps the chain, see below);
+3. delivered violations older than ``violation_retention_days`` (images and row).
+
+*Delivered* means acknowledged by the platform (``outbox.acked_at``); nothing undelivered is ever
+evicted, so unsynced violation evidence stays until the platform has it. Below the hard floor
+``reserve_free_mb`` the store refuses new *images* (records are still committed, flagged
+``images_refused_disk_full``): the station keeps running on a full disk and resumes storing
+images when space returns.
+
+Crash safety: an eviction first commits the rows (``images.evicted_at`` set, or the record moved
+to a tombstone) and only then deletes the files; a crash in between leaves files no live row
+names, which :meth:`agent.evidence.EvidenceStore.recover` removes at start-up. ``verify`` never
+sees a live row pointing at a missing file.
+
+Tombstones: a pruned record leaves ``(seq, event_id, measured_at, status, prev_hash, hash,
+signature, key_id)`` in ``records_pruned``. ``verify`` walks records and tombstones in ``seq``
+order, checks that the chain links through the tombstone and that its hash carries a valid
+station signature, so the chain stays verifiable after eviction and ``seq`` is never reused.
+(About 250 bytes per pruned record stay forever; compacting them into signed checkpoints is
+future work.)
+
+Every eviction is logged (WARNING), counted (``counters``: ``evicted_images``,
+``evicted_records``, ``evicted_bytes``) and raises a ``disk_eviction`` alarm; crossing the
+watermark raises ``disk_watermark``, the floor ``disk_full``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from agent.db import Database
+from agent.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore, enqueue_alarm, iso_ms
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+HYSTERESIS = 0.05
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class _Usage(Protocol):
+    @property
+    def free(self) -> int: ...
+
+
+DiskUsageFn = Callable[[Path], _Usage]
+
+
+@dataclass
+class RetentionReport:
+    """What one :meth:`Retention.check` saw and did."""
+
+    free_bytes: int = 0
+    evidence_bytes: int = 0
+    pressure: bool = False
+    images_allowed: bool = True
+    evicted_images: int = 0
+    evicted_records: int = 0
+    evicted_bytes: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+    alarms: list[str] = field(default_factory=list)
+
+
+_NOT_VIOLATION = "r.status NOT IN ({})".format(",".join(f"'{s}'" for s in sorted(VIOLATIONS)))
+_VIOLATION = "r.status IN ({})".format(",".join(f"'{s}'" for s in sorted(VIOLATIONS)))
+_DELIVERED = (
+    "EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'event' AND o.ref = r.event_id"
+    " AND o.acked_at IS NOT NULL)"
+)
+
+
+class Retention:
+    """Enforces the disk budget and watermark for one evidence store.
+
+    ``clock`` gives the wall time (retention ages, alarm times); ``disk_usage`` is
+    :func:`shutil.disk_usage` unless a test injects a fake.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        store: EvidenceStore,
+        config: EvidenceConfig,
+        clock: Clock,
+        *,
+        disk_usage: DiskUsageFn = shutil.disk_usage,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.disk_usage = disk_usage
+        self._low_free = False
+        self._full = False
+        store.reserve_free_bytes = config.reserve_free_mb * MB
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        return int(self.disk_usage(self.store.data_dir).free)
+
+    def evidence_bytes(self) -> int:
+        """Live image bytes + database pages in use + the WAL."""
+        conn = self.db.read()
+        images = conn.execute("SELECT sum(bytes) FROM images WHERE evicted_at IS NULL").fetchone()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        wal = self.db.path.with_name(self.db.path.name + "-wal")
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
+        return int(images[0] or 0) + int(pages - free_pages) * int(page_size) + wal_bytes
+
+    def _pressure(self, margin: float = 0.0) -> tuple[int, int, int]:
+        """``(bytes to free, free bytes, evidence bytes)``; nothing to free: 0.
+
+        ``margin`` tightens both limits while evicting (hysteresis: one eviction round frees a
+        little more than the minimum, so the watermark does not flap with every vehicle).
+        """
+        free = self.free_bytes()
+        used = self.evidence_bytes()
+        budget = int(self.config.disk_budget_mb * MB * (1 - margin))
+        min_free = int(self.config.min_free_mb * MB * (1 + margin))
+        need = max(used - budget if budget else 0, min_free - free, 0)
+        return need, free, used
+
+    # -- the check -------------------------------------------------------------------------
+
+    def check(self) -> RetentionReport:
+        """Measure, evict what the budget and watermark require, set the image gate, alarm."""
+        now = self.clock.now()
+        report = RetentionReport()
+        need, free, used = self._pressure()
+        report.pressure = need > 0
+        if need:
+            self._alarm_watermark(now, free, used, report)
+            need, free, used = self._pressure(HYSTERESIS)
+        classes: list[tuple[str, Callable[[datetime, int], tuple[int, int, int]]]] = [
+            ("passage_images", self._evict_passage_images),
+            ("passages", self._evict_passages),
+            ("violations_past_retention", self._evict_old_violations),
+        ]
+        for name, evict in classes:
+            while need:
+                images, records, freed = evict(now, need)
+                if not images and not records:
+                    break
+                report.evicted_images += images
+                report.evicted_records += records
+                report.evicted_bytes += freed
+                report.by_class[name] = report.by_class.get(name, 0) + images + records
+                need, free, used = self._pressure(HYSTERESIS)
+        if report.evicted_images or report.evicted_records:
+            self._log_eviction(now, report)
+        if self._low_free and not self._pressure()[0]:
+            self._low_free = False
+            log.warning("retention: disk back above the watermark (%d MB free)", free // MB)
+        self._gate_images(now, free, report)
+        report.free_bytes, report.evidence_bytes = free, used
+        report.images_allowed = self.store.images_allowed
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """The retention thread: :meth:`check` every ``retention_interval_s`` until ``stop``."""
+        while True:
+            try:
+                self.check()
+            except Exception:  # a failed check must not end retention for good
+                log.exception("retention: disk check failed; retrying next interval")
+            if stop.wait(self.config.retention_interval_s):
+                return
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="retention", daemon=True)
+        thread.start()
+        return thread
+
+    def stats(self) -> dict[str, int]:
+        rows = self.db.read().execute(
+            "SELECT name, value FROM counters WHERE name LIKE 'evicted_%'"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    # -- alarms and the image gate -----------------------------------------------------------
+
+    def _alarm(
+        self, alarm: str, now: datetime, message: str, report: RetentionReport, **details: object
+    ) -> None:
+        with self.db.write() as conn:
+            enqueue_alarm(conn, alarm=alarm, at=now, message=message, **details)
+        report.alarms.append(alarm)
+
+    def _alarm_watermark(
+        self, now: datetime, free: int, used: int, report: RetentionReport
+    ) -> None:
+        if self._low_free:
+            return
+        self._low_free = True
+        message = (
+            f"evidence over its disk limits: {free // MB} MB free (watermark "
+            f"{self.config.min_free_mb} MB), evidence uses {used // MB} MB (budget "
+            f"{self.config.disk_budget_mb or 'none'} MB); evicting delivered evidence"
+        )
+        log.error("retention: %s", message)
+        self._alarm("disk_watermark", now, message, report, free_mb=free // MB, used_mb=used // MB)
+
+    def _gate_images(self, now: datetime, free: int, report: RetentionReport) -> None:
+        full = free < self.config.reserve_free_mb * MB
+        if full and not self._full:
+            self._full = True
+            self.store.images_allowed = False
+            message = (
+                f"disk full: {free // MB} MB free, below the {self.config.reserve_free_mb} MB "
+                "reserve, after evicting all it may; new records are stored without images"
+            )
+            log.error("retention: %s", message)
+            self._alarm("disk_full", now, message, report, free_mb=free // MB)
+        elif not full and self._full:
+            self._full = False
+            self.store.images_allowed = True
+            log.warning(
+                "retention: disk space is back (%d MB free); storing images again", free // MB
+            )
+
+    def _log_eviction(self, now: datetime, report: RetentionReport) -> None:
+        message = (
+            f"evicted {report.evicted_images} images and {report.evicted_records} delivered "
+            f"records ({report.evicted_bytes / MB:.1f} MB): {report.by_class}"
+        )
+        log.warning("retention: %s", message)
+        self._alarm(
+            "disk_eviction",
+            now,
+            message,
+            report,
+            images=report.evicted_images,
+            records=report.evicted_records,
+            bytes=report.evicted_bytes,
+            by_class=report.by_class,
+        )
+
+    # -- the three classes ---------------------------------------------------------------------
+
+    def _evict_passage_images(self, now: datetime, need: int) -> tuple[int, int, int]:
+        """One batch of the oldest delivered passages' images, stopping once ``need`` is freed
+        (whole records at a time: a record keeps all its photos or none)."""
+        with self.db.write() as conn:
+            candidates = conn.execute(
+                "SELECT i.event_id, i.name, i.path, i.bytes FROM images i"
+                " JOIN records r ON r.event_id = i.event_id"
+                f" WHERE i.evicted_at IS NULL AND {_NOT_VIOLATION} AND {_DELIVERED}"
+                " ORDER BY r.seq, i.name LIMIT ?",
+                (self.config.eviction_batch,),
+            ).fetchall()
+            rows: list[sqlite3.Row] = []
+            total = 0
+            for r in candidates:
+                if total >= need and rows and rows[-1][0] != r[0]:
+                    break
+                rows.append(r)
+                total += int(r[3])
+            conn.executemany(
+                "UPDATE images SET evicted_at = ? WHERE event_id = ? AND name = ?",
+                [(iso_ms(now), r[0], r[1]) for r in rows],
+            )
+            freed = sum(int(r[3]) for r in rows)
+            _count(conn, images=len(rows), records=0, freed=freed)
+        self._unlink([r[2] for r in rows])
+        return len(rows), 0, freed
+
+    def _evict_passages(self, now: datetime, need: int) -> tuple[int, int, int]:
+        return self._prune(now, f"{_NOT_VIOLATION} AND {_DELIVERED}", (), "delivered passage")
+
+    def _evict_old_violations(self, now: datetime, need: int) -> tuple[int, int, int]:
+        cutoff = iso_ms(now - timedelta(days=self.config.violation_retention_days))
+        return self._prune(
+            now,
+            f"{_VIOLATION} AND {_DELIVERED} AND julianday(r.measured_at) < julianday(?)",
+            (cutoff,),
+            "delivered violation past retention",
+        )
+
+    def _prune(
+        self, now: datetime, where: str, params: tuple[str, ...], reason: str
+    ) -> tuple[int, int, int]:
+        """Move matching records to tombstones (with their images), oldest first, one batch."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "SELECT r.seq, r.event_id, r.measured_at, r.status, r.record_json FROM records r"
+                f" WHERE {where} ORDER BY r.seq LIMIT ?",
+                (*params, self.config.eviction_batch),
+            ).fetchall()
+            paths: list[str] = []
+            freed = 0
+            images = 0
+            for seq, event_id, measured_at, status, record_json in rows:
+                seal = json.loads(record_json)["integrity"]
+                conn.execute(
+                    "INSERT INTO records_pruned (seq, event_id, measured_at, status, prev_hash,"
+                    " hash, signature, key_id, pruned_at, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        seq,
+                        event_id,
+                        measured_at,
+                        status,
+                        seal["prev_hash"],
+                        seal["hash"],
+                        seal["signature"],
+                        seal["key_id"],
+                        iso_ms(now),
+                        reason,
+                    ),
+                )
+                live = conn.execute(
+                    "SELECT path, bytes FROM images WHERE event_id = ? AND evicted_at IS NULL",
+                    (event_id,),
+                ).fetchall()
+                paths += [r[0] for r in live]
+                freed += sum(int(r[1]) for r in live)
+                images += len(live)
+                conn.execute("DELETE FROM images WHERE event_id = ?", (event_id,))
+                conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            _count(conn, images=images, records=len(rows), freed=freed)
+        self._unlink(paths)
+        return images, len(rows), freed
+
+    def _unlink(self, rel_paths: list[str]) -> None:
+        for rel in rel_paths:
+            try:
+                (self.store.data_dir / rel).unlink(missing_ok=True)
+            except OSError as err:  # recover() retries at the next start
+                log.warning("retention: cannot delete %s: %s", rel, err)
+
+
+def _count(conn: sqlite3.Connection, *, images: int, records: int, freed: int) -> None:
+    for name, n in (
+        ("evicted_images", images),
+        ("evicted_records", records),
+        ("evicted_bytes", freed),
+    ):
+        if n:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )

@@ -1,0 +1,618 @@
+"""The station: every stage wired together under one supervisor.
+
+Start-up order (and reverse shut-down) in one readable place, :meth:`Station.start`:
+
+1. database, signing key, evidence store (stray files from a crash removed);
+2. legal rules; plate reader (a missing model degrades to "no plate" records);
+3. uplink (MQTT; records wait in the outbox while the broker is unreachable);
+4. per lane: cameras, then the scale and its reader thread;
+5. the pipeline thread: weighing → frames and plates → verdict → evidence → uplink.
+
+Threads share one stop event (``while not stop.wait(n)``), queues are bounded, and every loop
+iteration is guarded: an exception is logged with the device it concerns and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, audit, evidence, legalid, retention, timesync
+from agent.config import Lane, StationConfig
+from agent.db import Database
+from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
+from agent.evidence import (
+    EvidenceError,
+    EvidenceStore,
+    RecordContext,
+    StoredRecord,
+    write_file_atomically,
+)
+from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
+from agent.permits import PermitBook
+from drivers.camera import CAMERAS, Camera
+from drivers.clock import Clock, SystemClock
+from drivers.plate import PLATE_READERS, PlateReader
+from drivers.scale import SCALES, Scale, ScaleError, WimRecord
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class StageBeat:
+    """When a stage last showed it was alive (monotonic seconds)."""
+
+    name: str
+    last: float = 0.0
+
+
+@dataclass
+class Counters:
+    vehicles: int = 0
+    stored: int = 0
+    store_errors: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def _wim_to_weighing(rec: WimRecord, scale: Scale, lane: Lane) -> VehicleWeighing:
+    """A WIM controller's record as the station's weighing (values unchanged)."""
+    flags: set[WeighingFlag] = set()
+    if len(rec.axle_loads_kg) < 2:
+        flags.add(WeighingFlag.INCOMPLETE)
+    if "fault" in rec.flags:
+        flags.add(WeighingFlag.SCALE_FAULT)
+    cfg = scale.config
+    if rec.speed_kmh is not None and not (cfg.min_speed_kmh <= rec.speed_kmh <= cfg.max_speed_kmh):
+        flags.add(WeighingFlag.SPEED_OUT_OF_RANGE)
+    return VehicleWeighing(
+        lane=lane.number,
+        measured_at=rec.at,
+        axle_loads_kg=rec.axle_loads_kg,
+        gross_kg=rec.gross_kg,
+        scale_id=scale.id,
+        axle_spacings_mm=rec.axle_spacings_mm,
+        speed_kmh=rec.speed_kmh,
+        flags=frozenset(flags),
+        raw=dict(rec.raw),
+    )
+
+
+class Station:
+    """The running station: ``start()``, then ``wait()`` and ``stop()`` (``roadside-agent run``)."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        data_dir: Path | None = None,
+        clock: Clock | None = None,
+        on_stored: Callable[[StoredRecord], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.data_dir = config.data_dir(data_dir)
+        self.clock: Clock = clock or SystemClock(timedelta(hours=config.station.utc_offset_hours))
+        self.stop_event = threading.Event()
+        self.on_stored = on_stored
+        self.counters = Counters()
+        self.started_mono = self.clock.monotonic()
+        self._threads: list[threading.Thread] = []
+        self._work: queue.Queue[tuple[Lane, VehicleWeighing]] = queue.Queue(QUEUE_SIZE)
+        self._scales: dict[int, Scale] = {}
+        self._cameras: dict[int, list[Camera]] = {}
+        self._plate_reader: PlateReader | None = None
+        self._plate_error = ""
+        self._beats: dict[str, StageBeat] = {}
+        self._recent: list[dict[str, Any]] = []
+        self.db: Database | None = None
+        self.store: EvidenceStore | None = None
+        self.uplink: Any = None
+        self._fatal: BaseException | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.data_dir / "station.db")
+        self.signer = evidence.load_signer(cfg.evidence, self.data_dir, create_if_missing=True)
+        self.store = EvidenceStore(self.db, self.data_dir, self.signer)
+        removed = self.store.recover()
+        if removed:
+            log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
+        self.rules = load_rules(cfg.legal)
+        self.permits = PermitBook(self.data_dir)
+        self.legal_id = legalid.legal_software_id()
+        self.audit = audit.AuditLog(self.db, self.signer)
+        first_run = self.audit.counter() == 0
+        changes = self.audit.reconcile(self._legal_parameters(), self.clock.now())
+        if first_run and changes:
+            log.info(
+                "audit: initial legally relevant parameters recorded (%d entries)", len(changes)
+            )
+        for change in [] if first_run else changes:
+            log.warning(
+                "audit: %s changed from %r to %r (event counter %d)",
+                change.key,
+                change.old,
+                change.new,
+                change.counter,
+            )
+            self._alarm(
+                "parameter_change",
+                f"legally relevant parameter {change.key} changed",
+                {
+                    "key": change.key,
+                    "old": change.old,
+                    "new": change.new,
+                    "audit_counter": change.counter,
+                },
+            )
+        self.clock_monitor = timesync.ClockMonitor(
+            timesync.clock_synchronized, alarm=timesync.outbox_alarm(self.db)
+        )
+        self.clock_monitor.poll(self.clock.now())
+        self.retention = retention.Retention(self.db, self.store, cfg.evidence, self.clock)
+        self._start_plate_reader()
+        self._start_uplink()
+        for lane in cfg.lanes:
+            self._start_lane(lane)
+        self._spawn("pipeline", self._pipeline_loop)
+        self._spawn("status", self._status_loop)
+        self._spawn("retention", lambda: self.retention.run(self.stop_event), watched=False)
+        log.info(
+            "station %s started: %d lane(s), data in %s, broker %s:%d",
+            cfg.station.id,
+            len(cfg.lanes),
+            self.data_dir,
+            cfg.uplink.host,
+            cfg.uplink.port,
+        )
+
+    def _legal_parameters(self) -> dict[str, Any]:
+        """What the audit log keeps under change control (WELMEC 7.2 style)."""
+        lanes = {f"lane{lane.number}": lane for lane in self.config.lanes}
+        return {
+            "limits": {"rules_version": self.rules.version},
+            "tolerance": self.config.legal.model_dump(mode="json"),
+            "scale": {
+                name: lane.scale.model_dump(
+                    mode="json", exclude={"certificate", "certificate_valid_until"}
+                )
+                for name, lane in lanes.items()
+            },
+            "calibration": {
+                name: {
+                    "accuracy_class": lane.scale.accuracy_class,
+                    "certificate": lane.scale.certificate,
+                    "certificate_valid_until": (
+                        lane.scale.certificate_valid_until.isoformat()
+                        if lane.scale.certificate_valid_until
+                        else None
+                    ),
+                }
+                for name, lane in lanes.items()
+            },
+            "software": {"version": __version__, "legal_id": self.legal_id},
+        }
+
+    def _alarm(self, kind: str, message: str, details: dict[str, Any]) -> None:
+        """Queue an alarm for the platform (it survives restarts in the outbox)."""
+        assert self.db is not None
+        with self.db.write() as conn:
+            evidence.enqueue_alarm(
+                conn, alarm=kind, at=self.clock.now(), message=message, **details
+            )
+        if self.uplink is not None:
+            self.uplink.wake()
+
+    def _start_plate_reader(self) -> None:
+        try:
+            cls = PLATE_READERS.get(self.config.plate.type)
+            self._plate_reader = cls(self.config.plate)
+        except Exception as err:
+            self._plate_error = str(err)
+            log.error(
+                "plate reader %s unavailable, records will say 'no plate': %s",
+                self.config.plate.type,
+                err,
+            )
+
+    def _start_uplink(self) -> None:
+        try:
+            from agent.uplink import Uplink  # type: ignore[attr-defined]
+        except ImportError:
+            log.error("uplink not available in this build; records stay in the outbox")
+            return
+        assert self.db is not None and self.store is not None
+        self.uplink = Uplink(
+            self.config.uplink,
+            station_id=self.config.station.id,
+            db=self.db,
+            store=self.store,
+            clock=self.clock,
+            health=self.health,
+        )
+        self.uplink.start()
+
+    def _start_lane(self, lane: Lane) -> None:
+        cams: list[Camera] = []
+        for cam_cfg in lane.cameras:
+            try:
+                cams.append(CAMERAS.get(cam_cfg.type)(cam_cfg, self.clock, lane.number))
+            except Exception as err:
+                log.error("lane %d camera %s unavailable: %s", lane.number, cam_cfg.id, err)
+        self._cameras[lane.number] = cams
+        scale = SCALES.get(lane.scale.type)(lane.scale, self.clock, lane.number)
+        self._scales[lane.number] = scale
+        self._spawn(f"scale-lane{lane.number}", lambda: self._scale_loop(lane, scale))
+
+    def _spawn(self, name: str, target: Callable[[], None], watched: bool = True) -> None:
+        """Start a named stage thread; ``watched`` stages must beat for the watchdog."""
+        if watched:
+            self._beats[name] = StageBeat(name, self.clock.monotonic())
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _beat(self, name: str) -> None:
+        beat = self._beats.get(name)
+        if beat is not None:
+            beat.last = self.clock.monotonic()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every stage in reverse order against one deadline. Idempotent."""
+        if self.stop_event.is_set() and not self._threads:
+            return
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout_s
+        for scale in self._scales.values():
+            scale.shutdown()
+        for t in reversed(self._threads):
+            t.join(max(0.1, deadline - time.monotonic()))
+            if t.is_alive():
+                log.error("stage %s did not stop in time", t.name)
+        self._threads.clear()
+        for cams in self._cameras.values():
+            for cam in cams:
+                cam.shutdown()
+        if self.uplink is not None:
+            self.uplink.stop(max(0.5, deadline - time.monotonic()))
+        if self._plate_reader is not None:
+            self._plate_reader.shutdown()
+        self._write_status()
+        if self.db is not None:
+            self.db.close()
+        log.info("station %s stopped", self.config.station.id)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return self.stop_event.wait(timeout_s)
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _scale_loop(self, lane: Lane, scale: Scale) -> None:
+        name = f"scale-lane{lane.number}"
+        failing = False
+        while not self.stop_event.is_set():
+            self._beat(name)
+            try:
+                m = scale.recv(timeout_s=0.5)
+            except ScaleError as err:
+                if not failing:
+                    log.error("lane %d scale %s: %s", lane.number, scale.id, err)
+                else:
+                    log.debug("lane %d scale %s: %s", lane.number, scale.id, err)
+                failing = True
+                self.stop_event.wait(1.0)
+                continue
+            except Exception:
+                log.exception("lane %d scale %s: unexpected error", lane.number, scale.id)
+                self.stop_event.wait(1.0)
+                continue
+            if m is None:
+                continue
+            if failing:
+                log.warning("lane %d scale %s: reading again", lane.number, scale.id)
+                failing = False
+            if isinstance(m, WimRecord):
+                self._submit(lane, _wim_to_weighing(m, scale, lane))
+
+    def _submit(self, lane: Lane, weighing: VehicleWeighing) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self._work.put((lane, weighing), timeout=0.5)
+                return
+            except queue.Full:
+                log.error("pipeline queue full: lane %d waits", lane.number)
+
+    def _pipeline_loop(self) -> None:
+        while not self.stop_event.is_set() or not self._work.empty():
+            self._beat("pipeline")
+            try:
+                lane, weighing = self._work.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._process_until_stored(lane, weighing)
+            except Exception:
+                log.exception(
+                    "lane %d: vehicle at %s not processed",
+                    lane.number,
+                    weighing.measured_at.isoformat(),
+                )
+
+    def _process_until_stored(self, lane: Lane, weighing: VehicleWeighing) -> None:
+        """Process one vehicle; when the store cannot commit, retry rather than lose it."""
+        attempt = 0
+        while True:
+            try:
+                self.process(lane, weighing)
+                if attempt:
+                    log.warning("evidence: storing works again (after %d attempt(s))", attempt)
+                return
+            except EvidenceError as err:
+                attempt += 1
+                if attempt == 1:
+                    log.error(
+                        "evidence: lane %d vehicle at %s not stored yet: %s",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                        err,
+                    )
+                else:
+                    log.debug("evidence: retry %d failed: %s", attempt, err)
+                self._beat("pipeline")
+                # keep retrying while running; on shutdown give it a last few tries
+                if self.stop_event.wait(min(30.0, 0.5 * 2**attempt)) and attempt >= 3:
+                    log.error(
+                        "evidence: lane %d vehicle at %s LOST at shutdown: %s",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                        err,
+                    )
+                    return
+
+    def _frames(self, lane: Lane, at: datetime) -> list[Frame]:
+        frames: list[Frame] = []
+        for cam in self._cameras.get(lane.number, []):
+            try:
+                frames.extend(cam.capture(at, self.config.matching.frames_per_camera))
+            except Exception as err:
+                log.error("lane %d camera %s: %s", lane.number, cam.id, err)
+        return frames
+
+    def _plates(self, frames: list[Frame]) -> tuple[list[PlateRead], set[str]]:
+        flags: set[str] = set()
+        if self._plate_reader is None:
+            return [], {"no_plate", "plate_reader_unavailable"}
+        reads: list[PlateRead] = []
+        for frame in frames:
+            try:
+                reads.extend(self._plate_reader.read(frame))
+            except Exception as err:
+                log.error("plate reader on %s: %s", frame.camera_id, err)
+        best: dict[str, PlateRead] = {}
+        for r in reads:
+            if r.position not in best or r.confidence > best[r.position].confidence:
+                best[r.position] = r
+        texts = {r.text for r in best.values()}
+        if not best:
+            flags.add("no_plate")
+        elif len(texts) > 1:
+            flags.add("plates_disagree")
+        return list(best.values()), flags
+
+    def process(self, lane: Lane, weighing: VehicleWeighing) -> StoredRecord | None:
+        """One vehicle through frames, plates, verdict and evidence."""
+        assert self.store is not None
+        frames = self._frames(lane, weighing.measured_at)
+        if not frames and self._cameras.get(lane.number):
+            match_flags = {"no_plate", "no_image"}
+            plates: list[PlateRead] = []
+        else:
+            plates, match_flags = self._plates(frames)
+        event = VehicleEvent(weighing, tuple(plates), tuple(frames), frozenset(match_flags))
+        plate = plates[0].text if plates else None
+        verdict = judge(
+            self._facts(lane, weighing, plate),
+            self.rules,
+            weighing.measured_at,
+            device=self._device_facts(lane),
+            permits=self.permits.permits_for(plate),
+            watchlist=self.permits.watch_for(plate),
+        )
+        if verdict.watchlist_hit:
+            self._alarm(
+                "watchlist_hit",
+                f"lane {lane.number}: watch-listed plate {plate}",
+                {
+                    "plate": plate,
+                    "lane": lane.number,
+                    "measured_at": weighing.measured_at.isoformat(),
+                },
+            )
+        scale_cfg = lane.scale
+        ctx = RecordContext(
+            station_id=self.config.station.id,
+            scale_id=scale_cfg.id,
+            accuracy_class=scale_cfg.accuracy_class,
+            certificate=scale_cfg.certificate,
+            certificate_valid_until=(
+                scale_cfg.certificate_valid_until.isoformat()
+                if scale_cfg.certificate_valid_until
+                else ""
+            ),
+            clock_synchronized=bool(self.clock_monitor.synchronized),
+            software_version=__version__,
+            legal_id=self.legal_id,
+            audit_counter=self.audit.counter(),
+        )
+        self.counters.vehicles += 1
+        try:
+            stored = self.store.commit(event, verdict, ctx)
+        except Exception:
+            self.counters.store_errors += 1
+            raise
+        self.counters.stored += 1
+        status = verdict.status.value
+        self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
+        self._recent = ([_summary(stored.record), *self._recent])[:10]
+        if self.uplink is not None:
+            self.uplink.wake()
+        if self.on_stored is not None:
+            self.on_stored(stored)
+        return stored
+
+    def _facts(self, lane: Lane, weighing: VehicleWeighing, plate: str | None) -> VehicleFacts:
+        declared = VehicleClass(lane.vehicle_class)
+        known = {
+            "declared_class": declared,
+            "class_source": "lane" if declared != VehicleClass.UNKNOWN else "declared",
+            "plate": plate,
+        }
+        try:
+            return VehicleFacts.from_weighing(weighing, **known)
+        except InvalidFactsError as err:
+            # A device sent something impossible (e.g. spacings that do not fit the axle count):
+            # judge without the doubtful part and flag it, never guess.
+            log.error(
+                "lane %d scale %s: inconsistent weighing (%s); not judged on it",
+                lane.number,
+                weighing.scale_id,
+                err,
+            )
+            return VehicleFacts(
+                axle_loads_kg=tuple(max(0, int(a)) for a in weighing.axle_loads_kg),
+                gross_kg=max(0, int(weighing.gross_kg)),
+                flags=weighing.flags | {WeighingFlag.INCONSISTENT},
+                **known,  # type: ignore[arg-type]
+            )
+
+    @staticmethod
+    def _device_facts(lane: Lane) -> DeviceFacts:
+        s = lane.scale
+        return DeviceFacts(
+            accuracy_class=s.accuracy_class or None,
+            certificate_valid_until=s.certificate_valid_until,
+            min_speed_kmh=s.min_speed_kmh,
+            max_speed_kmh=s.max_speed_kmh,
+            scale_id=s.id,
+        )
+
+    # -- health ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Devices, stages and counters: the heartbeat's and ``status``'s station part."""
+        now = self.clock.monotonic()
+        devices: dict[str, Any] = {}
+        for lane_no, scale in self._scales.items():
+            h = scale.health
+            devices[scale.id] = {
+                "kind": "scale",
+                "lane": lane_no,
+                "state": h.state,
+                "errors": h.errors,
+                "last_good_at": h.last_good_at.isoformat() if h.last_good_at else None,
+                "last_error": h.last_error,
+            }
+        for lane_no, cams in self._cameras.items():
+            for cam in cams:
+                ch = cam.health
+                devices[cam.id] = {
+                    "kind": "camera",
+                    "lane": lane_no,
+                    "role": cam.role,
+                    "state": ch.state,
+                    "last_good_at": ch.last_good_at.isoformat() if ch.last_good_at else None,
+                    "last_error": ch.last_error,
+                }
+        devices["plate-reader"] = {
+            "kind": "plate_reader",
+            "type": self.config.plate.type,
+            "state": "ok" if self._plate_reader is not None else "fault",
+            "last_error": self._plate_error,
+        }
+        return {
+            "station_id": self.config.station.id,
+            "software_version": __version__,
+            "config_hash": self.config.digest,
+            "uptime_s": round(now - self.started_mono, 1),
+            "devices": devices,
+            "stages": {n: round(now - b.last, 1) for n, b in self._beats.items()},
+            "clock": {
+                "synchronized": getattr(self, "clock_monitor", None)
+                and self.clock_monitor.synchronized
+            },
+            "legal_id": getattr(self, "legal_id", ""),
+            "disk": self._disk(),
+            "vehicles": {
+                "seen": self.counters.vehicles,
+                "stored": self.counters.stored,
+                "store_errors": self.counters.store_errors,
+                "by_status": dict(self.counters.by_status),
+            },
+        }
+
+    def _disk(self) -> dict[str, Any]:
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+        except OSError as err:
+            return {"error": str(err)}
+        out: dict[str, Any] = {"free_bytes": usage.free, "total_bytes": usage.total}
+        ret = getattr(self, "retention", None)
+        if ret is not None:
+            try:
+                out["evicted"] = ret.stats()
+            except Exception as err:
+                out["evicted"] = {"error": str(err)}
+        return out
+
+    def _status_loop(self) -> None:
+        while not self.stop_event.wait(2.0):
+            self._beat("status")
+            try:
+                self.clock_monitor.poll(self.clock.now())
+                self._write_status()
+            except Exception:
+                log.exception("status file not written")
+
+    def _write_status(self) -> None:
+        """``status.json`` in the data dir: what ``roadside-agent status`` shows of the daemon."""
+        doc = self.health()
+        doc["written_at"] = self.clock.now().isoformat(timespec="seconds")
+        doc["pid"] = os.getpid()
+        doc["running"] = not self.stop_event.is_set()
+        doc["last_vehicles"] = self._recent
+        if self.uplink is not None:
+            try:
+                doc["uplink"] = self.uplink.stats()
+            except Exception as err:
+                doc["uplink"] = {"error": str(err)}
+        write_file_atomically(
+            self.data_dir / STATUS_FILE,
+            json.dumps(doc, ensure_ascii=False, indent=1).encode(),
+        )
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    plates = record.get("plates") or []
+    return {
+        "event_id": record["event_id"],
+        "lane": record["lane"],
+        "measured_at": record["measured_at"],
+        "plate": plates[0]["text"] if plates else None,
+        "axles": record["vehicle"]["axle_count"],
+        "gross_kg": record["vehicle"]["gross_kg"],
+        "status": record["verdict"]["status"],
+    }

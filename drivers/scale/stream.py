@@ -1,0 +1,246 @@
+"""Continuous-output indicators: the indicator talks, we listen (XK3190, Toledo, WIM lines).
+
+Layers (pymodbus style): :class:`~drivers.scale.serial_line.SerialStream` (transport, one
+owner per port, reopen by name) → a *framer* (bytes → frames or rejects, stateful across
+reads, never raises on bad input) → the backend's ``_measurement`` (frame → measurement).
+
+What a technician needs from a stream is in the errors: nothing at all on the port (wiring,
+wrong port) after ``silence_s``; bytes but no valid frame (baud rate, protocol, checksum
+setting) after ``garbage_frames`` rejects in a row. Each names the port and carries the last
+raw bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from pydantic import Field
+
+from drivers.clock import Clock
+from drivers.scale.base import (
+    Backoff,
+    FaultLog,
+    Measurement,
+    Scale,
+    ScaleConfig,
+    ScaleError,
+    WeightSample,
+)
+from drivers.scale.modbus import ModbusDetector, ModbusDetectorConfig
+from drivers.scale.serial_line import LinkError, SerialStream
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Bytes a framer threw away, and why (wrong checksum, bad digit, wrong length)."""
+
+    reason: str
+    raw: bytes
+
+
+class Framer(Protocol[F]):
+    def feed(self, data: bytes) -> list[F | Reject]:
+        """Frames (and rejects) completed by ``data``; keeps partial frames for the next call."""
+
+
+class SerialScaleConfig(ScaleConfig):
+    """Keys of every scale on a serial port."""
+
+    port: str = Field(
+        description="serial port: /dev/ttyUSB0, /dev/serial/by-id/..., or a pyserial URL "
+        "(socket://host:port for a serial server, loop:// for tests)"
+    )
+    baudrate: int = Field(default=9600, description="bits per second")
+    bytesize: Literal[7, 8] = Field(default=8, description="data bits")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O")
+    stopbits: Literal[1, 2] = Field(default=1, description="stop bits")
+    silence_s: float = Field(
+        default=3.0, gt=0, description="no bytes this long is a fault (wiring, wrong port)"
+    )
+    garbage_frames: int = Field(
+        default=20, ge=1, description="this many rejected frames in a row is a fault"
+    )
+    reconnect_max_s: float = Field(
+        default=2.0, gt=0, description="longest wait between attempts to reopen the port"
+    )
+    detector: ModbusDetectorConfig | None = Field(
+        default=None,
+        description="vehicle detector on a Modbus I/O module's discrete input "
+        "([lanes.scale.detector]: host/port, device_id, address)",
+    )
+
+
+class WeightStreamConfig(SerialScaleConfig):
+    unit: Literal["kg", "t"] = Field(
+        default="kg", description="the indicator's display unit (kg or t)"
+    )
+    stable_window_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="for protocols without a motion flag: readings within stable_band_kg "
+        "for this long are stable",
+    )
+    stable_band_kg: float = Field(default=20.0, ge=0, description="see stable_window_s")
+
+
+class StreamScale(Scale, Generic[F]):
+    """A scale that reads a continuous stream; subclasses give the framer and the decoding."""
+
+    config: SerialScaleConfig
+
+    def __init__(self, config: SerialScaleConfig, clock: Clock | None = None, lane: int = 1):
+        super().__init__(config, clock)
+        self.lane = lane
+        self.device = f"scale {config.id} ({config.type} on {config.port})"
+        self.stream = SerialStream(
+            config.port,
+            self.device,
+            baudrate=config.baudrate,
+            bytesize=config.bytesize,
+            parity=config.parity,
+            stopbits=config.stopbits,
+        )
+        self.framer: Framer[F] = self._make_framer()
+        self.backoff = Backoff(self.clock, first_s=0.2, max_s=config.reconnect_max_s)
+        self.fault_log = FaultLog(log, self.device)
+        self._pending: collections.deque[Measurement] = collections.deque()
+        self._last_bytes_at = self.clock.monotonic()
+        self._rejects_in_row = 0
+        self.rejects: collections.Counter[str] = collections.Counter()
+        self.frames = 0
+        self.detector: ModbusDetector | None = None
+        if config.detector is not None:
+            try:
+                self.detector = ModbusDetector(
+                    config.detector, self.clock, self.raw_tail, self.device
+                )
+            except BaseException:
+                self.stream.release()
+                raise
+
+    def _make_framer(self) -> Framer[F]:
+        raise NotImplementedError
+
+    def _measurement(self, frame: F) -> Measurement | None:
+        raise NotImplementedError
+
+    def _fail(self, message: str, err: Exception | None = None) -> ScaleError:
+        delay = self.backoff.failed()
+        text = f"{message}; next attempt in {delay:.1f} s"
+        self.fault_log.failure(text, self.raw_tail_hex())
+        exc = ScaleError(f"{self.device}: {text}; last raw bytes: {self.raw_tail_hex()}")
+        if err is not None:
+            exc.__cause__ = err
+        return exc
+
+    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
+        if self._pending:
+            return self._pending.popleft()
+        deadline = None if timeout_s is None else self.clock.monotonic() + timeout_s
+        while True:
+            now = self.clock.monotonic()
+            remaining = None if deadline is None else deadline - now
+            wait = self.backoff.wait_s()
+            if wait > 0:
+                if remaining is not None and remaining < wait:
+                    if remaining > 0:
+                        self._closed.wait(remaining)
+                    return None
+                if self._closed.wait(wait):
+                    return None
+                continue
+            if self.detector is not None:
+                edge = self.detector.poll()
+                if edge is not None:
+                    return edge
+                slice_s = min(0.1, max(0.005, self.detector.config.poll_interval_s))
+            else:
+                slice_s = 0.1
+            if remaining is not None:
+                slice_s = max(0.0, min(slice_s, remaining))
+            try:
+                data = self.stream.read(slice_s)
+            except LinkError as err:
+                self._last_bytes_at = self.clock.monotonic()
+                raise self._fail(str(err), err) from err
+            if data:
+                self._last_bytes_at = self.clock.monotonic()
+                self._note_raw(data)
+                for item in self.framer.feed(data):
+                    if isinstance(item, Reject):
+                        self.rejects[item.reason] += 1
+                        self._rejects_in_row += 1
+                        log.debug("%s: rejected %s: %s", self.device, item.reason, item.raw.hex())
+                        continue
+                    self._rejects_in_row = 0
+                    self.frames += 1
+                    try:
+                        m = self._measurement(item)
+                    except Exception as err:  # a frame must never kill the reader thread
+                        self.rejects["decode error"] += 1
+                        log.error("%s: cannot decode %r: %s", self.device, item, err)
+                        continue
+                    if m is not None:
+                        self._pending.append(m)
+                if self._rejects_in_row >= self.config.garbage_frames:
+                    self._rejects_in_row = 0
+                    reasons = ", ".join(f"{k} ×{v}" for k, v in self.rejects.most_common(3))
+                    raise self._fail(
+                        f"bytes arrive but no valid {self.config.type} frame ({reasons}): "
+                        f"check baud rate {self.config.baudrate}, data bits/parity "
+                        f"{self.config.bytesize}{self.config.parity}{self.config.stopbits} "
+                        "and the indicator's output mode"
+                    )
+                if self._pending:
+                    self.backoff.succeeded()
+                    self.fault_log.success()
+                    return self._pending.popleft()
+            elif self.clock.monotonic() - self._last_bytes_at > self.config.silence_s:
+                self._last_bytes_at = self.clock.monotonic()
+                raise self._fail(
+                    f"no bytes for {self.config.silence_s:.1f} s: check the cable, the port "
+                    "name and that the indicator's continuous output is on"
+                )
+            if deadline is not None and self.clock.monotonic() >= deadline:
+                return None
+
+    def _shutdown_internal(self) -> None:
+        self.stream.release()
+        if self.detector is not None:
+            self.detector.release()
+
+
+class Stability:
+    """Stable when every reading of the last ``window_s`` lies within ``band_kg``.
+
+    For protocols that carry no motion flag (XK3190 continuous mode).
+    """
+
+    def __init__(self, window_s: float, band_kg: float) -> None:
+        self.window_s = window_s
+        self.band_kg = band_kg
+        self._history: collections.deque[tuple[float, float]] = collections.deque()
+
+    def update(self, t: float, kg: float) -> bool:
+        h = self._history
+        h.append((t, kg))
+        while h and t - h[0][0] > self.window_s:
+            h.popleft()
+        if t - h[0][0] < self.window_s * 0.8:
+            # Not enough history yet: a window must be (nearly) full to call it stable.
+            return False
+        values = [v for _, v in h]
+        return max(values) - min(values) <= self.band_kg
+
+
+def weight_sample(
+    at_clock: Clock, kg: float, stable: bool, flags: frozenset[str], raw: bytes
+) -> WeightSample:
+    return WeightSample(at=at_clock.now(), gross_kg=kg, stable=stable, flags=flags, raw=raw)

@@ -1,0 +1,150 @@
+"""Yaohua XK3190 indicators (A9, A12, D2...) in continuous output mode ("tf" mode 0).
+
+Frame, 12 bytes, repeated continuously::
+
+    +-----+------+-----------------+-----+-------+-------+-----+
+    | STX | sign |   six digits    | dec | XOR H | XOR L | ETX |
+    | 02  | 2B/2D| 30..39 (MSD..)  | 30+n|   checksum    | 03  |
+    +-----+------+-----------------+-----+-------+-------+-----+
+      1      2         3 .. 8         9      10      11     12
+
+* sign ``+`` (2B) or ``-`` (2D);
+* the six digits are the displayed value without a decimal point; byte 9 is the number of
+  decimal places ('0'..'4');
+* checksum: XOR of bytes 2..9, high nibble then low nibble, each sent as ``0x30 + n`` when
+  n ≤ 9 and ``0x37 + n`` above ('A'..'F'). "+20.00" → ``02 2B 30 30 32 30 30 30 32 31 42 03``.
+* no unit and no motion flag: the unit is the ``unit`` setting, stability is judged from the
+  readings (``stable_window_s`` / ``stable_band_kg``).
+
+Quirks survived: frames split across reads, garbage and half frames at power-up or when the
+cable is plugged in mid-frame (resynchronise on the next STX), lower-case checksum letters
+from some firmware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drivers.clock import Clock
+from drivers.scale.base import Measurement, WeightSample
+from drivers.scale.stream import Reject, Stability, StreamScale, WeightStreamConfig
+
+STX, ETX = 0x02, 0x03
+FRAME_LEN = 12
+_DIGITS = frozenset(b"0123456789")
+
+
+@dataclass(frozen=True)
+class Xk3190Frame:
+    value: float  # in the display unit, signed
+    decimals: int
+    raw: bytes
+
+
+def _nibble(n: int) -> int:
+    return 0x30 + n if n <= 9 else 0x37 + n
+
+
+def checksum(body: bytes) -> bytes:
+    """The two checksum bytes of ``body`` (frame bytes 2..9)."""
+    x = 0
+    for b in body:
+        x ^= b
+    return bytes([_nibble(x >> 4), _nibble(x & 0x0F)])
+
+
+def encode(value: float, decimals: int = 0) -> bytes:
+    """A frame showing ``value`` with ``decimals`` places (the simulator's direction)."""
+    digits = round(abs(value) * 10**decimals)
+    if digits > 999999:
+        raise ValueError(f"{value} does not fit six digits with {decimals} decimals")
+    body = (b"-" if value < 0 else b"+") + f"{digits:06d}".encode() + bytes([0x30 + decimals])
+    return bytes([STX]) + body + checksum(body) + bytes([ETX])
+
+
+def parse(frame: bytes) -> Xk3190Frame | Reject:
+    """Check and decode one 12-byte frame."""
+    if len(frame) != FRAME_LEN:
+        return Reject("length", frame)
+    if frame[0] != STX or frame[-1] != ETX:
+        return Reject("no STX/ETX", frame)
+    sign, digits, dec = frame[1], frame[2:8], frame[8]
+    if sign not in b"+-":
+        return Reject("sign", frame)
+    if not set(digits) <= _DIGITS:
+        return Reject("digits", frame)
+    if not 0x30 <= dec <= 0x34:
+        return Reject("decimals", frame)
+    if frame[9:11].upper() != checksum(frame[1:9]):
+        return Reject("checksum", frame)
+    decimals = dec - 0x30
+    value = int(digits) / 10**decimals
+    return Xk3190Frame(-value if sign == 0x2D else value, decimals, bytes(frame))
+
+
+class Xk3190Framer:
+    """Bytes → frames; keeps a partial frame between reads; never raises."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Xk3190Frame | Reject]:
+        buf = self._buf
+        buf += data
+        out: list[Xk3190Frame | Reject] = []
+        while True:
+            start = buf.find(STX)
+            if start < 0:
+                if buf:
+                    out.append(Reject("no STX", bytes(buf)))
+                buf.clear()
+                break
+            if start > 0:
+                out.append(Reject("no STX", bytes(buf[:start])))
+                del buf[:start]
+            if len(buf) < FRAME_LEN:
+                # A frame is never longer than 12 bytes; an STX inside means a cut frame.
+                nxt = buf.find(STX, 1)
+                if nxt > 0:
+                    out.append(Reject("length", bytes(buf[:nxt])))
+                    del buf[:nxt]
+                    continue
+                break
+            result = parse(bytes(buf[:FRAME_LEN]))
+            if isinstance(result, Reject):
+                out.append(result)
+                del buf[:1]  # resynchronise on the next STX
+            else:
+                out.append(result)
+                del buf[:FRAME_LEN]
+        if len(buf) > 4 * FRAME_LEN:  # cannot happen, but a framer must stay bounded
+            del buf[:-FRAME_LEN]
+        return out
+
+
+class Xk3190Config(WeightStreamConfig):
+    pass
+
+
+class Xk3190Scale(StreamScale[Xk3190Frame]):
+    """A Yaohua XK3190 indicator in continuous mode on a serial port."""
+
+    Config = Xk3190Config
+    config: Xk3190Config
+
+    def __init__(self, config: Xk3190Config, clock: Clock | None = None, lane: int = 1):
+        super().__init__(config, clock, lane)
+        self.stability = Stability(config.stable_window_s, config.stable_band_kg)
+
+    def _make_framer(self) -> Xk3190Framer:
+        return Xk3190Framer()
+
+    def _measurement(self, frame: Xk3190Frame) -> Measurement:
+        kg = frame.value * (1000.0 if self.config.unit == "t" else 1.0)
+        stable = self.stability.update(self.clock.monotonic(), kg)
+        flags = set() if stable else {"motion"}
+        if kg < 0:
+            flags.add("negative")
+        return WeightSample(
+            at=self.clock.now(), gross_kg=kg, stable=stable, flags=frozenset(flags), raw=frame.raw
+        )

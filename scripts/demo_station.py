@@ -1,0 +1,178 @@
+"""The demo: a simulated station end to end, one line per truck, then a summary.
+
+Started by ``./scripts/demo`` inside its own virtualenv. It starts a broker (Mosquitto when
+installed, else the embedded ``scripts/minibroker.py``), the platform simulator, and the station
+of ``firmware_config/examples/demo.toml`` on a fresh data directory; it prints each truck once the
+platform has acknowledged it and exits 0 when every record is delivered (1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from agent.config import parse_config  # noqa: E402
+from agent.platform_sim import PlatformSim  # noqa: E402
+from agent.station import Station  # noqa: E402
+from drivers import traffic  # noqa: E402
+
+DEMO_CONFIG = ROOT / "firmware_config" / "examples" / "demo.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def broker(workdir: Path) -> Iterator[tuple[str, int]]:
+    """Mosquitto on a free loopback port if installed, else the embedded broker."""
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if exe:
+        port = free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest none\n"
+        )
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), timeout=0.5
+                ):
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {proc.returncode}")
+                time.sleep(0.05)
+            yield f"Mosquitto ({exe})", port
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    else:
+        from minibroker import start_in_thread  # type: ignore[import-not-found]
+
+        port, stop = start_in_thread("127.0.0.1", 0)
+        try:
+            yield "embedded MQTT 5 broker (Mosquitto not installed)", port
+        finally:
+            stop()
+
+
+def demo_config_text(port: int, trucks: int, rate_per_min: float) -> str:
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^port = \d+$", f"port = {port}", text, count=1)
+    text = re.sub(r"(?m)^vehicles_per_min = .*$", f"vehicles_per_min = {rate_per_min}\n"
+                  f"count = {trucks}", text, count=1)
+    return text
+
+
+def fmt_kg(kg: int | None) -> str:
+    return "-" if kg is None else f"{kg:,}".replace(",", " ")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trucks", type=int, default=20, help="how many trucks (default 20)")
+    ap.add_argument("--rate", type=float, default=120.0, help="trucks per minute (default 120)")
+    ap.add_argument("--timeout", type=float, default=90.0, help="give up after this many s")
+    ap.add_argument("--keep", help="keep the station's data in this folder")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="roadside-demo-") as tmp:
+        work = Path(tmp)
+        data_dir = Path(args.keep) if args.keep else work / "station"
+        if data_dir.exists() and any(data_dir.iterdir()):
+            print(f"{data_dir} is not empty; choose an empty folder for --keep", file=sys.stderr)
+            return 2
+        with broker(work) as (broker_name, port):
+            print(f"broker     {broker_name} on 127.0.0.1:{port}")
+            cfg = parse_config(demo_config_text(port, args.trucks, args.rate), DEMO_CONFIG)
+            sim = PlatformSim(cfg.uplink, db_path=work / "platform.db")
+            sim.start()
+            print(f"platform   simulator subscribed to {cfg.uplink.prefix}/+/#")
+            traffic.forget_roads()
+            station = Station(cfg, data_dir=data_dir)
+            station.start()
+            print(f"station    {cfg.station.id}, {len(cfg.lanes)} lane(s), data in {data_dir}")
+            print()
+            try:
+                printed, ok = watch(station, data_dir, args.trucks, args.timeout)
+            finally:
+                station.stop()
+                sim.stop()
+    return 0 if ok else 1
+
+
+def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tuple[int, bool]:
+    """Print each record once the platform acknowledged it; the summary at the end."""
+    db = sqlite3.connect(f"file:{data_dir / 'station.db'}?mode=ro", uri=True, timeout=10)
+    printed: set[str] = set()
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    deadline = started + timeout_s
+    import json
+
+    while time.monotonic() < deadline:
+        rows = db.execute(
+            "SELECT r.event_id, r.record_json, o.acked_at FROM records r JOIN outbox o"
+            " ON o.kind = 'event' AND o.ref = r.event_id WHERE o.acked_at IS NOT NULL"
+            " ORDER BY r.seq"
+        ).fetchall()
+        for event_id, record_json, _acked in rows:
+            if event_id in printed:
+                continue
+            printed.add(event_id)
+            rec = json.loads(record_json)
+            v, veh = rec["verdict"], rec["vehicle"]
+            plate = rec["plates"][0]["text"] if rec["plates"] else "(no plate)"
+            limit = (
+                f"limit {fmt_kg(v['limit_kg'])} + {fmt_kg(v['tolerance_kg'])}"
+                if v.get("limit_kg") else v.get("explanation", "")[:40]
+            )
+            counts[v["status"]] = counts.get(v["status"], 0) + 1
+            print(
+                f"{event_id}  {plate:9}  {veh['axle_count']} axles  {fmt_kg(veh['gross_kg']):>7} kg"
+                f"  {v['status']:13} ({limit})  delivered",
+                flush=True,
+            )
+        if len(printed) >= trucks:
+            break
+        time.sleep(0.2)
+    stored = db.execute("SELECT count(*) FROM records").fetchone()[0]
+    db.close()
+    elapsed = time.monotonic() - started
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    ok = len(printed) >= trucks
+    print()
+    print(
+        f"summary    {len(printed)}/{trucks} trucks stored, signed and acknowledged by the platform"
+        f" in {elapsed:.1f} s ({summary}); {stored} records in the station database"
+        + ("" if ok else " — NOT all delivered")
+    )
+    return len(printed), ok
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""The documentation a technician reads matches the code."""
+
+from __future__ import annotations
+
+from agent.configdoc import render
+
+from .conftest import REPO
+
+
+def test_config_reference_is_up_to_date() -> None:
+    current = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    assert current == render(), (
+        "docs/config.md is stale: python -m agent.configdoc > docs/config.md"
+    )
+
+
+def test_readme_quick_start_is_exactly_two_commands() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = quick.split("```", 2)[1]
+    commands = [line for line in block.splitlines()[1:] if line.strip()]
+    assert commands == ["./scripts/demo", "./scripts/test"]

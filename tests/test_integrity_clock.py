@@ -1,0 +1,73 @@
+"""Clock synchronisation (adjtimex) and the legal software id."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import legalid, timesync
+from tests.crash_writer import T0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adjtimex is Linux")
+def test_adjtimex_reads_the_kernel_state() -> None:
+    assert ctypes.sizeof(timesync.Timex) == (208 if ctypes.sizeof(ctypes.c_long) == 8 else 128)
+    result = timesync.read_timex()
+    assert result is not None
+    state, tx = result
+    assert 0 <= state <= timesync.TIME_ERROR
+    expected = state != timesync.TIME_ERROR and not tx.status & timesync.STA_UNSYNC
+    assert timesync.clock_synchronized() is expected
+
+
+def test_unsynchronised_clock_raises_one_alarm_until_it_recovers() -> None:
+    source = timesync.FakeClockSync(True)
+    alarms: list[str] = []
+    mon = timesync.ClockMonitor(source, alarm=lambda msg, at: alarms.append(msg))
+    assert mon.poll(T0) is True
+    source.synchronized = False
+    assert mon.poll(T0) is False
+    mon.poll(T0)
+    assert len(alarms) == 1 and "STA_UNSYNC" in alarms[0]
+    source.synchronized = True
+    mon.poll(T0)
+    source.synchronized = False
+    mon.poll(T0)
+    assert len(alarms) == 2
+
+
+def test_outbox_alarm_is_queued(tmp_path: Path) -> None:
+    from tests.crash_writer import open_store
+
+    db, _store = open_store(tmp_path)
+    mon = timesync.ClockMonitor(timesync.FakeClockSync(False), alarm=timesync.outbox_alarm(db))
+    mon.poll(T0)
+    rows = db.read().execute("SELECT kind, priority, payload FROM outbox").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("alarm", 0)]
+    assert '"alarm":"clock_unsynchronized"' in rows[0][2]
+
+
+def test_legal_id_changes_with_a_legally_relevant_file(tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "legal.py").write_text("LIMIT = 49000\n")
+    (tmp_path / "agent" / "uplink.py").write_text("x = 1\n")
+    (tmp_path / "firmware_config" / "legal").mkdir(parents=True)
+    (tmp_path / "firmware_config" / "legal" / "limits.toml").write_text("a = 1\n")
+    first = legalid.compute_legal_id(tmp_path)
+    (tmp_path / "agent" / "uplink.py").write_text("x = 2\n")
+    assert legalid.compute_legal_id(tmp_path) == first  # not legally relevant
+    (tmp_path / "firmware_config" / "legal" / "limits.toml").write_text("a = 2\n")
+    assert legalid.compute_legal_id(tmp_path) != first
+    assert [r for r, _ in legalid.manifest(tmp_path)] == [
+        "agent/legal.py",
+        "firmware_config/legal/limits.toml",
+    ]
+
+
+def test_legal_id_of_this_build_covers_the_evidence_code() -> None:
+    files = [r for r, _ in legalid.manifest()]
+    assert "agent/evidence.py" in files and "agent/integrity.py" in files
+    assert len(legalid.legal_software_id()) == 64

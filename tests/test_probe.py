@@ -1,0 +1,149 @@
+"""``roadside-agent probe``: a technician learns within seconds whether a scale is right."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.commands import probe
+from drivers.scale import xk3190
+from drivers.scale.modbus_sim import ModbusDeviceSimulator, constant
+from drivers.scale.pty import PtyPair
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run_probe(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="roadside-agent")
+    sub = parser.add_subparsers(dest="command")
+    probe.add_parser(sub)
+    args = parser.parse_args(["probe", *argv])
+    code: int = args.func(args)
+    return code
+
+
+def last_json(out: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+@pytest.fixture
+def sim() -> Iterator[ModbusDeviceSimulator]:
+    s = ModbusDeviceSimulator("generic", constant(42120.0)).start()
+    yield s
+    s.stop()
+
+
+def test_probe_modbus_tcp_json(
+    sim: ModbusDeviceSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_probe(
+        [
+            "scale",
+            "--type",
+            "modbus_tcp",
+            "--port",
+            f"127.0.0.1:{sim.port}",
+            "--seconds",
+            "0.6",
+            "--option",
+            "map=generic",
+            "--option",
+            "poll_interval_s=0.02",
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["gross_kg"] == 42120.0
+    assert result["stable"] is True
+    assert isinstance(result["readings"], list) and len(result["readings"]) >= 5
+    assert result["errors"] == []
+    assert isinstance(result["raw_tail"], list) and result["raw_tail"]
+
+
+def test_probe_with_station_config(
+    sim: ModbusDeviceSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "station.toml"
+    cfg.write_text(
+        '[[lanes]]\nnumber = 1\n[lanes.scale]\ntype = "modbus_tcp"\n'
+        f'host = "127.0.0.1"\nport = {sim.port}\nmap = "generic"\n',
+        encoding="utf-8",
+    )
+    assert run_probe(["scale", "--config", str(cfg), "--seconds", "0.4", "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["gross_kg"] == 42120.0
+
+
+def test_probe_xk3190_human_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pty = PtyPair(tmp_path / "ttyUSB0")
+    stop = threading.Event()
+
+    def talk() -> None:
+        while not stop.wait(0.02):
+            pty.write(xk3190.encode(31.46, 2))
+
+    t = threading.Thread(target=talk, daemon=True)
+    t.start()
+    try:
+        code = run_probe(
+            [
+                "scale",
+                "--type",
+                "xk3190",
+                "--port",
+                str(pty.path),
+                "--baudrate",
+                "9600",
+                "--option",
+                "unit=t",
+                "--option",
+                "stable_window_s=0.2",
+                "--seconds",
+                "1",
+            ]
+        )
+    finally:
+        stop.set()
+        t.join(2)
+        pty.close()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "31,460.0 kg" in out
+    assert "last stable gross: 31,460.0 kg" in out
+    assert "02 2b 30 30 33 31 34 36 32" in out, "raw frames in hex"
+    assert "verdict: OK" in out
+
+
+def test_probe_dead_port_names_the_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_probe(["scale", "--type", "toledo", "--port", "/dev/ttyNOPE", "--seconds", "0.5"])
+    out = capsys.readouterr().out
+    assert code == probe.EX_UNAVAILABLE
+    assert "/dev/ttyNOPE" in out and "NO READINGS" in out
+
+
+def test_probe_rejects_unknown_type_and_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_probe(["scale", "--type", "xk319", "--port", "loop://"]) == probe.EX_CONFIG
+    assert "did you mean 'xk3190'" in capsys.readouterr().err
+    code = run_probe(["scale", "--type", "xk3190", "--port", "loop://", "--option", "baud=9600"])
+    assert code == probe.EX_CONFIG
+    assert "baud" in capsys.readouterr().err
+
+
+def test_probe_ports_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_probe(["ports", "--json"]) == 0
+    result = last_json(capsys.readouterr().out)
+    assert isinstance(result["ports"], list)
+
+
+@pytest.mark.parametrize("kind", ["modbus_tcp", "xk3190", "toledo"])
+def test_probe_simulate(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_probe(["scale", "--type", kind, "--simulate", "--seconds", "0.6", "--json"])
+    assert code == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["reading_count"]
