@@ -193,3 +193,32 @@ def set_config(
         )
     log.warning("set-config: new config applied; previous one kept as %s", backup.name)
     return {"applied": True, "backup": backup.name}
+
+
+def set_config_handler(
+    *,
+    read_current: Callable[[], str],
+    validate: Callable[[str], list[str]],
+    apply: Callable[[str], None],
+    can_connect: Callable[[str, float], bool],
+    backup_dir: Path,
+    now: Callable[[], datetime],
+    timeout_s: float = 30.0,
+) -> Handler:
+    """The ``set-config`` command handler: ``{"config": "<whole config file text>"}`` →
+    :func:`set_config`. ``now`` is the station clock's ``now`` (names the backup)."""
+
+    def handle(args: dict[str, Any]) -> dict[str, Any]:
+        text = require(args, "config", str)
+        return set_config(
+            text,
+            current_text=read_current(),
+            validate=validate,
+            apply=apply,
+            can_connect=can_connect,
+            backup_dir=backup_dir,
+            stamp=now().strftime("%Y%m%dT%H%M%S"),
+            timeout_s=timeout_s,
+        )
+
+    return handle

@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from agent.integrity import chain_hash
-from agent.uplink import UplinkConfig, canonical_json, make_client, mqtt_properties
+from agent.uplink import UplinkConfig, canonical_json, make_client, mqtt_properties, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,7 @@ class PlatformSim:
         if rc.is_failure:
             log.error("platform sim: broker refused: %s", rc)
             return
+        set_nodelay(client)
         client.subscribe(f"{self.prefix}/+/#", qos=1)
         self._connected.set()
 

@@ -102,6 +102,7 @@ class Mosquitto:
             "persistence false",
             "max_queued_messages 200000",
             "max_inflight_messages 100",
+            "set_tcp_nodelay true",
             "message_size_limit 16777216",
             f"log_dest file {self.log_file}",
             "log_type error",

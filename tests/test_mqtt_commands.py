@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from agent.commands_mqtt import MAX_COMMAND_BYTES, CommandError, parse_command, set_config
+from agent.commands_mqtt import (
+    MAX_COMMAND_BYTES,
+    CommandError,
+    parse_command,
+    set_config,
+    set_config_handler,
+)
 from agent.platform_sim import PlatformSim
 from agent.uplink import Uplink, UplinkConfig, probe_broker
 from tests.conftest import (
@@ -259,20 +265,15 @@ def test_set_config_over_mqtt_rolls_back_and_replies(
     current = _config_text(broker.port)
     cfg.path.write_text(current)
 
-    def handler(args: dict[str, Any]) -> dict[str, Any]:
-        text = args.get("config")
-        if not isinstance(text, str):
-            raise CommandError("bad-argument", "config must be the config file's text")
-        return set_config(
-            text,
-            current_text=cfg.path.read_text(),
-            validate=cfg.validate,
-            apply=cfg.apply,
-            can_connect=_can_connect,
-            backup_dir=tmp_path / "backups",
-            stamp="s",
-            timeout_s=1.0,
-        )
+    handler = set_config_handler(
+        read_current=cfg.path.read_text,
+        validate=cfg.validate,
+        apply=cfg.apply,
+        can_connect=_can_connect,
+        backup_dir=tmp_path / "backups",
+        now=station.clock.now,
+        timeout_s=1.0,
+    )
 
     config = uplink_config(broker)
     sim = make_sim(config)
@@ -281,4 +282,7 @@ def test_set_config_over_mqtt_rolls_back_and_replies(
     reply = sim.command(station.station_id, "set-config", {"config": _config_text(free_port())})
     assert reply["ok"] is False and reply["error"]["code"] == "rolled-back"
     assert cfg.path.read_text() == current
+    assert len(list((tmp_path / "backups").glob("config-*.toml"))) == 1
+    bad = sim.command(station.station_id, "set-config", {"config": 42})
+    assert bad["error"]["code"] == "bad-argument"
     assert sim.command(station.station_id, "ping", {})["ok"]
