@@ -263,7 +263,7 @@ def set_nodelay(client: mqtt.Client) -> None:
     delayed ACK for up to 40 ms; paho writes whole MQTT packets, so nothing is gained by it.
     """
     sock = client.socket()
-    if sock is None:
+    if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -974,7 +974,11 @@ class Uplink:
             },
         )
         assert self._client is not None
-        self._client.publish(f"{self.root}/heartbeat", canonical_json(doc), qos=1)
+        # default=str: a datetime or Path in the station's health must not stop the heartbeat
+        payload = json.dumps(
+            doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+        ).encode()
+        self._client.publish(f"{self.root}/heartbeat", payload, qos=1)
 
     # -- commands -----------------------------------------------------------------------------
 

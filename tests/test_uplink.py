@@ -263,3 +263,26 @@ def test_alarms_queued_by_the_evidence_store_reach_the_platform_in_the_alarm_sch
     doc = json.loads(sim.query("SELECT payload FROM alarms")[0][0])
     assert doc["alarm_id"] == ref and doc["kind"] == "disk-watermark"
     assert doc["details"] == {"free_mb": 90} and doc["message"] == "low"
+
+
+def test_a_failing_health_callback_does_not_stop_heartbeats_or_delivery(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    calls = [0]
+
+    def health() -> dict[str, object]:
+        calls[0] += 1
+        if calls[0] % 2:
+            raise RuntimeError("camera health probe crashed")
+        return {"devices": {"cam": {"since": station.clock.now()}}}  # not JSON by itself
+
+    config = uplink_config(broker, heartbeat_s=0.1)
+    sim = make_sim(config)
+    up = make_uplink(station, config, health=health)
+    assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM heartbeats") >= 3, 10)
+    beats = [json.loads(r[0]) for r in sim.query("SELECT payload FROM heartbeats")]
+    assert any(b.get("health_error") == "camera health probe crashed" for b in beats)
+    assert any("devices" in b for b in beats)
+    station.commit()
+    up.wake()
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "delivery")
