@@ -80,6 +80,8 @@ def test_station_delivers_over_mutual_tls(
     wait_until(lambda: outbox_unacked(station) == 0, 20, "delivery over TLS")
     assert_delivered_exactly_once(station, sim, config.max_unacked)
     assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM status") == 1, 5)
+    # the ACL lets commands in and replies (under the station's root) out
+    assert sim.command(station.station_id, "ping", {})["ok"] is True
 
 
 def test_relative_certificate_names_resolve_in_credentials_directory(
