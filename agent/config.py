@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.evidence import EvidenceConfig
 from agent.legal import LegalConfig
 from agent.uplink import UplinkConfig
+from agent.weighing import WeighingConfig
 from drivers.camera import CAMERAS, CameraConfig
 from drivers.paths import ConfigPath
 from drivers.plate import PLATE_READERS, PlateReaderConfig
@@ -80,6 +81,10 @@ class LaneSection(BaseModel):
         description="the vehicles this lane carries, if known: truck, combination, unknown",
     )
     scale: dict[str, Any] = Field(description="the lane's scale; its keys depend on `type`")
+    weighing: WeighingConfig = Field(
+        default_factory=WeighingConfig,
+        description="how the lane's measurements become vehicles (see [lanes.weighing])",
+    )
     cameras: list[dict[str, Any]] = Field(
         default_factory=list, description="the lane's cameras, each with a `type`"
     )
@@ -108,6 +113,7 @@ class Lane:
     vehicle_class: str
     scale: ScaleConfig
     cameras: tuple[CameraConfig, ...]
+    weighing: WeighingConfig
 
 
 @dataclass(frozen=True)
@@ -355,7 +361,7 @@ def parse_config(text: str, path: Path | None = None) -> StationConfig:
             for j, cam in enumerate(lane.cameras)
         ]
         if scale is not None and all(c is not None for c in cams):
-            lanes.append(Lane(lane.number, lane.vehicle_class, scale, tuple(cams)))
+            lanes.append(Lane(lane.number, lane.vehicle_class, scale, tuple(cams), lane.weighing))
     plate = _device(PLATE_READERS, file.plate, text, ("plate",), problems, context)
     if problems:
         raise ConfigError(filename, problems)

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, audit, evidence, legalid, retention, timesync
+from agent import __version__, audit, evidence, legalid, retention, sdnotify, timesync
 from agent.config import Lane, StationConfig
 from agent.db import Database
 from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
@@ -40,14 +40,16 @@ from agent.evidence import (
 )
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.permits import PermitBook
+from agent.weighing import WeighingStage
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PLATE_READERS, PlateReader
-from drivers.scale import SCALES, Scale, ScaleError, WimRecord
+from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
 STATUS_FILE = "status.json"
 
 
@@ -67,29 +69,6 @@ class Counters:
     by_status: dict[str, int] = field(default_factory=dict)
 
 
-def _wim_to_weighing(rec: WimRecord, scale: Scale, lane: Lane) -> VehicleWeighing:
-    """A WIM controller's record as the station's weighing (values unchanged)."""
-    flags: set[WeighingFlag] = set()
-    if len(rec.axle_loads_kg) < 2:
-        flags.add(WeighingFlag.INCOMPLETE)
-    if "fault" in rec.flags:
-        flags.add(WeighingFlag.SCALE_FAULT)
-    cfg = scale.config
-    if rec.speed_kmh is not None and not (cfg.min_speed_kmh <= rec.speed_kmh <= cfg.max_speed_kmh):
-        flags.add(WeighingFlag.SPEED_OUT_OF_RANGE)
-    return VehicleWeighing(
-        lane=lane.number,
-        measured_at=rec.at,
-        axle_loads_kg=rec.axle_loads_kg,
-        gross_kg=rec.gross_kg,
-        scale_id=scale.id,
-        axle_spacings_mm=rec.axle_spacings_mm,
-        speed_kmh=rec.speed_kmh,
-        flags=frozenset(flags),
-        raw=dict(rec.raw),
-    )
-
-
 class Station:
     """The running station: ``start()``, then ``wait()`` and ``stop()`` (``roadside-agent run``)."""
 
@@ -99,11 +78,15 @@ class Station:
         data_dir: Path | None = None,
         clock: Clock | None = None,
         on_stored: Callable[[StoredRecord], None] | None = None,
+        notifier: sdnotify.Notifier | None = None,
     ) -> None:
         self.config = config
         self.data_dir = config.data_dir(data_dir)
         self.clock: Clock = clock or SystemClock(timedelta(hours=config.station.utc_offset_hours))
         self.stop_event = threading.Event()
+        self.dump_requested = threading.Event()  # SIGUSR1: write diag/ dumps
+        self.notifier = notifier or sdnotify.Notifier.from_environment()
+        self.watchdog = sdnotify.Watchdog(self.notifier)
         self.on_stored = on_stored
         self.counters = Counters()
         self.started_mono = self.clock.monotonic()
@@ -277,6 +260,11 @@ class Station:
             return
         self.stop_event.set()
         deadline = time.monotonic() + timeout_s
+        # Producers first (scales close open vehicles), then the pipeline drains its queue,
+        # then the rest, so nothing weighed is dropped on the way out.
+        scale_threads = [t for t in self._threads if t.name.startswith("scale-")]
+        for t in scale_threads:
+            t.join(max(0.1, deadline - time.monotonic()))
         for scale in self._scales.values():
             scale.shutdown()
         for t in reversed(self._threads):
@@ -291,7 +279,11 @@ class Station:
             self.uplink.stop(max(0.5, deadline - time.monotonic()))
         if self._plate_reader is not None:
             self._plate_reader.shutdown()
-        self._write_status()
+        try:
+            self._write_status()
+            self.dump_diag()
+        except Exception:
+            log.exception("final status/diag dump not written")
         if self.db is not None:
             self.db.close()
         log.info("station %s stopped", self.config.station.id)
@@ -302,7 +294,9 @@ class Station:
     # -- stages -----------------------------------------------------------------------------
 
     def _scale_loop(self, lane: Lane, scale: Scale) -> None:
+        """Read one lane's scale into its weighing stage until the station stops."""
         name = f"scale-lane{lane.number}"
+        stage = WeighingStage(lane.number, lane.scale, lane.weighing)
         failing = False
         while not self.stop_event.is_set():
             self._beat(name)
@@ -320,21 +314,42 @@ class Station:
                 log.exception("lane %d scale %s: unexpected error", lane.number, scale.id)
                 self.stop_event.wait(1.0)
                 continue
-            if m is None:
-                continue
-            if failing:
+            if failing and m is not None:
                 log.warning("lane %d scale %s: reading again", lane.number, scale.id)
                 failing = False
-            if isinstance(m, WimRecord):
-                self._submit(lane, _wim_to_weighing(m, scale, lane))
+            try:
+                done = stage.feed(m) if m is not None else stage.flush(self.clock.now())
+            except Exception:
+                log.exception("lane %d weighing: measurement %r not used", lane.number, m)
+                continue
+            for weighing in done:
+                self._submit(lane, weighing)
+        for weighing in stage.close_incomplete(
+            "station stopped while the vehicle was on the scale"
+        ):
+            log.warning(
+                "lane %d: vehicle on the scale at shutdown stored as incomplete", lane.number
+            )
+            self._submit(lane, weighing)
 
     def _submit(self, lane: Lane, weighing: VehicleWeighing) -> None:
-        while not self.stop_event.is_set():
+        """Hand a vehicle to the pipeline; waits while the queue is full (never drops)."""
+        while True:
             try:
                 self._work.put((lane, weighing), timeout=0.5)
                 return
             except queue.Full:
                 log.error("pipeline queue full: lane %d waits", lane.number)
+                if self.stop_event.is_set() and not self._pipeline_alive():
+                    log.error(
+                        "lane %d: vehicle at %s LOST: pipeline stopped",
+                        lane.number,
+                        weighing.measured_at.isoformat(),
+                    )
+                    return
+
+    def _pipeline_alive(self) -> bool:
+        return any(t.name == "pipeline" and t.is_alive() for t in self._threads)
 
     def _pipeline_loop(self) -> None:
         while not self.stop_event.is_set() or not self._work.empty():
@@ -579,13 +594,74 @@ class Station:
         return out
 
     def _status_loop(self) -> None:
+        """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps."""
         while not self.stop_event.wait(2.0):
             self._beat("status")
             try:
                 self.clock_monitor.poll(self.clock.now())
                 self._write_status()
+                stale = sdnotify.stale_stages(
+                    {n: b.last for n, b in self._beats.items()},
+                    self.clock.monotonic(),
+                    STAGE_STALE_S,
+                )
+                self.watchdog.tick(stages_fresh=not stale, stale=stale)
+                self.notifier.status(self._status_line(stale))
+                if self.dump_requested.is_set():
+                    self.dump_requested.clear()
+                    self.dump_diag()
             except Exception:
-                log.exception("status file not written")
+                log.exception("status loop: tick failed")
+
+    def _status_line(self, stale: list[str]) -> str:
+        problems = [f"stage {n} hung" for n in stale]
+        for dev_id, dev in self.health()["devices"].items():
+            if dev.get("state") == "fault":
+                problems.append(f"{dev_id} fault")
+        pending, broker = 0, "not configured"
+        if self.uplink is not None:
+            st = self.uplink.stats()
+            pending = int(st.get("pending", st.get("queue_depth", 0)) or 0)
+            broker = "connected" if st.get("connected") else "NOT connected"
+        return sdnotify.status_line(self._vehicles_today(), pending, broker, problems)
+
+    def _vehicles_today(self) -> int:
+        assert self.db is not None
+        today = self.clock.now().date().isoformat()
+        row = (
+            self.db.read()
+            .execute("SELECT count(*) FROM records WHERE measured_at >= ?", (today,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def scales_without_reading(self) -> list[str]:
+        """Scales with no good reading yet (systemd READY=1 waits for them, bounded)."""
+        return [
+            f"scale {s.id} (lane {lane})"
+            for lane, s in self._scales.items()
+            if s.health.last_good_at is None
+        ]
+
+    def dump_diag(self) -> None:
+        """Write ``diag/raw-{device}.log`` (raw frame tails) and ``diag/dump.json``.
+
+        Read by ``roadside-agent diag``; written on SIGUSR1 and at shutdown.
+        """
+        diag = self.data_dir / "diag"
+        for lane_no, scale in self._scales.items():
+            h = scale.health
+            lines = [
+                f"# device {scale.id} lane {lane_no} type {scale.config.type} state {h.state}"
+                f" errors {h.errors} last error: {h.last_error}",
+                *(frame.hex(" ") for frame in list(scale.raw_tail)),
+            ]
+            write_file_atomically(diag / f"raw-{scale.id}.log", ("\n".join(lines) + "\n").encode())
+        doc = self.health()
+        doc["written_at"] = self.clock.now().isoformat(timespec="seconds")
+        write_file_atomically(
+            diag / "dump.json", json.dumps(doc, ensure_ascii=False, indent=1).encode()
+        )
 
     def _write_status(self) -> None:
         """``status.json`` in the data dir: what ``roadside-agent status`` shows of the daemon."""
@@ -594,6 +670,7 @@ class Station:
         doc["pid"] = os.getpid()
         doc["running"] = not self.stop_event.is_set()
         doc["last_vehicles"] = self._recent
+        doc["diag_dump_signal"] = "SIGUSR1"
         if self.uplink is not None:
             try:
                 doc["uplink"] = self.uplink.stats()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -173,6 +173,20 @@ class WeighingStage:
         out = self._axle_sample(m)
         # An indicator streams all the time: its samples are the clock for the gap rule.
         return out + self.flush(m.at) if self._vehicle is not None else out
+
+    def close_incomplete(self, reason: str) -> list[VehicleWeighing]:
+        """Close an open vehicle now (the station is stopping): flagged incomplete.
+
+        An axle still on the scale is dropped (its weight never settled); the vehicle is kept
+        as evidence that a truck passed, and its verdict will be ``undetermined``.
+        """
+        v = self._vehicle
+        if v is None:
+            return []
+        self._axle = None
+        v.flags.add(WeighingFlag.INCOMPLETE)
+        v.problems.append(reason)
+        return self._close()
 
     def flush(self, now: datetime) -> list[VehicleWeighing]:
         """Close a vehicle whose gap (or detector) timed out at ``now``."""
@@ -526,13 +540,9 @@ class WeighingStage:
 
     # ----- shared -----------------------------------------------------------------------------
     def _calibration(self, at: datetime) -> set[WeighingFlag]:
-        until = self.scale.certificate_valid_until
-        if not until:
+        expiry = self.scale.certificate_valid_until
+        if expiry is None:
             return set()
-        try:
-            expiry = date.fromisoformat(until)
-        except ValueError:
-            return {WeighingFlag.CALIBRATION_EXPIRED}
         return {WeighingFlag.CALIBRATION_EXPIRED} if at.date() > expiry else set()
 
 

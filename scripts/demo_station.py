@@ -118,7 +118,7 @@ def main() -> int:
             print(f"station    {cfg.station.id}, {len(cfg.lanes)} lane(s), data in {data_dir}")
             print()
             try:
-                printed, ok = watch(station, data_dir, args.trucks, args.timeout)
+                _, ok = watch(station, data_dir, args.trucks, args.timeout)
             finally:
                 station.stop()
                 sim.stop()

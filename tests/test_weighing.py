@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -245,7 +245,7 @@ def test_wim_validation(kw: dict[str, object], flag: WeighingFlag) -> None:
 
 
 def test_expired_certificate_is_flagged() -> None:
-    scale = SCALE.model_copy(update={"certificate_valid_until": "2026-05-31"})
+    scale = SCALE.model_copy(update={"certificate_valid_until": date(2026, 5, 31)})
     [w] = WeighingStage(1, scale).feed(wim())
     assert WeighingFlag.CALIBRATION_EXPIRED in w.flags
 

@@ -15,16 +15,17 @@ def add_location_args(p: argparse.ArgumentParser) -> None:
 
 
 def data_dir_of(args: argparse.Namespace) -> Path:
-    """The data directory from ``--data-dir``, else from the config. Exits 78 on a bad config."""
-    if args.data_dir:
-        return Path(args.data_dir)
-    from agent.config import EX_CONFIG, ConfigError, load_config
+    """The data directory from ``--data-dir``, else from the config (even a config that no
+    longer validates: a technician must still see the evidence). Exits 78 when unreadable."""
+    from agent import evidence
+    from agent.config import EX_CONFIG
 
     try:
-        return load_config(args.config).data_dir()
-    except ConfigError as err:
+        data_dir, _ = evidence.locate(args.config, args.data_dir)
+    except evidence.ConfigFileError as err:
         print(str(err), file=sys.stderr)
         raise SystemExit(EX_CONFIG) from err
+    return data_dir
 
 
 def open_readonly(data_dir: Path) -> sqlite3.Connection:

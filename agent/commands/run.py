@@ -10,6 +10,10 @@ from typing import Any
 
 log = logging.getLogger("agent.run")
 
+# Below the unit's TimeoutStartSec=120 / TimeoutStopSec=20.
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -26,16 +30,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import logs
+    from agent import logs, sdnotify
     from agent.config import EX_CONFIG, ConfigError, load_config
     from agent.station import Station
 
     logs.setup(args.log_level)
+    notifier = sdnotify.Notifier.from_environment()
+    notifier.status("starting: loading the config")
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
         for p in err.problems:
             print(p.format(err.filename), file=sys.stderr)
+        notifier.status(f"bad config: {len(err.problems)} problem(s) in {err.filename}")
         return EX_CONFIG
 
     station: Station
@@ -44,20 +51,30 @@ def run(args: argparse.Namespace) -> int:
         if args.max_vehicles and station.counters.stored >= args.max_vehicles:
             station.stop_event.set()
 
-    station = Station(cfg, data_dir=args.data_dir, on_stored=on_stored)
+    station = Station(cfg, data_dir=args.data_dir, on_stored=on_stored, notifier=notifier)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         station.stop_event.set()
 
+    def on_dump(_signum: int, _frame: Any) -> None:
+        station.dump_requested.set()  # the status loop writes the dump, not the handler
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_dump)
+    notifier.status("starting: opening the store and the devices")
     try:
         station.start()
     except Exception as err:
         log.error("station did not start: %s", err)
+        notifier.status(f"start failed: {err}")
         station.stop()
         return 1
+    sdnotify.wait_for_first_readings(
+        notifier, station.scales_without_reading, station.stop_event, timeout_s=READY_TIMEOUT_S
+    )
     station.wait()
-    station.stop()
+    notifier.stopping("stopping: closing open vehicles and flushing the store")
+    station.stop(timeout_s=STOP_TIMEOUT_S)
     return 0

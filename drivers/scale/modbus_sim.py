@@ -161,7 +161,7 @@ class ModbusDeviceSimulator:
                     word |= 1 << bit
             self.registers[st.address] = word
 
-    async def _action(  # noqa: PLR0917 - pymodbus SimAction signature
+    async def _action(
         self,
         function_code: int,
         start_address: int,

@@ -29,9 +29,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import firmware_config
 from drivers.scale.base import ScaleConfigError
 
-MAPS_DIR = Path(__file__).resolve().parents[2] / "firmware_config" / "registermaps"
+MAPS_DIR = firmware_config.ROOT / "registermaps"
 
 ValueType = Literal["int16", "uint16", "int32", "uint32", "float32"]
 Table = Literal["holding", "input"]
