@@ -66,6 +66,8 @@ IDLE_WAIT_S = 0.25
 #: Shortest time between two rounds of the sender, seconds: PUBACKs and acks arriving meanwhile
 #: are taken together, at the cost of at most this much latency.
 MIN_ROUND_S = 0.005
+#: Seconds between attempts to set up the MQTT client when its credentials cannot be read.
+CLIENT_RETRY_S = 30.0
 
 
 class TlsConfig(BaseModel):
@@ -410,6 +412,7 @@ class Uplink:
         self._by_key: dict[tuple[str, str], int] = {}
         self._started_mono = self.clock.monotonic()
         self._next_heartbeat = 0.0
+        self._next_client_try = 0.0
         self._failing = False  # first failure at ERROR, repeats at DEBUG
         self._counts = {
             "sent": 0,
@@ -426,31 +429,19 @@ class Uplink:
     # -- public API ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (in the background) and start delivering. Raises :class:`UplinkError`."""
+        """Connect (in the background) and start delivering.
+
+        Never raises for the link: an unreadable certificate or key is logged at ERROR, shown
+        in :meth:`stats` and retried every :data:`CLIENT_RETRY_S` (a credential may be
+        installed later); records keep going into the outbox meanwhile.
+        """
         if self._threads:
             return
         with self.db.write() as conn:
             due_again = outbox.reset_deadlines(conn)
         if due_again:
             log.info("uplink: %d unacknowledged message(s) due again after a restart", due_again)
-        client, props = make_client(
-            self.config,
-            self.config.client_id_for(self.station_id),
-            will=(f"{self.root}/status", b'{"state":"offline"}'),
-        )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        self._client = client
-        client.connect_async(
-            self.config.host,
-            self.config.port,
-            self.config.keepalive_s,
-            clean_start=False,
-            properties=props,
-        )
-        client.loop_start()
+        self._try_client()
         for name, target in (
             ("uplink-send", self._send_loop),
             ("uplink-book", self._book_loop),
@@ -462,6 +453,32 @@ class Uplink:
         log.info(
             "uplink: delivering to %s:%d under %s", self.config.host, self.config.port, self.root
         )
+
+    def _try_client(self) -> None:
+        """Set up the paho client and start connecting; on a credential problem, say so."""
+        self._next_client_try = self.clock.monotonic() + CLIENT_RETRY_S
+        try:
+            client, props = make_client(
+                self.config,
+                self.config.client_id_for(self.station_id),
+                will=(f"{self.root}/status", b'{"state":"offline"}'),
+            )
+        except UplinkError as err:
+            self._note_failure(str(err))
+            return
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.connect_async(
+            self.config.host,
+            self.config.port,
+            self.config.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        client.loop_start()
+        self._client = client
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say offline, disconnect and stop the threads. Idempotent; unsent rows stay queued."""
@@ -702,6 +719,8 @@ class Uplink:
         written in one transaction at its end.
         """
         now_mono = self.clock.monotonic()
+        if self._client is None and now_mono >= self._next_client_try:
+            self._try_client()
         if self._gen != self._seen_gen:
             self._seen_gen = self._gen
             self._inflight.clear()

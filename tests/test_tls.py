@@ -136,3 +136,30 @@ def test_a_station_cannot_publish_under_another_stations_root(
     assert sim.count("SELECT count(*) FROM images") == 0
     row = station.db.read().execute("SELECT published_at, acked_at FROM outbox").fetchone()
     assert tuple(row) == (None, None)  # refused is neither published nor delivered
+
+
+def test_missing_credentials_do_not_stop_the_station_and_are_picked_up_later(
+    tls_broker: Mosquitto,
+    pki: Pki,
+    station: StationData,
+    make_uplink: MakeUplink,
+    make_sim: MakeSim,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agent.uplink
+
+    monkeypatch.setattr(agent.uplink, "CLIENT_RETRY_S", 0.2)
+    sim = make_sim(tls_config(tls_broker, pki.issue("platform")))
+    issued = pki.issue(station.station_id)
+    pending = CertFiles(issued.ca_file, tmp_path / "later.crt", tmp_path / "later.key")
+    up = make_uplink(station, tls_config(tls_broker, pending))  # start() does not raise
+    station.commit()
+    up.wake()
+    wait_until(lambda: "later.crt" in up.stats()["last_error"], 5, "the credential error")
+    assert not up.connected and outbox_unacked(station) == 1
+    # the technician installs the certificate: the uplink picks it up by itself
+    pending.cert_file.write_bytes(issued.cert_file.read_bytes())
+    pending.key_file.write_bytes(issued.key_file.read_bytes())
+    wait_until(lambda: outbox_unacked(station) == 0, 15, "delivery once the files exist")
+    assert sim.count("SELECT count(*) FROM records") == 1
