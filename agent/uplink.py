@@ -4,11 +4,14 @@ One component owns delivery and retries: the outbox table (:mod:`agent.outbox`).
 only carries what is in flight on one connection; the outbox says what is delivered. Threads:
 
 - ``uplink-send``: reads due rows by priority, publishes each record's images and then the
-  record (QoS 1), marks rows published on a success PUBACK, acknowledged on the platform's
-  ``{root}/ack``, and re-sends what stays unacknowledged after ``ack_timeout_s`` (backing off
-  by ``ack_backoff_factor`` up to ``ack_timeout_max_s``). At most ``max_unacked`` records are
-  out at once, which also bounds the duplicates a reconnect can put on the wire. It also
-  publishes the heartbeat. All database writes of the uplink happen here, batched.
+  record (QoS 1), tracks their PUBACKs (reason code checked) and the platform's acks on
+  ``{root}/ack``, and re-sends what stays unacknowledged ``ack_timeout_s`` after its PUBACK
+  (backing off by ``ack_backoff_factor`` up to ``ack_timeout_max_s``). At most
+  ``max_unacked`` records / ``max_unacked_bytes`` are out at once, which also bounds the
+  duplicates a reconnect can put on the wire. It also publishes the heartbeat.
+- ``uplink-book``: writes what the sender learnt (attempts, published, acknowledged, expired)
+  to the outbox in one transaction per batch, so sending never waits for an fsync or for the
+  evidence store's transaction (one writer).
 - paho's network thread (``loop_start``): reconnects by itself; its callbacks only hand
   facts to the sender through deques, never block, and are guarded so an exception cannot kill
   the thread.
