@@ -53,14 +53,20 @@ def mosquitto(directory: Path) -> Iterator[int]:
         sys.exit("mosquitto is not installed (apt install mosquitto)")
     port = free_port()
     conf = directory / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
-             "max_queued_messages 1000000", "max_inflight_messages 100",
-             "set_tcp_nodelay true"]
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "max_queued_messages 1000000",
+        "max_inflight_messages 100",
+        "set_tcp_nodelay true",
+    ]
     if os.geteuid() == 0:
         lines.append("user root")
     conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_port(port)
         yield port
