@@ -1,0 +1,224 @@
+"""Platform commands on ``{root}/cmd/{name}``: parsing, validation and dispatch.
+
+A command is a JSON object (UTF-8, at most :data:`MAX_COMMAND_BYTES`); the reply goes to the
+MQTT 5 response topic with the request's correlation data (see ``docs/uplink.md``)::
+
+    {"ok": true,  "command": "ping", "result": {...}}
+    {"ok": false, "command": "frobnicate", "error": {"code": "unknown-command", "message": "..."}}
+
+A malformed, oversized or unknown command gets an error reply and changes nothing: payloads are
+checked here before any handler runs, and a handler rejects with :class:`CommandError` before
+it touches state. The station injects the handlers for what it owns (permits, watch-list,
+cameras, config); ``ping`` and ``resend`` belong to the uplink. :func:`set_config` is the
+validate → back up → apply → probe → roll back sequence the station's ``set-config`` handler
+wraps around its own config loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Largest command payload accepted, bytes (a full permit list fits; a runaway payload does not).
+MAX_COMMAND_BYTES = 1_048_576
+#: Command names: lower-case words joined by hyphens.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+#: Commands the platform may send (DESIGN §5); a station without a handler replies
+#: ``unsupported``, a name outside this list gets ``unknown-command``.
+KNOWN_COMMANDS = (
+    "ping",
+    "set-permits",
+    "set-watchlist",
+    "capture-test",
+    "resend",
+    "get-config",
+    "set-config",
+)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class CommandError(Exception):
+    """A command was rejected; ``code`` is machine-readable, the message is for people."""
+
+    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+
+    def to_reply(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            err["details"] = self.details
+        return err
+
+
+def parse_command(name: str, payload: bytes) -> dict[str, Any]:
+    """The command's arguments, or :class:`CommandError` (``bad-name``, ``too-large``,
+    ``malformed``, ``unknown-command``). An empty payload means ``{}``."""
+    if not NAME_RE.match(name):
+        raise CommandError("bad-name", f"command name {name!r} is not a-z, 0-9 and '-'")
+    if name not in KNOWN_COMMANDS:
+        raise CommandError(
+            "unknown-command", f"unknown command {name!r}; known: {', '.join(KNOWN_COMMANDS)}"
+        )
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(
+            "too-large", f"payload of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES} bytes"
+        )
+    if not payload.strip():
+        return {}
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CommandError("malformed", f"payload is not UTF-8 JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise CommandError("malformed", f"payload must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def require(args: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """``args[key]`` if present and of ``kind``, else :class:`CommandError` ``bad-argument``."""
+    if key not in args:
+        raise CommandError("bad-argument", f"missing argument {key!r}")
+    value = args[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise CommandError("bad-argument", f"argument {key!r} has the wrong type: {value!r}")
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def parse_time(args: Mapping[str, Any], key: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (``2026-11-26T10:30:15+08:00``)."""
+    text = require(args, key, str)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise CommandError("bad-argument", f"{key} {text!r} is not an ISO 8601 time") from err
+    if t.tzinfo is None:
+        raise CommandError("bad-argument", f"{key} {text!r} has no UTC offset")
+    return t
+
+
+class Dispatcher:
+    """Runs one command and builds its reply; never raises."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        unknown = sorted(set(handlers) - set(KNOWN_COMMANDS))
+        if unknown:
+            raise ValueError(f"handlers for unknown commands: {', '.join(unknown)}")
+        self.handlers = dict(handlers)
+
+    def dispatch(self, name: str, payload: bytes) -> dict[str, Any]:
+        reply: dict[str, Any] = {"command": name}
+        try:
+            args = parse_command(name, payload)
+            handler = self.handlers.get(name)
+            if handler is None:
+                raise CommandError("unsupported", f"this station does not support {name!r}")
+            result = handler(args)
+        except CommandError as err:
+            log.warning("command %s rejected: %s", name, err.message)
+            reply.update(ok=False, error=err.to_reply())
+        except Exception as err:  # a handler bug must not kill the command thread
+            log.exception("command %s failed", name)
+            reply.update(ok=False, error={"code": "internal", "message": str(err)})
+        else:
+            reply.update(ok=True, result=result)
+        return reply
+
+
+def set_config(
+    text: str,
+    *,
+    current_text: str,
+    validate: Callable[[str], list[str]],
+    apply: Callable[[str], None],
+    can_connect: Callable[[str, float], bool],
+    backup_dir: Path,
+    stamp: str,
+    timeout_s: float = 30.0,
+    keep_backups: int = 20,
+) -> dict[str, Any]:
+    """Replace the station config with ``text``; roll back if the broker is then unreachable.
+
+    1. ``validate(text)`` returns the problems (empty: valid); any → ``CommandError("invalid")``,
+       nothing changed.
+    2. ``current_text`` is written to ``backup_dir/config-{stamp}.toml`` (the newest
+       ``keep_backups`` are kept).
+    3. ``apply(text)`` installs it (writes the file, reconfigures).
+    4. ``can_connect(text, timeout_s)`` must reach the broker with the new settings, else
+       ``apply(current_text)`` restores the old config and ``CommandError("rolled-back")``.
+
+    ``stamp`` names the backup (the caller's clock, e.g. ``20261126T103015``).
+    """
+    problems = validate(text)
+    if problems:
+        raise CommandError(
+            "invalid", f"config rejected: {len(problems)} problem(s)", {"problems": problems}
+        )
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    backup = backup_dir / f"config-{stamp}.toml"
+    n = 1
+    while backup.exists():
+        backup = backup_dir / f"config-{stamp}-{n}.toml"
+        n += 1
+    backup.write_text(current_text, encoding="utf-8")
+    for old in sorted(backup_dir.glob("config-*.toml"))[:-keep_backups]:
+        old.unlink(missing_ok=True)
+    try:
+        apply(text)
+    except Exception as err:
+        apply(current_text)
+        raise CommandError("apply-failed", f"could not apply the config: {err}") from err
+    if not can_connect(text, timeout_s):
+        log.error("set-config: broker unreachable with the new config; rolling back")
+        apply(current_text)
+        raise CommandError(
+            "rolled-back",
+            f"the broker was not reachable within {timeout_s:g} s with the new config;"
+            " the previous config is back in place",
+            {"backup": backup.name},
+        )
+    log.warning("set-config: new config applied; previous one kept as %s", backup.name)
+    return {"applied": True, "backup": backup.name}
+
+
+def set_config_handler(
+    *,
+    read_current: Callable[[], str],
+    validate: Callable[[str], list[str]],
+    apply: Callable[[str], None],
+    can_connect: Callable[[str, float], bool],
+    backup_dir: Path,
+    now: Callable[[], datetime],
+    timeout_s: float = 30.0,
+) -> Handler:
+    """The ``set-config`` command handler: ``{"config": "<whole config file text>"}`` →
+    :func:`set_config`. ``now`` is the station clock's ``now`` (names the backup)."""
+
+    def handle(args: dict[str, Any]) -> dict[str, Any]:
+        text = require(args, "config", str)
+        return set_config(
+            text,
+            current_text=read_current(),
+            validate=validate,
+            apply=apply,
+            can_connect=can_connect,
+            backup_dir=backup_dir,
+            stamp=now().strftime("%Y%m%dT%H%M%S"),
+            timeout_s=timeout_s,
+        )
+
+    return handle

@@ -1,0 +1,265 @@
+"""Delivery against a real Mosquitto: order, outages, a platform that does not ack, restarts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from agent.domain import VerdictStatus
+from agent.platform_sim import PlatformSim
+from agent.uplink import Uplink
+from tests.conftest import (
+    Mosquitto,
+    StationData,
+    assert_delivered_exactly_once,
+    complete_count,
+    hours_ago,
+    make_station,
+    outbox_unacked,
+    uplink_config,
+    wait_until,
+)
+
+MakeUplink = Callable[..., Uplink]
+MakeSim = Callable[..., PlatformSim]
+
+
+def test_backlog_drains_alarms_then_live_violations_then_old_backlog(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    old_passages = [station.commit(measured_at=hours_ago(station.clock, 30)) for _ in range(5)]
+    old_violations = [
+        station.commit(VerdictStatus.OVERLOADED, measured_at=hours_ago(station.clock, 20))
+        for _ in range(5)
+    ]
+    newer_passages = [station.commit(measured_at=hours_ago(station.clock, 1)) for _ in range(3)]
+    live_violations = [station.commit(VerdictStatus.WARNING) for _ in range(4)]
+    config = uplink_config(broker, live_window_s=600)
+    up = make_uplink(station, config, start=False)
+    alarm_ids = [
+        up.alarm("scale-fault", f"lane 1 scale silent #{i}", {"lane": 1}) for i in range(2)
+    ]
+    sim = make_sim(config)
+    up.start()
+    assert sim.wait_for(lambda s: complete_count(s) == 17, 20)
+
+    arrivals = sim.query(
+        "SELECT alarm_id AS id, arrival FROM alarms UNION ALL SELECT event_id, arrival FROM records"
+        " ORDER BY arrival"
+    )
+    expected = alarm_ids + [
+        r.event_id for r in live_violations + old_violations + old_passages + newer_passages
+    ]
+    assert [a[0] for a in arrivals] == expected
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "the outbox to be acknowledged")
+
+
+def test_broker_stopped_then_restarted_station_catches_up(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    config = uplink_config(broker)
+    sim = make_sim(config)
+    up = make_uplink(station, config)
+    for _ in range(20):
+        station.commit()
+    up.wake()
+    assert sim.wait_for(lambda s: complete_count(s) == 20, 20)
+    broker.stop()
+    wait_until(lambda: not up.connected, 10, "the uplink to notice the broker is gone")
+    outage = [
+        station.commit(VerdictStatus.OVERLOADED if i % 3 == 0 else VerdictStatus.WITHIN_LIMIT)
+        for i in range(30)
+    ]
+    up.wake()
+    assert outbox_unacked(station) >= 30
+    broker.start()
+    assert sim.wait_for(lambda s: complete_count(s) == 50, 30)
+    wait_until(lambda: outbox_unacked(station) == 0, 15, "all acks")
+    # what waited out the outage arrives in the promised order: violations, then passages
+    arrived = [e for e in sim.arrival_order() if e in {r.event_id for r in outage}]
+    violations = [r.event_id for r in outage if r.record["verdict"]["status"] == "overloaded"]
+    passages = [r.event_id for r in outage if r.record["verdict"]["status"] != "overloaded"]
+    assert arrived == violations + passages
+    assert_delivered_exactly_once(station, sim, config.max_unacked)
+
+
+def test_broker_killed_mid_stream_with_images_in_flight(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    for i in range(150):
+        station.commit(
+            VerdictStatus.OVERLOADED if i % 4 == 0 else VerdictStatus.WITHIN_LIMIT,
+            images=3,
+            image_bytes=10_000,
+        )
+    config = uplink_config(broker, max_unacked=50)
+    sim = make_sim(config)
+    up = make_uplink(station, config)
+    assert sim.wait_for(lambda s: complete_count(s) >= 20, 20)
+    broker.kill()
+    wait_until(lambda: not up.connected, 10, "the uplink to notice the broker died")
+    broker.start()
+    assert sim.wait_for(lambda s: complete_count(s) == 150, 60)
+    wait_until(lambda: outbox_unacked(station) == 0, 15, "all acks")
+    assert_delivered_exactly_once(station, sim, config.max_unacked)
+    # every image arrived intact and belongs to its record
+    assert sim.count("SELECT count(*) FROM images") == 450
+
+
+def test_platform_not_acking_gets_resends_until_it_acks(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    config = uplink_config(broker, ack_timeout_s=0.3, ack_timeout_max_s=0.6)
+    sim = make_sim(config, mode="no-ack")
+    up = make_uplink(station, config)
+    for _ in range(10):
+        station.commit()
+    up.wake()
+    # the platform stored them all, yet without its ack nothing counts as delivered …
+    assert sim.wait_for(lambda s: complete_count(s) == 10, 20)
+    # … so the station sends them again after the ack timeout
+    assert sim.wait_for(lambda s: s.count("SELECT min(receipts) FROM records") >= 3, 20)
+    assert outbox_unacked(station) == 10
+    published = (
+        station.db.read()
+        .execute("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        .fetchone()[0]
+    )
+    assert published == 10  # PUBACK seen: published, not delivered
+    sim.set_mode("normal")
+    wait_until(lambda: outbox_unacked(station) == 0, 15, "all acks")
+    assert_delivered_exactly_once(station, sim, window=10 * 20)
+    attempts = [r[0] for r in station.db.read().execute("SELECT attempts FROM outbox")]
+    assert min(attempts) >= 3
+
+
+def test_late_acks_and_a_disconnecting_platform(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    config = uplink_config(broker, ack_timeout_s=0.3, ack_timeout_max_s=1.0)
+    sim = make_sim(config, mode="ack-late", ack_delay_s=0.6)
+    up = make_uplink(station, config)
+    for _ in range(40):
+        station.commit()
+    up.wake()
+    assert sim.wait_for(lambda s: complete_count(s) >= 10, 20)
+    sim.set_mode("disconnect")
+    for _ in range(20):
+        station.commit(VerdictStatus.OVERLOADED)
+    up.wake()
+    sim.set_mode("normal")
+    assert sim.wait_for(lambda s: complete_count(s) == 60, 30)
+    wait_until(lambda: outbox_unacked(station) == 0, 15, "all acks")
+    assert_delivered_exactly_once(station, sim, config.max_unacked)
+
+
+def test_station_restart_resends_what_was_never_acked(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    config = uplink_config(broker, ack_timeout_s=600.0, ack_timeout_max_s=600.0)
+    sim = make_sim(config, mode="no-ack")
+    first = make_uplink(station, config)
+    for _ in range(15):
+        station.commit()
+    alarm_id = first.alarm("clock-unsynchronised", "NTP lost", {})
+    first.wake()
+    assert sim.wait_for(lambda s: complete_count(s) == 15, 20)
+    first.stop(2.0)
+    sim.set_mode("normal")
+    station.db.close()
+    # a new process: new database handle, new uplink; the outbox alone says what is owed
+    again = make_station(station.data_dir)
+    again.committed = station.committed
+    make_uplink(again, config)
+    wait_until(lambda: outbox_unacked(again) == 0, 15, "the backlog after a restart")
+    assert_delivered_exactly_once(again, sim, window=15 * 2)
+    assert sim.count("SELECT count(*) FROM alarms WHERE alarm_id = ?", (alarm_id,)) == 1
+    again.db.close()
+
+
+def test_alarms_queue_while_offline_and_heartbeat_reports_the_queue(
+    tmp_path: object,
+    broker: Mosquitto,
+    station: StationData,
+    make_uplink: MakeUplink,
+    make_sim: MakeSim,
+) -> None:
+    config = uplink_config(broker, heartbeat_s=0.2)
+    sim = make_sim(config, mode="no-ack")
+    station.commit(measured_at=hours_ago(station.clock, 2))
+    up = make_uplink(
+        station,
+        config,
+        health=lambda: {"devices": {"scale-lane1": {"state": "ok"}}, "config_hash": "abc"},
+    )
+    alarm_id = up.alarm("disk-watermark", "free disk below 10 %", {"free_pct": 9.5})
+    assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM alarms") == 1, 10)
+    assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM heartbeats") >= 2, 10)
+    beat = sim.query("SELECT payload FROM heartbeats ORDER BY rowid DESC LIMIT 1")[0][0]
+    import json
+
+    doc = json.loads(beat)
+    assert doc["queue"]["depth"] == 2
+    assert doc["queue"]["oldest_unacked_age_s"] >= 7200 - 60
+    assert doc["devices"] == {"scale-lane1": {"state": "ok"}}
+    assert doc["config_hash"] == "abc"
+    alarm = json.loads(sim.query("SELECT payload FROM alarms")[0][0])
+    assert alarm["alarm_id"] == alarm_id and alarm["details"] == {"free_pct": 9.5}
+    assert sim.query("SELECT state FROM status")[0][0] == '{"state":"online"}'
+    up.stop(2.0)
+    assert sim.wait_for(
+        lambda s: s.query("SELECT state FROM status")[0][0] == '{"state":"offline"}', 5
+    )
+
+
+def test_acks_for_unknown_ids_and_garbage_are_ignored(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    config = uplink_config(broker)
+    sim = make_sim(config)
+    up = make_uplink(station, config)
+    client = sim._client
+    assert client is not None
+    root = f"{config.prefix}/{station.station_id}"
+    for payload in (b"not json", b"[1,2]", b'{"event_ids": "x"}', b'{"event_ids": ["nope", 7]}'):
+        client.publish(f"{root}/ack", payload, qos=1).wait_for_publish(5)
+    station.commit()
+    up.wake()
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "delivery after garbage acks")
+    assert up.stats()["connected"]
+
+
+def test_evicted_image_is_announced_and_the_record_still_delivered(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    stored = station.commit(images=2)
+    with station.db.write() as conn:
+        conn.execute(
+            "UPDATE images SET evicted_at = 'now' WHERE event_id = ? AND name = 'rear.jpg'",
+            (stored.event_id,),
+        )
+    config = uplink_config(broker)
+    sim = make_sim(config)
+    make_uplink(station, config)
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "delivery")
+    rows = sim.query("SELECT name, evicted, bytes FROM images ORDER BY name")
+    assert rows[0][0] == "front.jpg" and rows[0][1] == 0 and rows[0][2] > 0
+    assert rows[1] == ("rear.jpg", 1, 0)
+
+
+def test_alarms_queued_by_the_evidence_store_reach_the_platform_in_the_alarm_schema(
+    broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
+) -> None:
+    from agent import evidence
+
+    with station.db.write() as conn:
+        ref = evidence.enqueue_alarm(
+            conn, alarm="disk-watermark", at=station.clock.now(), message="low", free_mb=90
+        )
+    config = uplink_config(broker)
+    sim = make_sim(config)
+    make_uplink(station, config)
+    wait_until(lambda: outbox_unacked(station) == 0, 10, "the alarm acked")
+    doc = json.loads(sim.query("SELECT payload FROM alarms")[0][0])
+    assert doc["alarm_id"] == ref and doc["kind"] == "disk-watermark"
+    assert doc["details"] == {"free_mb": 90} and doc["message"] == "low"
