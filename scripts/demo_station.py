@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from agent.commands.verify import verify_data_dir  # noqa: E402
 from agent.config import parse_config  # noqa: E402
 from agent.platform_sim import PlatformSim  # noqa: E402
 from agent.station import Station  # noqa: E402
@@ -41,25 +42,30 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def broker(workdir: Path) -> Iterator[tuple[str, int]]:
+def broker(workdir: Path, choice: str = "auto") -> Iterator[tuple[str, int]]:
     """Mosquitto on a free loopback port if installed, else the embedded broker."""
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
+    if choice == "embedded":
+        exe = None
+    elif choice == "mosquitto" and exe is None:
+        raise SystemExit("--broker mosquitto: mosquitto is not installed")
     if exe:
         port = free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest none\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
         )
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.5
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5),
                 ):
                     break
                 if proc.poll() is not None:
@@ -82,8 +88,12 @@ def broker(workdir: Path) -> Iterator[tuple[str, int]]:
 def demo_config_text(port: int, trucks: int, rate_per_min: float) -> str:
     text = DEMO_CONFIG.read_text(encoding="utf-8")
     text = re.sub(r"(?m)^port = \d+$", f"port = {port}", text, count=1)
-    text = re.sub(r"(?m)^vehicles_per_min = .*$", f"vehicles_per_min = {rate_per_min}\n"
-                  f"count = {trucks}", text, count=1)
+    text = re.sub(
+        r"(?m)^vehicles_per_min = .*$",
+        f"vehicles_per_min = {rate_per_min}\ncount = {trucks}",
+        text,
+        count=1,
+    )
     return text
 
 
@@ -97,6 +107,12 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=60.0, help="trucks per minute (default 60)")
     ap.add_argument("--timeout", type=float, default=90.0, help="give up after this many s")
     ap.add_argument("--keep", help="keep the station's data in this folder")
+    ap.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="auto: Mosquitto when installed, else the embedded MQTT 5 broker",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(message)s")
 
@@ -106,7 +122,7 @@ def main() -> int:
         if data_dir.exists() and any(data_dir.iterdir()):
             print(f"{data_dir} is not empty; choose an empty folder for --keep", file=sys.stderr)
             return 2
-        with broker(work) as (broker_name, port):
+        with broker(work, args.broker) as (broker_name, port):
             print(f"broker     {broker_name} on 127.0.0.1:{port}")
             cfg = parse_config(demo_config_text(port, args.trucks, args.rate), DEMO_CONFIG)
             sim = PlatformSim(cfg.uplink, db_path=work / "platform.db")
@@ -122,7 +138,16 @@ def main() -> int:
             finally:
                 station.stop()
                 sim.stop()
-    return 0 if ok else 1
+            result = verify_data_dir(data_dir)
+            print(
+                f"verify     {result['records']} records, {result['audit_entries']} audit entries:"
+                + (
+                    " chain, signatures, photos and audit log hold"
+                    if result["ok"]
+                    else f" BROKEN at {result['first_broken']}"
+                )
+            )
+    return 0 if ok and result["ok"] else 1
 
 
 def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tuple[int, bool]:
@@ -149,7 +174,8 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
             plate = rec["plates"][0]["text"] if rec["plates"] else "(no plate)"
             limit = (
                 f"limit {fmt_kg(v['limit_kg'])} + {fmt_kg(v['tolerance_kg'])}"
-                if v.get("limit_kg") else v.get("explanation", "")[:40]
+                if v.get("limit_kg")
+                else v.get("explanation", "")[:40]
             )
             counts[v["status"]] = counts.get(v["status"], 0) + 1
             print(
