@@ -14,6 +14,7 @@ iteration is guarded: an exception is logged with the device it concerns and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from typing import Any
 
 from agent import __version__, audit, evidence, legalid, retention, sdnotify, timesync
 from agent.assemble import Assembler
-from agent.config import Lane, StationConfig
+from agent.commands_mqtt import CommandError, require, set_config_handler
+from agent.config import ConfigError, Lane, StationConfig, parse_config
 from agent.db import Database
 from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.evidence import (
@@ -40,7 +42,8 @@ from agent.evidence import (
     write_file_atomically,
 )
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
-from agent.permits import PermitBook
+from agent.permits import PermitBook, PermitListError
+from agent.uplink import Uplink, probe_broker
 from agent.weighing import WeighingStage
 from drivers.camera import CAMERAS, Camera
 from drivers.camera.trigger import capture_and_read
@@ -51,6 +54,8 @@ from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
 
+EX_TEMPFAIL = 75  # set-config applied: systemd (Restart=on-failure) starts us on the new file
+RESTART_DELAY_S = 2.0
 QUEUE_SIZE = 256
 STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
 STATUS_FILE = "status.json"
@@ -106,7 +111,7 @@ class Station:
         self.db: Database | None = None
         self.store: EvidenceStore | None = None
         self.uplink: Any = None
-        self._fatal: BaseException | None = None
+        self.exit_code = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -212,11 +217,6 @@ class Station:
             self._plate_error = f"plate reader {self.config.plate.type!r} not available"
 
     def _start_uplink(self) -> None:
-        try:
-            from agent.uplink import Uplink  # type: ignore[attr-defined]
-        except ImportError:
-            log.error("uplink not available in this build; records stay in the outbox")
-            return
         assert self.db is not None and self.store is not None
         self.uplink = Uplink(
             self.config.uplink,
@@ -225,8 +225,101 @@ class Station:
             store=self.store,
             clock=self.clock,
             health=self.health,
+            handlers=self._command_handlers(),
         )
         self.uplink.start()
+
+    # -- platform commands (MQTT {root}/cmd/{name}) -------------------------------------------
+
+    def _command_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "set-permits": self._cmd_set_permits,
+            "set-watchlist": self._cmd_set_watchlist,
+            "capture-test": self._cmd_capture_test,
+            "get-config": self._cmd_get_config,
+        }
+        path = self.config.path
+        if path is not None:
+            apply_config = set_config_handler(
+                read_current=lambda: path.read_text(encoding="utf-8"),
+                validate=_config_problems,
+                apply=lambda text: write_file_atomically(path, text.encode("utf-8")),
+                can_connect=lambda text, timeout_s: probe_broker(
+                    parse_config(text, path).uplink, self.config.station.id, timeout_s
+                ),
+                backup_dir=path.parent / "backups",
+                now=self.clock.now,
+            )
+
+            def set_config(args: dict[str, Any]) -> dict[str, Any]:
+                result = apply_config(args)  # validated, backed up, probed; else rolled back
+                # restart once the reply has gone out, to run on the new file
+                timer = threading.Timer(RESTART_DELAY_S, self._restart_for_new_config)
+                timer.daemon = True
+                timer.start()
+                return {**result, "restart_in_s": RESTART_DELAY_S}
+
+            handlers["set-config"] = set_config
+        return handlers
+
+    def _cmd_set_permits(self, args: dict[str, Any]) -> dict[str, Any]:
+        entries = require(args, "permits", list)
+        try:
+            count = self.permits.replace_permits(entries)
+        except PermitListError as err:
+            raise CommandError("invalid", str(err)) from err
+        log.warning("permits replaced by the platform: %d permit(s)", count)
+        return {"permits": count}
+
+    def _cmd_set_watchlist(self, args: dict[str, Any]) -> dict[str, Any]:
+        entries = require(args, "watchlist", list)
+        try:
+            count = self.permits.replace_watchlist(entries)
+        except PermitListError as err:
+            raise CommandError("invalid", str(err)) from err
+        log.warning("watch-list replaced by the platform: %d plate(s)", count)
+        return {"watchlist": count}
+
+    def _cmd_capture_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Photograph a lane now and read its plates (a technician checks aim and focus)."""
+        lane_no = args.get("lane", self.config.lanes[0].number)
+        if not isinstance(lane_no, int) or lane_no not in self._cameras:
+            raise CommandError("invalid", f"no lane {lane_no!r} on this station")
+        result = capture_and_read(self._cameras[lane_no], self._plate_reader, self.clock.now(), 1)
+        return {
+            "lane": lane_no,
+            "frames": [
+                {
+                    "camera_id": f.camera_id,
+                    "role": f.role,
+                    "bytes": len(f.jpeg),
+                    "sha256": hashlib.sha256(f.jpeg).hexdigest(),
+                    "captured_at": f.captured_at.isoformat(),
+                }
+                for f in result.frames
+            ],
+            "plates": [
+                {
+                    "text": r.text,
+                    "color": r.color,
+                    "confidence": round(r.confidence, 3),
+                    "camera_id": r.camera_id,
+                }
+                for r in result.reads
+            ],
+            "faults": result.faults,
+        }
+
+    def _cmd_get_config(self, args: dict[str, Any]) -> dict[str, Any]:
+        from agent.commands.diag import redact_config
+
+        return {"config": redact_config(self.config.text), "config_hash": self.config.digest}
+
+    def _restart_for_new_config(self) -> None:
+        """After set-config: exit with EX_TEMPFAIL so systemd restarts us on the new file."""
+        log.warning("set-config: restarting to run with the new configuration")
+        self.exit_code = EX_TEMPFAIL
+        self.stop_event.set()
 
     def _start_lane(self, lane: Lane) -> None:
         cams: list[Camera] = []
@@ -686,6 +779,15 @@ class Station:
             self.data_dir / STATUS_FILE,
             json.dumps(doc, ensure_ascii=False, indent=1).encode(),
         )
+
+
+def _config_problems(text: str) -> list[str]:
+    """Every problem of a pushed config, as ``check-config`` words them (empty: valid)."""
+    try:
+        parse_config(text)
+    except ConfigError as err:
+        return [p.format("station.toml") for p in err.problems]
+    return []
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

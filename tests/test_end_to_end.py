@@ -35,6 +35,8 @@ def station_config(broker: Mosquitto, trucks: int, per_min: float) -> StationCon
         'prefix = "roadside/v1"\nkeepalive_s = 5\nack_timeout_s = 1.0\nack_timeout_max_s = 2.0\n'
         "reconnect_min_s = 0.5\nreconnect_max_s = 1.0",
     )
+    # the simulated camera photographs each truck exactly when it is weighed
+    text = text.replace("ambiguity_margin_s = 0.3", "ambiguity_margin_s = 0.01")
     return parse_config(text, DEMO_CONFIG)
 
 

@@ -77,4 +77,4 @@ def run(args: argparse.Namespace) -> int:
     station.wait()
     notifier.stopping("stopping: closing open vehicles and flushing the store")
     station.stop(timeout_s=STOP_TIMEOUT_S)
-    return 0
+    return station.exit_code
