@@ -54,7 +54,7 @@ class SimulatedWimLane(Scale):
 
     def _gap_s(self) -> float:
         mean = 60.0 / self.config.vehicles_per_min
-        return max(0.05, self.road.uniform(0.5 * mean, 1.5 * mean))
+        return max(0.001, self.road.uniform(0.5 * mean, 1.5 * mean))
 
     def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
         if self.config.count and self._produced >= self.config.count:
