@@ -193,3 +193,23 @@ def test_the_installed_command_line() -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_config_rules_dir_resolves_against_the_config_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A station config with its own rule tables: judge uses them as the daemon would."""
+    import shutil
+
+    from agent.legal import SHIPPED_RULES_DIR
+
+    etc = tmp_path / "etc"
+    shutil.copytree(SHIPPED_RULES_DIR, etc / "rules")
+    limits = etc / "rules" / "limits.toml"
+    limits.write_text(limits.read_text(encoding="utf-8").replace("18000", "17000", 1))
+    cfg = etc / "station.toml"
+    cfg.write_text("[legal]\nrules_dir = 'rules'\n", encoding="utf-8")
+    from agent.cli import main
+
+    assert main(["judge", "--axles", "6000,11500", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["limit_kg"] == 17000

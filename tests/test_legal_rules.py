@@ -38,7 +38,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def load(rules_dir: Path) -> None:
-    load_rules(LegalConfig(rules_dir=rules_dir))
+    load_rules(LegalConfig(rules_dir=str(rules_dir)))
 
 
 def test_shipped_tables_load_and_every_row_names_its_source() -> None:
@@ -126,7 +126,7 @@ def test_bad_toml_and_missing_file_name_the_file(tmp_path: Path) -> None:
 def test_a_law_change_is_a_data_change(rules_dir: Path) -> None:
     # Say the 2-axle limit became 18 500 kg: change the row, and the verdict follows.
     edit(rules_dir / "limits.toml", "limit_kg = 18000", "limit_kg = 18500")
-    rules = load_rules(LegalConfig(rules_dir=rules_dir, tolerance_policy="none"))
+    rules = load_rules(LegalConfig(rules_dir=str(rules_dir), tolerance_policy="none"))
     v = judge(VehicleFacts((7000, 11500), 18500), rules, AT)
     assert (v.status, v.limit_kg) == (VerdictStatus.WITHIN_LIMIT, 18500)
 
@@ -172,7 +172,7 @@ def test_enabled_axle_table_must_be_confirmed(rules_dir: Path) -> None:
 
 def test_enabled_axle_table_caps_the_gross_limit(rules_dir: Path) -> None:
     (rules_dir / "axle_limits.toml").write_text(AXLE_TABLE, encoding="utf-8")
-    rules = load_rules(LegalConfig(rules_dir=rules_dir, tolerance_policy="none"))
+    rules = load_rules(LegalConfig(rules_dir=str(rules_dir), tolerance_policy="none"))
     assert rules.axle_table is not None
     # 4x2 tractor + tridem semi-trailer: 7 000 + 11 500 + 24 000 = 42 500 kg < 43 000 kg.
     loads = (7000, 11500, 8000, 8000, 8000)

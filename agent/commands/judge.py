@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 EX_USAGE = 2
@@ -131,7 +132,9 @@ def _legal_config(path: str | None) -> Any:
         return LegalConfig()
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
-    return LegalConfig.model_validate(data.get("legal", {}))
+    # relative paths (rules_dir) resolve against the config's folder, as in the daemon
+    base_dir = str(Path(path).resolve().parent)
+    return LegalConfig.model_validate(data.get("legal", {}), context={"base_dir": base_dir})
 
 
 def _kg(value: int | None) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import firmware_config
 from agent.domain import VehicleClass
+from drivers.paths import ConfigPath
 
 #: The rule tables shipped with the agent (used when ``[legal] rules_dir`` is not set).
 SHIPPED_RULES_DIR = firmware_config.ROOT / "legal"
@@ -49,10 +50,10 @@ class LegalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rules_dir: Path | None = Field(
-        default=None,
+    rules_dir: ConfigPath = Field(
+        default="",
         description="directory holding limits.toml (and axle_limits.toml); "
-        "default: the tables shipped in firmware_config/legal",
+        "empty: the tables shipped in firmware_config/legal",
     )
     tolerance_policy: TolerancePolicyName = Field(
         default="percent",
@@ -379,7 +380,7 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
     Raises :class:`LegalRulesError` naming the file and the row when the tables are unusable.
     """
     cfg = config or LegalConfig()
-    rules_dir = cfg.rules_dir or SHIPPED_RULES_DIR
+    rules_dir = Path(cfg.rules_dir) if cfg.rules_dir else SHIPPED_RULES_DIR
     path = rules_dir / LIMITS_FILE
     data = _load_limits(path)
     rows = [
