@@ -20,7 +20,9 @@ device or a Pi camera the daemon holds is busy, though: stop the service first.
 
 Live backends are counted by the frames their grabber keeps (``buffer_fps`` is raised to 60 for
 the probe, so rates up to 60 fps are measured as they are); the ``replay`` backend, which has no
-stream, is triggered five times a second like a station asking for pictures.
+stream, is triggered five times a second like a station asking for pictures. A video file
+shorter than ``--seconds`` loops, which the driver handles as a dropped stream: it shows as a
+reconnect with "stream lost, reopening".
 
 Exit status: 0 frames came; 1 no frame (device or file missing, stream unreachable); 2 usage
 (unknown type, bad option or config); 69 the backend's library is not installed here.
