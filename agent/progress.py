@@ -129,6 +129,11 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None and self._width == 0:
+            # failed before anything was shown (no database, bad config): the error message
+            # stands alone, without an empty progress line in front of it
+            self.enabled = False
+            return
         self.finish("done" if exc_type is None else "stopped")
 
 

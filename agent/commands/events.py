@@ -1,11 +1,23 @@
-"""``roadside-agent events``: the stored vehicle records, newest first, with filters."""
+"""``roadside-agent events``: the stored vehicle records, newest first, with filters.
+
+``--follow`` keeps watching the database the running daemon writes, like ``tail -f``: the last
+``--limit`` records oldest first, then each new record once, as it is stored, until Ctrl-C
+(exit 0). It only ever reads (a read-only connection polled every second, so it can neither
+block nor change the daemon), and it outlasts what a live station does to its database: one
+that does not exist yet (it waits for it), one still being created, and one locked for a moment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from agent.commands._common import add_location_args, data_dir_of, open_readonly
@@ -15,8 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "events",
         help="list stored vehicle records",
-        description="List stored vehicle records, newest first. With --follow, print new "
-        "records as they are stored (oldest first) until Ctrl-C.",
+        description="List stored vehicle records, newest first. With --follow, like tail -f: "
+        "the last records oldest first, then each new record as it is stored, until Ctrl-C.",
     )
     add_location_args(p)
     p.add_argument("--limit", type=int, default=20, help="how many records (default 20)")
@@ -26,7 +38,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--since", help="only records measured at or after this ISO time")
     p.add_argument("--undelivered", action="store_true", help="only records not yet acked")
     p.add_argument("--full", action="store_true", help="with --json: the whole signed record")
-    p.add_argument("--follow", action="store_true", help="keep printing new records")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing new records as they are stored (waits for the database)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -93,21 +109,90 @@ def _line(row: sqlite3.Row, args: argparse.Namespace) -> str:
     )
 
 
+POLL_INTERVAL_S = 1.0
+FOLLOW_BUSY_TIMEOUT_MS = 500  # a locked database is retried at the next poll, Ctrl-C stays quick
+
+
 def run(args: argparse.Namespace) -> int:
-    conn = open_readonly(data_dir_of(args))
-    sql, params = _query(args, None)
-    rows = conn.execute(sql, params).fetchall()
-    for row in rows:
-        print(_line(row, args), flush=True)
-    if not args.follow:
-        return 0
-    last = max((r["seq"] for r in rows), default=0)
+    data_dir = data_dir_of(args)
+    if args.follow:
+        return follow(args, data_dir)
+    conn = open_readonly(data_dir)
+    try:
+        sql, params = _query(args, None)
+        for row in conn.execute(sql, params).fetchall():
+            print(_line(row, args), flush=True)
+    finally:
+        conn.close()
+    return 0
+
+
+def follow(
+    args: argparse.Namespace, data_dir: Path, poll_interval_s: float = POLL_INTERVAL_S
+) -> int:
+    """Print the last records, then every new one once, until SIGINT (Ctrl-C). Returns 0."""
+    path = data_dir / "station.db"
+    conn: sqlite3.Connection | None = None
+    last: int | None = None  # highest seq printed; None until the first listing
+    told: set[str] = set()  # conditions already explained on stderr (each once)
+
+    def tell(key: str, text: str) -> None:
+        if key not in told:
+            told.add(key)
+            print(text, file=sys.stderr, flush=True)
+
+    restore = _end_on_signals()
     try:
         while True:
-            time.sleep(1.0)
-            sql, params = _query(args, last)
-            for row in conn.execute(sql, params).fetchall():
-                print(_line(row, args), flush=True)
-                last = row["seq"]
+            try:
+                if conn is None and path.exists():
+                    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)
+                    conn.execute(f"PRAGMA busy_timeout={FOLLOW_BUSY_TIMEOUT_MS}")
+                    conn.row_factory = sqlite3.Row
+                if conn is None:
+                    tell("missing", f"waiting for the station database at {path} ...")
+                elif last is None:
+                    sql, params = _query(args, None)
+                    rows = conn.execute(sql, params).fetchall()
+                    for row in reversed(rows):  # oldest first, like tail -f
+                        print(_line(row, args), flush=True)
+                    last = max((int(r["seq"]) for r in rows), default=0)
+                else:
+                    sql, params = _query(args, last)
+                    for row in conn.execute(sql, params).fetchall():
+                        print(_line(row, args), flush=True)
+                        last = int(row["seq"])
+            except sqlite3.DatabaseError as err:
+                # locked for a moment (a checkpoint), or created but not yet given its tables:
+                # the next poll tries again
+                if "locked" not in str(err) and "busy" not in str(err):
+                    tell(str(err), f"events: {path}: {err}; retrying")
+            time.sleep(poll_interval_s)
     except KeyboardInterrupt:
         return 0
+    finally:
+        restore()
+        if conn is not None:
+            conn.close()
+
+
+def _end_on_signals() -> Callable[[], None]:
+    """Make SIGINT (Ctrl-C) and SIGTERM end the follow loop as ``KeyboardInterrupt``, even when
+    the shell started us with SIGINT ignored; returns the function that restores the handlers.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    saved: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        pass
+
+    def restore() -> None:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+    return restore

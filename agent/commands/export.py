@@ -17,6 +17,9 @@ One directory per record::
 
 Exit 0 when every package was written and verified; 1 when a record is missing or fails its
 check (its package is still written, marked NOT VERIFIED); 66 without a database.
+
+On a terminal it shows how many packages of N are written (``agent.progress``, on stderr); in
+the journal, a pipe or a file nothing but the result is written.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from agent import evidence
+    from agent.progress import track
 
     try:
         data_dir, config = evidence.locate(args.config, args.data_dir)
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results: list[dict[str, Any]] = []
     try:
-        for event_id in args.event_ids:
+        ids = args.event_ids
+        for event_id in track(ids, "export", total=len(ids), unit="packages"):
             results.append(export_one(conn, data_dir, keys, event_id, out))
     finally:
         conn.close()

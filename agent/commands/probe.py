@@ -7,6 +7,10 @@ the last stable gross in kg, how many readings came and how fast, every distinct
 the last raw frames in hex. ``--json`` prints one JSON object instead (``gross_kg``,
 ``stable``, ``readings``, ``errors``, ``raw_tail``).
 
+``probe camera --type TYPE [--source URL|DEVICE|FILE] ...`` grabs frames from a camera with
+the named backend (or one of ``--config FILE``'s cameras) and reports frames, fps, resolution,
+errors, saves the newest frame and can read its plates: see :mod:`agent.commands.probe_camera`.
+
 ``probe ports`` lists serial ports with their /dev/serial/by-id names (stable across
 reboots and replugging: the name to put in the config).
 """
@@ -74,6 +78,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "of hardware: a truck crossing the scale",
     )
     s.set_defaults(func=run)
+    from agent.commands import probe_camera
+
+    probe_camera.add_parser(what)
     ports = what.add_parser("ports", help="list serial ports and their /dev/serial/by-id names")
     ports.add_argument("--json", action="store_true", help="print JSON")
     ports.set_defaults(func=run)
@@ -84,9 +91,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.probe_what == "scale":
         return probe_scale(args)
+    if args.probe_what == "camera":
+        from agent.commands.probe_camera import probe_camera
+
+        return probe_camera(args)
     if args.probe_what == "ports":
         return probe_ports(args)
-    print("usage: roadside-agent probe {scale,ports} ... (see --help)", file=sys.stderr)
+    print("usage: roadside-agent probe {scale,camera,ports} ... (see --help)", file=sys.stderr)
     return EX_USAGE
 
 
@@ -133,12 +144,19 @@ def scale_settings(args: argparse.Namespace) -> dict[str, Any]:
             settings["port"] = args.port
     if args.baudrate:
         settings["baudrate"] = args.baudrate
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = _value(value.strip())
+    settings.update(parse_options(args.option))
     return settings
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` arguments as a config table. Raises ``ValueError``."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = _value(value.strip())
+    return options
 
 
 def _looks_tcp(port: str | None) -> bool:

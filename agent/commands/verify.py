@@ -2,6 +2,9 @@
 
 Exit 0 only when everything holds; 1 when something is broken (the first broken record is
 named); 66 when there is no station database; 78 when ``--config`` cannot be read.
+
+On a terminal it shows how many records of the chain are checked (``agent.progress``, on
+stderr); in the journal, a pipe or a file nothing but the result is written.
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ import argparse
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.progress import Progress
 
 EX_BROKEN = 1
 EX_NOINPUT = 66
@@ -36,14 +43,50 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _chain_length(conn: sqlite3.Connection) -> int | None:
+    """Records and tombstones in the chain (the progress total); ``None`` when unreadable."""
+    try:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM records_pruned)"
+        ).fetchone()
+    except sqlite3.DatabaseError:
+        return None  # verify_store reports the unreadable database
+    return int(row[0])
+
+
+def _counting_rows(
+    progress: Progress,
+) -> Callable[[sqlite3.Cursor, tuple[Any, ...]], sqlite3.Row]:
+    """A row factory giving ``sqlite3.Row`` (what ``evidence.verify_store`` needs) that
+    advances ``progress`` for every row of the evidence chain it walks: the rows whose first
+    column is ``kind`` (record or tombstone), read one by one as they are checked."""
+
+    def factory(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
+        if cursor.description[0][0] == "kind":
+            progress.advance()
+        return sqlite3.Row(cursor, row)
+
+    return factory
+
+
 def verify_data_dir(
-    data_dir: Path, *, check_images: bool = True, config: Any = None
+    data_dir: Path,
+    *,
+    check_images: bool = True,
+    config: Any = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Everything ``verify`` checks, as the JSON it prints. Raises ``FileNotFoundError``."""
+    """Everything ``verify`` checks, as the JSON it prints. Raises ``FileNotFoundError``.
+
+    ``progress`` (optional) counts the chain's records as they are checked.
+    """
     from agent import audit, evidence
 
     conn = evidence.open_readonly(data_dir)
     try:
+        if progress is not None and progress.enabled:
+            progress.total = _chain_length(conn)
+            conn.row_factory = _counting_rows(progress)
         keys = evidence.verification_keys(data_dir, config)
         try:
             report = evidence.verify_store(conn, data_dir, keys, check_images=check_images)
@@ -83,6 +126,7 @@ def verify_data_dir(
 
 def run(args: argparse.Namespace) -> int:
     from agent import evidence
+    from agent.progress import Progress
 
     try:
         data_dir, config = evidence.locate(args.config, args.data_dir)
@@ -90,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"roadside-agent verify: {err}", file=sys.stderr)
         return EX_CONFIG
     try:
-        result = verify_data_dir(data_dir, check_images=not args.no_images, config=config)
+        with Progress("verify", unit="records") as progress:
+            result = verify_data_dir(
+                data_dir, check_images=not args.no_images, config=config, progress=progress
+            )
     except FileNotFoundError as err:
         print(f"roadside-agent verify: {err}", file=sys.stderr)
         return EX_NOINPUT
