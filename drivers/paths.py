@@ -16,7 +16,7 @@ from pydantic import AfterValidator, ValidationInfo
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
-    if not value or "://" in value:
+    if not value or "://" in value or value.isdigit():  # URLs and camera indexes stay as written
         return value
     expanded = os.path.expanduser(value)
     base = (info.context or {}).get("base_dir") if info.context else None

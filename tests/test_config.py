@@ -145,3 +145,19 @@ def test_run_refuses_a_bad_config_with_ex_config(tmp_path: Path) -> None:
     assert res.returncode == EX_CONFIG
     assert "lanes[0].numbr" in res.stderr and "did you mean 'number'?" in res.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_camera_source_file_resolves_but_urls_and_indexes_stay(tmp_path: Path) -> None:
+    base = GOOD.replace(
+        'id = "wim-1"\n', 'id = "wim-1"\n[[lanes.cameras]]\ntype = "opencv"\nsource = "SOURCE"\n', 1
+    )
+    path = tmp_path / "station.toml"
+    for source, expected in [
+        ("clips/truck.mp4", str(tmp_path / "clips" / "truck.mp4")),
+        ("rtsp://192.0.2.1/stream1", "rtsp://192.0.2.1/stream1"),
+        ("0", "0"),
+        ("/dev/video0", "/dev/video0"),
+    ]:
+        path.write_text(base.replace("SOURCE", source))
+        cam = load_config(path).lanes[0].cameras[0]
+        assert cam.source == expected  # type: ignore[attr-defined]

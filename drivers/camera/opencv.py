@@ -24,10 +24,11 @@ from pydantic import Field
 from drivers.camera.base import CameraError
 from drivers.camera.live import BGR, LiveCamera, LiveCameraConfig, describe_source
 from drivers.clock import Clock
+from drivers.paths import ConfigPath
 
 
 class OpenCvCameraConfig(LiveCameraConfig):
-    source: str = Field(
+    source: ConfigPath = Field(
         description="V4L2 device index or path (0, /dev/video0), rtsp:// or http:// URL, "
         "or a video file"
     )
