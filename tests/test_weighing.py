@@ -350,3 +350,22 @@ def test_loop_ending_before_the_platform_with_detector_hold() -> None:
     held = run(WeighingStage(1, SCALE, WeighingConfig(mode="axle", detector_hold_s=2.0)), items)
     assert len(held) == 1
     assert_loads(held[0], DUMP)
+
+
+def test_station_stopping_mid_vehicle_stores_it_flagged_incomplete() -> None:
+    """SIGTERM while a truck is on the scale: the axles so far are kept, flagged, never judged."""
+    stage = WeighingStage(1, SCALE, WeighingConfig(mode="axle", platform_length_m=0.8))
+    trace = samples(axle_scale_trace(SIX, noise_kg=25, seed=3))
+    # feed until three axles have crossed: half the truck
+    fed, crossed = [], 0
+    for m in trace:
+        fed += stage.feed(m)
+        crossed = len(stage._vehicle.axles) if stage._vehicle else crossed
+        if crossed >= 3:
+            break
+    assert not fed, "no vehicle is complete yet"
+    [w] = stage.close_incomplete("station stopped while the vehicle was on the scale")
+    assert WeighingFlag.INCOMPLETE in w.flags
+    assert w.axle_count == 3
+    assert "station stopped while the vehicle was on the scale" in w.raw["problems"]
+    assert stage.close_incomplete("again") == []
