@@ -42,7 +42,12 @@ from itertools import product
 import numpy as np
 import numpy.typing as npt
 
-from drivers.plate.chinese import PlateColor, is_valid_plate, plate_color
+from drivers.plate.chinese import (
+    PlateColor,
+    colour_format_conflict,
+    is_valid_plate,
+    plate_color,
+)
 from drivers.plate.runtimes import ModelRunner
 
 F32 = npt.NDArray[np.float32]
@@ -113,6 +118,17 @@ def calibrated_confidence(raw_score: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+def confidence_from_chars(char_probs: tuple[float, ...]) -> float:
+    """The string's confidence: the calibrated product of the character probabilities, capped
+    by its least certain character. A character at coin-toss odds (p ≤ 0.5) makes the whole
+    plate worthless however sure the others are: the cap is (p_min − 0.5) / 0.5."""
+    if not char_probs:
+        return 0.0
+    raw = float(np.prod(char_probs))
+    cap = max(0.0, (min(char_probs) - 0.5) / 0.5)
+    return min(calibrated_confidence(raw), cap)
+
+
 def _priors(height: int, width: int) -> F32:
     anchors: list[list[float]] = []
     for step, sizes in zip(DET_STEPS, DET_MIN_SIZES, strict=True):
@@ -176,6 +192,7 @@ class PlatePipeline:
         single_row_aspect: float = 3.6,
         warp_margin: float = 0.04,
         tiles: bool = True,
+        check_aspects: tuple[float, ...] = (3.0, 3.2),
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
@@ -187,6 +204,7 @@ class PlatePipeline:
         self.single_row_aspect = single_row_aspect
         self.warp_margin = warp_margin
         self.tiles = tiles
+        self.check_aspects = check_aspects  # (): no check views
         _, self._det_h, self._det_w, _ = detector.input_shape
         _, self._rec_h, self._rec_w, _ = recognizer.input_shape
         self._priors = _priors(self._det_h, self._det_w)
@@ -385,8 +403,35 @@ class PlatePipeline:
             return _unread(self._result(empty, "unknown", False, detection), "plate too small")
         color = plate_color(plate)
         if w >= self.double_row_aspect * h:
-            return self._result(self._read_single(plate, color), color, False, detection)
+            return self._read_single_checked(plate, color, detection)
         return self._read_double(plate, color, detection)
+
+    def _read_single_checked(
+        self, plate: U8, color: PlateColor, detection: Detection | None
+    ) -> PlateResult:
+        """A single-row plate, read in the standard shape and checked in narrower views.
+
+        The standard shape (``single_row_aspect``) gives the reading; the plate is then read
+        again squeezed to each of ``check_aspects`` (by a sixth and a ninth). A character the
+        recogniser really sees survives the change, while a guess (a province character taken
+        for a similar one, a suffix it cannot read turned into a digit) tends to move. When a
+        check view reads a *different possible plate of the same length* (a character
+        substituted), the plate is left unread. A check view that reads an impossible string
+        or a shorter one does not count against it: squeezing merges neighbouring characters
+        and drops small suffix characters, which says nothing about the reading.
+        """
+        result = self._result(self._read_single(plate, color), color, False, detection, plate)
+        if not result.valid:
+            return result
+        for aspect in self.check_aspects:
+            alt = self._read_single(plate, color, aspect)
+            if (
+                alt.text != result.text
+                and len(alt.text) == len(result.text)
+                and is_valid_plate(alt.text)
+            ):
+                return _unread(result, f"views disagree: {result.text!r} / {alt.text!r}")
+        return result
 
     def _read_double(
         self, plate: U8, color: PlateColor, detection: Detection | None
@@ -414,21 +459,23 @@ class PlatePipeline:
             top_w = max(1, round(top.shape[1] * height / max(top.shape[0], 1)))
             top_scaled = np.asarray(cv2.resize(top, (top_w, height)), dtype=np.uint8)
             stitched = self.recognize_line(np.hstack([top_scaled, bottom]))
-            candidates = [self._result(r, color, True, detection) for r in (joined, stitched)]
+            candidates = [
+                self._result(r, color, True, detection, plate) for r in (joined, stitched)
+            ]
         valid = [c for c in candidates if c.valid]
         texts = {c.text for c in valid}
         if len(texts) == 1:
             return max(valid, key=lambda c: c.raw_score)
         if len(texts) > 1:
             return _unread(valid[0], f"double-row readings disagree: {sorted(texts)}")
-        single = self._result(self._read_single(plate, color), color, False, detection)
+        single = self._read_single_checked(plate, color, detection)
         if single.valid:
             return single
         if candidates:
             return _unread(candidates[0], candidates[0].reason)
         return _unread(single, f"double-row plate: {len(lines)} text lines found")
 
-    def _read_single(self, plate: U8, color: PlateColor) -> LineRead:
+    def _read_single(self, plate: U8, color: PlateColor, aspect: float | None = None) -> LineRead:
         """A single-row plate, first brought to the standard plate shape.
 
         Plates are 440×140 mm (480×140 for the green new-energy plates), so every single-row
@@ -439,7 +486,7 @@ class PlatePipeline:
         import cv2
 
         h = plate.shape[0]
-        aspect = self.single_row_aspect * (480 / 440 if color == "green" else 1.0)
+        aspect = (aspect or self.single_row_aspect) * (480 / 440 if color == "green" else 1.0)
         width = max(1, round(aspect * h))
         resized = np.asarray(
             cv2.resize(plate, (width, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
@@ -447,19 +494,31 @@ class PlatePipeline:
         return self.recognize_line(resized)
 
     def _result(
-        self, read: LineRead, color: PlateColor, double: bool, detection: Detection | None
+        self,
+        read: LineRead,
+        color: PlateColor,
+        double: bool,
+        detection: Detection | None,
+        plate: U8 | None = None,
     ) -> PlateResult:
+        """The checks every reading goes through: the format, the plate's colour against the
+        format (``plate`` given), the confidence capped by the least certain character."""
         raw = float(np.prod(read.char_probs)) if read.char_probs else 0.0
         valid = is_valid_plate(read.text)
+        reason = "" if valid else f"{read.text!r} is not a possible plate"
+        if valid and plate is not None:
+            conflict = colour_format_conflict(read.text, plate)
+            if conflict:
+                valid, reason = False, conflict
         return PlateResult(
             text=read.text,
             color=color,
-            confidence=calibrated_confidence(raw) if valid else 0.0,
+            confidence=confidence_from_chars(read.char_probs) if valid else 0.0,
             valid=valid,
             double_row=double,
             detection=detection,
             raw_score=raw,
-            reason="" if valid else f"{read.text!r} is not a possible plate",
+            reason=reason,
         )
 
     def read_image(self, image: U8) -> list[PlateResult]:
