@@ -170,6 +170,74 @@ def test_uncertain_last_character_gives_low_confidence() -> None:
     assert pipeline.read_plate(BLUE).confidence > 0.9
 
 
+GREY = _plate((200, 200, 200), (30, 30, 30))  # white (police) plate, heavy black characters
+
+
+def test_suffix_missing_from_the_whole_plate_is_read_from_its_last_cell() -> None:
+    # whole plate: the red 警 dropped; the last cell alone: "8警"; check views: no suffix
+    pipeline, rec = _pipeline([("鄂F8888", 1.0), ("8警", 0.95), ("鄂F8888", 1.0)])
+    result = pipeline.read_plate(GREY)
+    assert result.valid and result.text == "鄂F8888警"
+    assert 0.5 < result.confidence <= 0.9  # the suffix's probability counts
+    assert rec.calls == 4
+
+
+@pytest.mark.parametrize(
+    ("plate", "probe"),
+    [
+        (GREY, ("警", 0.55)),  # not sure enough of the suffix
+        (GREY, ("8", 0.99)),  # no suffix in the last cell
+        (BLUE, ("警", 0.99)),  # a blue plate is no police plate
+    ],
+)
+def test_suffix_is_not_invented(plate: U8, probe: tuple[str, float]) -> None:
+    pipeline, _ = _pipeline([("鄂F8888", 1.0), probe])
+    assert not pipeline.read_plate(plate).valid
+
+
+def test_black_plate_read_as_civil_gets_its_suffix_or_nothing() -> None:
+    pipeline, _ = _pipeline([("沪A17074", 1.0), ("领", 0.99), ("沪A1707", 1.0)])
+    result = pipeline.read_plate(BLACK)
+    assert result.valid and result.text == "沪A1707领"
+    pipeline, _ = _pipeline([("沪A17074", 1.0), ("4", 0.99)])
+    assert not pipeline.read_plate(BLACK).valid
+
+
+# -- double-row plates --------------------------------------------------------------------------
+
+DOUBLE = np.full((60, 100, 3), (30, 190, 230), np.uint8)  # yellow, 440×220 mm shape
+
+
+def _double(texts: list[tuple[str, float]]) -> PlatePipeline:
+    pipeline, _ = _pipeline(texts)
+    pipeline.text_lines = lambda plate: [(30, 5, 70, 20), (10, 26, 90, 55)]  # type: ignore[method-assign]
+    return pipeline
+
+
+def test_double_row_rows_read_twice_and_joined() -> None:
+    # top row at two margins, bottom row at two margins (a leading province dropped), stitched
+    texts = [("京E", 1.0), ("京E", 1.0), ("皖A5331", 1.0), ("A5331", 1.0), ("京EA5331", 1.0)]
+    result = _double(texts).read_plate(DOUBLE)
+    assert result.valid and result.double_row and result.text == "京EA5331"
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5381", 1.0)],  # margins disagree
+        [("京", 1.0), ("京", 1.0), ("EA5331", 1.0), ("EA5331", 1.0)],  # not 2 + 5
+        [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5331", 1.0), ("京EA5381", 0.9)],
+    ],
+)
+def test_double_row_disagreement_leaves_the_plate_unread(texts: list[tuple[str, float]]) -> None:
+    assert not _double(texts).read_plate(DOUBLE).valid
+
+
+def test_double_row_stitched_read_at_coin_toss_odds_does_not_veto() -> None:
+    texts = [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5331", 1.0), ("京EA5381", 0.3)]
+    assert _double(texts).read_plate(DOUBLE).text == "京EA5331"
+
+
 # -- real photos --------------------------------------------------------------------------------
 
 

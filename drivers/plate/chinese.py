@@ -117,12 +117,13 @@ _FORMATS_BY_STRONG_COLOUR: dict[str, frozenset[str]] = {
 
 def colour_fractions(plate_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
     """Shares of the inner plate pixels that are clearly blue, yellow or green (saturation and
-    value above 40: dark blue plates at dusk still count as blue) or dark and unsaturated."""
+    value above 40: dark blue plates at dusk still count as blue) or dark and unsaturated, and
+    the median brightness (0-1: the background's, which covers most of the plate)."""
     import cv2
 
     h, w = plate_bgr.shape[:2]
     if h < 4 or w < 4:
-        return {"blue": 0.0, "yellow": 0.0, "green": 0.0, "dark": 0.0}
+        return {"blue": 0.0, "yellow": 0.0, "green": 0.0, "dark": 0.0, "median_value": 0.0}
     inner = plate_bgr[h // 8 : h - h // 8, w // 16 : w - w // 16]
     hsv = cv2.cvtColor(inner, cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(np.int32)
     hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
@@ -133,6 +134,7 @@ def colour_fractions(plate_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
         "green": float(np.count_nonzero(chroma & (hue >= 34) & (hue < 95))) / total,
         "blue": float(np.count_nonzero(chroma & (hue >= 95) & (hue < 135))) / total,
         "dark": float(np.count_nonzero(~chroma & (val < 90))) / total,
+        "median_value": float(np.median(val)) / 255.0,
     }
 
 
@@ -142,8 +144,9 @@ def colour_format_conflict(text: str, plate_bgr: npt.NDArray[np.uint8]) -> str |
     Only clear colour evidence counts (the estimate of :func:`plate_color` is too loose for
     refusing a read: dark blue plates at dusk come out ``black``, faded ones ``white``):
 
-    * black: few coloured pixels (< 20 %: a red suffix, warm light) and at least a third
-      dark — only 领 / 使 / 港 / 澳 plates;
+    * black: few coloured pixels (< 20 %: a red suffix, warm light), at least a third dark and
+      a dark median (the background; bold black characters on a white plate are not enough)
+      — only 领 / 使 / 港 / 澳 plates;
     * blue: at least half the plate clearly blue — an ordinary 7-character plate, no suffix;
     * yellow: at least half clearly yellow — ordinary, 挂, 学, or a large new-energy plate.
     """
@@ -152,7 +155,11 @@ def colour_format_conflict(text: str, plate_bgr: npt.NDArray[np.uint8]) -> str |
         return None
     f = colour_fractions(plate_bgr)
     strong: str | None = None
-    if f["blue"] + f["yellow"] + f["green"] < 0.2 and f["dark"] >= 0.35:
+    if (
+        f["blue"] + f["yellow"] + f["green"] < 0.2
+        and f["dark"] >= 0.35
+        and f["median_value"] < 90 / 255
+    ):
         strong = "black"
     elif f["blue"] >= 0.5:
         strong = "blue"
