@@ -225,12 +225,19 @@ def test_double_row_rows_read_twice_and_joined() -> None:
     "texts",
     [
         [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5381", 1.0)],  # margins disagree
+        # margins disagree: the stitched reading does not outvote them
+        [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5381", 1.0), ("京EA5331", 1.0)],
         [("京", 1.0), ("京", 1.0), ("EA5331", 1.0), ("EA5331", 1.0)],  # not 2 + 5
         [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A5331", 1.0), ("京EA5381", 0.9)],
     ],
 )
 def test_double_row_disagreement_leaves_the_plate_unread(texts: list[tuple[str, float]]) -> None:
     assert not _double(texts).read_plate(DOUBLE).valid
+
+
+def test_double_row_margin_reading_of_another_length_does_not_count() -> None:
+    texts = [("京E", 1.0), ("京E", 1.0), ("A5331", 1.0), ("A53311", 1.0), ("京EA5331", 1.0)]
+    assert _double(texts).read_plate(DOUBLE).text == "京EA5331"
 
 
 def test_double_row_stitched_read_at_coin_toss_odds_does_not_veto() -> None:

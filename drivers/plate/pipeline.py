@@ -538,6 +538,10 @@ class PlatePipeline:
                     joined_result, f"rows {reads[0].text!r} / {reads[1].text!r} are not 2 + 5"
                 )
             candidates = [joined_result]
+            if any(r.text == "?" for r in reads):
+                # a row whose two margins disagree is a disagreement, whatever the stitched
+                # reading says
+                return _unread(joined_result, "a row reads differently at its two margins")
             if len(stitched.text) == 7 and min(stitched.char_probs) > 0.5:
                 candidates.append(self._result(stitched, color, True, detection, plate))
         valid = [c for c in candidates if c.valid]
@@ -558,23 +562,27 @@ class PlatePipeline:
     ) -> LineRead:
         """One row of a double-row plate, read with each margin of ``line_margins``.
 
-        The readings must agree (else the row reads as ``"?"``, which no plate format accepts);
-        each character's probability is then the mean over the readings. The bottom row never
-        holds a province character: a leading one is the recogniser's habit of starting a plate
-        with one (it was trained on whole plates) and is dropped.
+        Readings of the same length must agree (a substituted character: the row reads as
+        ``"?"``, which no plate format accepts, and the plate is left unread); each character's
+        probability is then the mean over them. As with the check views of single-row plates, a
+        reading of another length (a character doubled or dropped at a wide margin) is not
+        counted: the readings at the first margin's length are used. The bottom row never
+        holds a province character: a leading one is the recogniser's habit of starting a
+        plate with one (it was trained on whole plates) and is dropped.
         """
-        texts: set[str] = set()
-        probs: list[tuple[float, ...]] = []
+        reads: list[LineRead] = []
         for margin in self.line_margins:
             read = self.recognize_line(_crop_line(plate, box, rows, margin))
-            text, char_probs = read.text, read.char_probs
-            if index == 1 and text[:1] in PROVINCES:
-                text, char_probs = text[1:], char_probs[1:]
-            texts.add(text)
-            probs.append(char_probs)
-        if len(texts) != 1:
+            if index == 1 and read.text[:1] in PROVINCES:
+                read = LineRead(read.text[1:], read.char_probs[1:])
+            reads.append(read)
+        same = [r for r in reads if len(r.text) == len(reads[0].text)]
+        if len({r.text for r in same}) != 1:
             return LineRead("?", ())
-        return LineRead(texts.pop(), tuple(float(np.mean(c)) for c in zip(*probs, strict=True)))
+        return LineRead(
+            same[0].text,
+            tuple(float(np.mean(c)) for c in zip(*(r.char_probs for r in same), strict=True)),
+        )
 
     def _read_single(self, plate: U8, color: PlateColor, aspect: float | None = None) -> LineRead:
         """A single-row plate, first brought to the standard plate shape.
