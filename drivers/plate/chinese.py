@@ -102,3 +102,69 @@ def plate_color(plate_bgr: npt.NDArray[np.uint8]) -> PlateColor:
     if votes[best] >= 0.35 * total:
         return best  # type: ignore[return-value]
     return "unknown"
+
+
+# Which formats each background colour can carry (GA 36-2018): blue = small civil vehicles, no
+# suffix; yellow = large vehicles, trailers (挂), learner cars (学), and the yellow-green large
+# new-energy plates; black = consulates (领), embassies (使), Hong Kong / Macao (港 澳); white =
+# police (警) and military; green = new energy.
+_FORMATS_BY_STRONG_COLOUR: dict[str, frozenset[str]] = {
+    "blue": frozenset({"ordinary"}),
+    "yellow": frozenset({"ordinary", "trailer", "learner", "new_energy_large"}),
+    "black": frozenset({"consulate", "cross_border", "embassy"}),
+}
+
+
+def colour_fractions(plate_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
+    """Shares of the inner plate pixels that are clearly blue, yellow or green (saturation and
+    value above 40: dark blue plates at dusk still count as blue) or dark and unsaturated, and
+    the median brightness (0-1: the background's, which covers most of the plate)."""
+    import cv2
+
+    h, w = plate_bgr.shape[:2]
+    if h < 4 or w < 4:
+        return {"blue": 0.0, "yellow": 0.0, "green": 0.0, "dark": 0.0, "median_value": 0.0}
+    inner = plate_bgr[h // 8 : h - h // 8, w // 16 : w - w // 16]
+    hsv = cv2.cvtColor(inner, cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(np.int32)
+    hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    chroma = (sat > 40) & (val > 40)
+    total = max(hue.size, 1)
+    return {
+        "yellow": float(np.count_nonzero(chroma & (hue >= 11) & (hue < 34))) / total,
+        "green": float(np.count_nonzero(chroma & (hue >= 34) & (hue < 95))) / total,
+        "blue": float(np.count_nonzero(chroma & (hue >= 95) & (hue < 135))) / total,
+        "dark": float(np.count_nonzero(~chroma & (val < 90))) / total,
+        "median_value": float(np.median(val)) / 255.0,
+    }
+
+
+def colour_format_conflict(text: str, plate_bgr: npt.NDArray[np.uint8]) -> str | None:
+    """Why ``text`` cannot be the number of the plate pictured, judging by its colour, or None.
+
+    Only clear colour evidence counts (the estimate of :func:`plate_color` is too loose for
+    refusing a read: dark blue plates at dusk come out ``black``, faded ones ``white``):
+
+    * black: few coloured pixels (< 20 %: a red suffix, warm light), at least a third dark and
+      a dark median (the background; bold black characters on a white plate are not enough)
+      — only 领 / 使 / 港 / 澳 plates;
+    * blue: at least half the plate clearly blue — an ordinary 7-character plate, no suffix;
+    * yellow: at least half clearly yellow — ordinary, 挂, 学, or a large new-energy plate.
+    """
+    fmt = plate_format(text)
+    if fmt is None:
+        return None
+    f = colour_fractions(plate_bgr)
+    strong: str | None = None
+    if (
+        f["blue"] + f["yellow"] + f["green"] < 0.2
+        and f["dark"] >= 0.35
+        and f["median_value"] < 90 / 255
+    ):
+        strong = "black"
+    elif f["blue"] >= 0.5:
+        strong = "blue"
+    elif f["yellow"] >= 0.5:
+        strong = "yellow"
+    if strong is not None and fmt not in _FORMATS_BY_STRONG_COLOUR[strong]:
+        return f"a {strong} plate cannot carry {text!r} (a {fmt.replace('_', '-')} number)"
+    return None

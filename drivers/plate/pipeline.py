@@ -35,6 +35,7 @@ One pipeline for every runtime (:mod:`drivers.plate.runtimes`): the models are c
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import product
@@ -42,7 +43,15 @@ from itertools import product
 import numpy as np
 import numpy.typing as npt
 
-from drivers.plate.chinese import PlateColor, is_valid_plate, plate_color
+from drivers.plate.chinese import (
+    LETTERS,
+    PROVINCES,
+    SUFFIXES,
+    PlateColor,
+    colour_format_conflict,
+    is_valid_plate,
+    plate_color,
+)
 from drivers.plate.runtimes import ModelRunner
 
 F32 = npt.NDArray[np.float32]
@@ -52,6 +61,7 @@ DET_MEAN_BGR = (104.0, 117.0, 123.0)
 DET_MIN_SIZES = ((24, 48), (96, 192), (384, 768))
 DET_STEPS = (8, 16, 32)
 DET_VARIANCES = (0.1, 0.2)
+_SUFFIX_BODY = re.compile(f"[{PROVINCES}][{LETTERS}][{LETTERS}0-9]{{4}}")
 DB_MEAN = (0.485, 0.456, 0.406)
 DB_STD = (0.229, 0.224, 0.225)
 
@@ -111,6 +121,17 @@ def calibrated_confidence(raw_score: float) -> float:
     s = min(max(raw_score, 1e-6), 1 - 1e-6)
     z = CALIBRATION_A * math.log(s / (1 - s)) + CALIBRATION_B
     return 1.0 / (1.0 + math.exp(-z))
+
+
+def confidence_from_chars(char_probs: tuple[float, ...]) -> float:
+    """The string's confidence: the calibrated product of the character probabilities, capped
+    by its least certain character. A character at coin-toss odds (p ≤ 0.5) makes the whole
+    plate worthless however sure the others are: the cap is (p_min − 0.5) / 0.5."""
+    if not char_probs:
+        return 0.0
+    raw = float(np.prod(char_probs))
+    cap = max(0.0, (min(char_probs) - 0.5) / 0.5)
+    return min(calibrated_confidence(raw), cap)
 
 
 def _priors(height: int, width: int) -> F32:
@@ -176,6 +197,8 @@ class PlatePipeline:
         single_row_aspect: float = 3.6,
         warp_margin: float = 0.04,
         tiles: bool = True,
+        check_aspects: tuple[float, ...] = (3.0, 3.2),
+        line_margins: tuple[float, ...] = (0.25, 0.5),
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
@@ -187,6 +210,8 @@ class PlatePipeline:
         self.single_row_aspect = single_row_aspect
         self.warp_margin = warp_margin
         self.tiles = tiles
+        self.check_aspects = check_aspects  # (): no check views
+        self.line_margins = line_margins  # double-row lines: margins (× line height) read
         _, self._det_h, self._det_w, _ = detector.input_shape
         _, self._rec_h, self._rec_w, _ = recognizer.input_shape
         self._priors = _priors(self._det_h, self._det_w)
@@ -356,9 +381,16 @@ class PlatePipeline:
         h, w = line.shape[:2]
         target_w = min(self._rec_w, max(1, math.ceil(self._rec_h * w / max(h, 1))))
         resized = cv2.resize(line, (target_w, self._rec_h), interpolation=cv2.INTER_LINEAR)
-        x = np.zeros((self._rec_h, self._rec_w, 3), dtype=np.float32)
-        x[:, :target_w] = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
-        (logits,) = self.recognizer(x[None])[:1]
+
+        def fill(x: F32) -> None:
+            # (v/255 − 0.5)/0.5 = v/127.5 − 1 written straight into the model input (no
+            # temporary float copies); the padding to the right is 0 (mid-grey).
+            view = x[0, :, :target_w]
+            np.multiply(resized, np.float32(1 / 127.5), out=view, casting="unsafe")
+            np.subtract(view, np.float32(1.0), out=view)
+            x[0, :, target_w:] = 0.0
+
+        (logits,) = self.recognizer.run_filled(fill)[:1]
         self.calls.counts["recognizer"] += 1
         probs = logits.reshape(-1, logits.shape[-1])
         best = probs.argmax(axis=1)
@@ -385,19 +417,99 @@ class PlatePipeline:
             return _unread(self._result(empty, "unknown", False, detection), "plate too small")
         color = plate_color(plate)
         if w >= self.double_row_aspect * h:
-            return self._result(self._read_single(plate, color), color, False, detection)
+            return self._read_single_checked(plate, color, detection)
         return self._read_double(plate, color, detection)
+
+    def _read_single_checked(
+        self, plate: U8, color: PlateColor, detection: Detection | None
+    ) -> PlateResult:
+        """A single-row plate, read in the standard shape and checked in narrower views.
+
+        The standard shape (``single_row_aspect``) gives the reading; the plate is then read
+        again squeezed to each of ``check_aspects`` (by a sixth and a ninth). A character the
+        recogniser really sees survives the change, while a guess (a province character taken
+        for a similar one, a suffix it cannot read turned into a digit) tends to move. When a
+        check view reads a *different possible plate of the same length* (a character
+        substituted), the plate is left unread. A check view that reads an impossible string
+        or a shorter one does not count against it: squeezing merges neighbouring characters
+        and drops small suffix characters, which says nothing about the reading.
+
+        A reading that fails only for want of its suffix character gets a second look at the
+        plate's last character cell (:meth:`_recover_suffix`).
+        """
+        read = self._read_single(plate, color)
+        result = self._result(read, color, False, detection, plate)
+        if not result.valid:
+            recovered = self._recover_suffix(plate, color, detection, read)
+            if recovered is None:
+                return result
+            result = recovered
+        for aspect in self.check_aspects:
+            alt = self._read_single(plate, color, aspect)
+            if (
+                alt.text != result.text
+                and len(alt.text) == len(result.text)
+                and is_valid_plate(alt.text)
+            ):
+                return _unread(result, f"views disagree: {result.text!r} / {alt.text!r}")
+        return result
+
+    def _recover_suffix(
+        self, plate: U8, color: PlateColor, detection: Detection | None, read: LineRead
+    ) -> PlateResult | None:
+        """The plate with its suffix character (挂 学 警 领 港 澳) read from its last cell alone.
+
+        The recogniser, trained mostly on civil plates, drops a red 警 or 领 or reads it as a
+        digit when it sees the whole plate, but often names it when it sees the last character
+        cell on its own. Tried only when the reading is a suffix plate's body (province,
+        letter, four characters) followed by nothing (an impossible 6-character string) or by a
+        character the plate's colour rules out (a black plate read as an ordinary number). The
+        suffix must be the last character of the cell's reading, at probability ≥ 0.6; the
+        result goes through the format and colour checks again, and its confidence includes
+        the suffix's probability.
+        """
+        import cv2
+
+        text = read.text
+        if not (
+            (len(text) == 6 and _SUFFIX_BODY.fullmatch(text))
+            or (len(text) == 7 and is_valid_plate(text) and _SUFFIX_BODY.fullmatch(text[:6]))
+        ):
+            return None
+        h = plate.shape[0]
+        width = max(1, round(self.single_row_aspect * h))
+        shaped = cv2.resize(plate, (width, h), interpolation=cv2.INTER_LINEAR)
+        # the 7th cell: 379.5-424.5 mm of the 440 mm plate, with the warp margin either side
+        start = (self.warp_margin + 379.5 / 440 - 0.02) / (1 + 2 * self.warp_margin)
+        pad = max(1, round(0.15 * h))
+        cell = cv2.copyMakeBorder(
+            shaped[:, round(start * width) :], 0, 0, pad, pad, cv2.BORDER_REPLICATE
+        )
+        probe = self.recognize_line(np.asarray(cell, dtype=np.uint8))
+        if not probe.text or probe.text[-1] not in SUFFIXES or probe.char_probs[-1] < 0.6:
+            return None
+        candidate = LineRead(
+            text[:6] + probe.text[-1], (*read.char_probs[:6], probe.char_probs[-1])
+        )
+        result = self._result(candidate, color, False, detection, plate)
+        return result if result.valid else None
 
     def _read_double(
         self, plate: U8, color: PlateColor, detection: Detection | None
     ) -> PlateResult:
         """A double-row plate: two readings of the two text lines, which must agree.
 
-        (a) each line recognised on its own, texts joined top first; (b) the top line scaled to
-        the bottom line's height and stitched to its left, read as one single-row plate (the
-        recogniser knows the province + letter pair best in single-row context). Valid readings
-        that disagree leave the plate unread: a wrong plate in an enforcement record is worse
-        than none. If the text-line detector does not find two lines, the box may still be a
+        Each line is cut out with a margin that stops halfway to the other line (beyond it, the
+        plate's background colour): a margin that reaches into the other line's glyphs makes the
+        recogniser drop or invent characters. (a) each line recognised on its own, texts joined
+        top first — the top line must hold exactly the province and the letter (2 characters),
+        the bottom line the remaining 5 (GA 36: double-row plates carry 7 characters); (b) the
+        top line scaled to the bottom line's height and stitched to its left, read as one
+        single-row plate, which counts only when it has 7 characters and none of them at
+        coin-toss odds (p ≤ 0.5): a stitched read that doubles or drops a character at the seam
+        is not a different plate. Valid readings that
+        disagree leave the plate unread: a wrong plate in an enforcement record is worse than
+        none. If the text-line detector does not find two lines, the box may still be a
         single-row plate seen at a steep angle, which is tried last.
         """
         import cv2
@@ -405,30 +517,74 @@ class PlatePipeline:
         lines = self.text_lines(plate)
         candidates: list[PlateResult] = []
         if len(lines) == 2:
-            top, bottom = (_crop_line(plate, box) for box in lines)
-            reads = [self.recognize_line(top), self.recognize_line(bottom)]
+            gap = (lines[0][3] + lines[1][1]) // 2
+            limits = ((0, gap), (gap, plate.shape[0]))
+            reads = [
+                self._read_row(plate, box, rows, k)
+                for k, (box, rows) in enumerate(zip(lines, limits, strict=True))
+            ]
             joined = LineRead(
                 "".join(r.text for r in reads), tuple(p for r in reads for p in r.char_probs)
             )
+            top = _crop_line(plate, lines[0], limits[0], self.line_margins[0])
+            bottom = _crop_line(plate, lines[1], limits[1], self.line_margins[0])
             height = bottom.shape[0]
             top_w = max(1, round(top.shape[1] * height / max(top.shape[0], 1)))
             top_scaled = np.asarray(cv2.resize(top, (top_w, height)), dtype=np.uint8)
             stitched = self.recognize_line(np.hstack([top_scaled, bottom]))
-            candidates = [self._result(r, color, True, detection) for r in (joined, stitched)]
+            joined_result = self._result(joined, color, True, detection, plate)
+            if joined_result.valid and (len(reads[0].text), len(reads[1].text)) != (2, 5):
+                joined_result = _unread(
+                    joined_result, f"rows {reads[0].text!r} / {reads[1].text!r} are not 2 + 5"
+                )
+            candidates = [joined_result]
+            if any(r.text == "?" for r in reads):
+                # a row whose two margins disagree is a disagreement, whatever the stitched
+                # reading says
+                return _unread(joined_result, "a row reads differently at its two margins")
+            if len(stitched.text) == 7 and min(stitched.char_probs) > 0.5:
+                candidates.append(self._result(stitched, color, True, detection, plate))
         valid = [c for c in candidates if c.valid]
         texts = {c.text for c in valid}
         if len(texts) == 1:
             return max(valid, key=lambda c: c.raw_score)
         if len(texts) > 1:
             return _unread(valid[0], f"double-row readings disagree: {sorted(texts)}")
-        single = self._result(self._read_single(plate, color), color, False, detection)
+        single = self._read_single_checked(plate, color, detection)
         if single.valid:
             return single
         if candidates:
             return _unread(candidates[0], candidates[0].reason)
         return _unread(single, f"double-row plate: {len(lines)} text lines found")
 
-    def _read_single(self, plate: U8, color: PlateColor) -> LineRead:
+    def _read_row(
+        self, plate: U8, box: tuple[int, int, int, int], rows: tuple[int, int], index: int
+    ) -> LineRead:
+        """One row of a double-row plate, read with each margin of ``line_margins``.
+
+        Readings of the same length must agree (a substituted character: the row reads as
+        ``"?"``, which no plate format accepts, and the plate is left unread); each character's
+        probability is then the mean over them. As with the check views of single-row plates, a
+        reading of another length (a character doubled or dropped at a wide margin) is not
+        counted: the readings at the first margin's length are used. The bottom row never
+        holds a province character: a leading one is the recogniser's habit of starting a
+        plate with one (it was trained on whole plates) and is dropped.
+        """
+        reads: list[LineRead] = []
+        for margin in self.line_margins:
+            read = self.recognize_line(_crop_line(plate, box, rows, margin))
+            if index == 1 and read.text[:1] in PROVINCES:
+                read = LineRead(read.text[1:], read.char_probs[1:])
+            reads.append(read)
+        same = [r for r in reads if len(r.text) == len(reads[0].text)]
+        if len({r.text for r in same}) != 1:
+            return LineRead("?", ())
+        return LineRead(
+            same[0].text,
+            tuple(float(np.mean(c)) for c in zip(*(r.char_probs for r in same), strict=True)),
+        )
+
+    def _read_single(self, plate: U8, color: PlateColor, aspect: float | None = None) -> LineRead:
         """A single-row plate, first brought to the standard plate shape.
 
         Plates are 440×140 mm (480×140 for the green new-energy plates), so every single-row
@@ -439,7 +595,7 @@ class PlatePipeline:
         import cv2
 
         h = plate.shape[0]
-        aspect = self.single_row_aspect * (480 / 440 if color == "green" else 1.0)
+        aspect = (aspect or self.single_row_aspect) * (480 / 440 if color == "green" else 1.0)
         width = max(1, round(aspect * h))
         resized = np.asarray(
             cv2.resize(plate, (width, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
@@ -447,19 +603,31 @@ class PlatePipeline:
         return self.recognize_line(resized)
 
     def _result(
-        self, read: LineRead, color: PlateColor, double: bool, detection: Detection | None
+        self,
+        read: LineRead,
+        color: PlateColor,
+        double: bool,
+        detection: Detection | None,
+        plate: U8 | None = None,
     ) -> PlateResult:
+        """The checks every reading goes through: the format, the plate's colour against the
+        format (``plate`` given), the confidence capped by the least certain character."""
         raw = float(np.prod(read.char_probs)) if read.char_probs else 0.0
         valid = is_valid_plate(read.text)
+        reason = "" if valid else f"{read.text!r} is not a possible plate"
+        if valid and plate is not None:
+            conflict = colour_format_conflict(read.text, plate)
+            if conflict:
+                valid, reason = False, conflict
         return PlateResult(
             text=read.text,
             color=color,
-            confidence=calibrated_confidence(raw) if valid else 0.0,
+            confidence=confidence_from_chars(read.char_probs) if valid else 0.0,
             valid=valid,
             double_row=double,
             detection=detection,
             raw_score=raw,
-            reason="" if valid else f"{read.text!r} is not a possible plate",
+            reason=reason,
         )
 
     def read_image(self, image: U8) -> list[PlateResult]:
@@ -506,15 +674,32 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     return inter / union if union > 0 else 0.0
 
 
-def _crop_line(plate: U8, box: tuple[int, int, int, int]) -> U8:
-    """A text line with a margin of a third of its height: the recogniser was trained on
-    lines with some background around them, and the DB box hugs the glyphs."""
+def _crop_line(
+    plate: U8,
+    box: tuple[int, int, int, int],
+    rows: tuple[int, int] | None = None,
+    margin: float = 1 / 3,
+) -> U8:
+    """A text line with a margin (by default a third of its height): the recogniser was trained
+    on lines with some background around them, and the DB box hugs the glyphs. ``rows`` limits
+    the margin (halfway to the other line of a double-row plate); the margin beyond that limit
+    is filled with the plate's median colour instead of the other line's glyphs."""
     x0, y0, x1, y1 = box
-    m = max(1, round((y1 - y0) / 3))
+    m = max(1, round((y1 - y0) * margin))
     h, w = plate.shape[:2]
-    return np.ascontiguousarray(
-        plate[max(0, y0 - m) : min(h, y1 + m), max(0, x0 - m) : min(w, x1 + m)]
-    )
+    if rows is not None:  # the margin is kept whole, filled where it leaves the limits
+        top, bottom = y0 - m, y1 + m
+    else:
+        top, bottom = max(0, y0 - m), min(h, y1 + m)
+    left, right = max(0, x0 - m), min(w, x1 + m)
+    if rows is None:
+        return np.ascontiguousarray(plate[top:bottom, left:right])
+    lo, hi = max(top, rows[0], 0), min(bottom, rows[1], h)
+    out = np.empty((bottom - top, right - left, 3), dtype=np.uint8)
+    out[:] = np.median(plate.reshape(-1, 3), axis=0).astype(np.uint8)
+    if hi > lo:
+        out[lo - top : hi - top] = plate[lo:hi, left:right]
+    return out
 
 
 def _unread(result: PlateResult, reason: str) -> PlateResult:

@@ -110,7 +110,11 @@ class TfliteRunner:
     def __call__(self, x: F32) -> list[F32]:
         self._interpreter.set_tensor(self._input_index, x)
         self._interpreter.invoke()
-        return [np.array(self._interpreter.get_tensor(i)) for i in self._output_indices]
+        return self._outputs()
+
+    def _outputs(self) -> list[F32]:
+        # get_tensor already returns a copy (both LiteRT and tflite-runtime): no second one
+        return [np.asarray(self._interpreter.get_tensor(i)) for i in self._output_indices]
 
     def run_filled(self, fill: Callable[[F32], None]) -> list[F32]:
         # The interpreter's own input memory: the interpreter refuses to run while a numpy view
@@ -119,7 +123,7 @@ class TfliteRunner:
         fill(view)
         del view
         self._interpreter.invoke()
-        return [np.array(self._interpreter.get_tensor(i)) for i in self._output_indices]
+        return self._outputs()
 
 
 class OnnxRunner:
