@@ -110,7 +110,7 @@ class Station:
         self._recent: list[dict[str, Any]] = []
         self.db: Database | None = None
         self.store: EvidenceStore | None = None
-        self.uplink: Any = None
+        self.uplink: Uplink | None = None
         self.exit_code = 0
 
     # -- lifecycle --------------------------------------------------------------------------
