@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from agent.commands._common import add_location_args, data_dir_of, open_readonly
@@ -21,6 +22,25 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_location_args(p)
     p.set_defaults(func=run)
     return p
+
+
+def service_state(unit: str = "roadside-agent.service") -> str | None:
+    """``systemctl is-active`` of the unit (``None`` where systemd is not running)."""
+    import subprocess
+
+    if not shutil.which("systemctl") or not Path("/run/systemd/system").is_dir():
+        return None
+    try:
+        out = subprocess.run(
+            ["systemctl", "is-active", unit],
+            capture_output=True,
+            text=True,
+            timeout=3,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
 
 
 def collect(data_dir: Any) -> dict[str, Any]:
@@ -49,6 +69,7 @@ def collect(data_dir: Any) -> dict[str, Any]:
     ]
     disk = shutil.disk_usage(data_dir)
     return {
+        "service": service_state(),
         "data_dir": str(data_dir),
         "daemon": daemon,
         "queue": {"pending": q["pending"], "oldest_pending": q["oldest"]},
