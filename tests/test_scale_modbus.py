@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.scale import SCALES, DetectorEdge, ScaleError, WeightSample
+from drivers.scale import SCALES, DetectorEdge, Scale, ScaleError, WeightSample
 from drivers.scale.modbus import ModbusRtuConfig, ModbusRtuScale, ModbusTcpConfig, ModbusTcpScale
 from drivers.scale.modbus_sim import ModbusDeviceSimulator, constant
 from drivers.scale.registermap import ValueSpec, available_maps, load_map
@@ -41,6 +41,19 @@ def next_sample(scale: ModbusTcpScale | ModbusRtuScale, timeout_s: float = 3.0) 
         if isinstance(m, WeightSample):
             return m
     raise AssertionError("no weight sample")
+
+
+def first_sample_within(scale: Scale, seconds: float) -> WeightSample | None:
+    """The first weight the scale delivers within ``seconds``, riding out its reconnect."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            m = scale.recv(0.5)
+        except ScaleError:
+            continue
+        if isinstance(m, WeightSample):
+            return m
+    return None
 
 
 def test_registry_names_are_fixed() -> None:
@@ -170,16 +183,7 @@ def test_server_gone_then_back(tmp_path: Path) -> None:
                 scale.recv(1.0)
         sim2 = ModbusDeviceSimulator("generic", constant(7000.0), port=port).start()
         try:
-            t0 = time.monotonic()
-            got = None
-            while time.monotonic() - t0 < 5:
-                try:
-                    m = scale.recv(0.5)
-                except ScaleError:
-                    continue
-                if isinstance(m, WeightSample):
-                    got = m
-                    break
+            got = first_sample_within(scale, 5.0)
             assert got is not None and got.gross_kg == 7000.0
         finally:
             sim2.stop()
@@ -251,16 +255,7 @@ def test_rtu_over_pty_and_replug(tmp_path: Path) -> None:
         sim = ModbusDeviceSimulator(
             "tuna_id551", constant(18300.0), serial_port=str(peer), baudrate=19200
         ).start()
-        back = time.monotonic()
-        got = None
-        while time.monotonic() - back < 5:
-            try:
-                m = scale.recv(0.5)
-            except ScaleError:
-                continue
-            if isinstance(m, WeightSample):
-                got = m
-                break
+        got = first_sample_within(scale, 5.0)
         assert got is not None, "reconnected within 5 s of the port returning"
         assert got.gross_kg == pytest.approx(18300.0)
     finally:
