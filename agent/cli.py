@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
+from agent.commands._common import EX_FAILED, EX_INTERRUPTED, EX_OK, EX_USAGE, EXIT_CODES_HELP
 
 # Order shown in --help: daemon, configuration, inspection, legal, devices, evidence, support.
 COMMANDS = [
@@ -29,19 +30,19 @@ COMMANDS = [
     "diag",
 ]
 
-EX_USAGE = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roadside-agent",
         description="Edge daemon of a roadside truck weigh-and-camera station.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"roadside-agent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"agent.commands.{name}")
-        module.add_parser(sub)
+        sub_parser = module.add_parser(sub)
+        sub_parser.epilog = sub_parser.epilog or EXIT_CODES_HELP
     return parser
 
 
@@ -53,8 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     try:
         code: int = args.func(args)
+    except SystemExit as done:  # a command's helper exited with a code of the table
+        if isinstance(done.code, int):
+            return done.code
+        if done.code is not None:
+            print(done.code, file=sys.stderr)
+        return EX_OK if done.code is None else EX_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EX_OK
     return code

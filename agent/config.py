@@ -23,18 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.assemble import AssembleConfig
-from agent.evidence import EvidenceConfig
 from agent.legal import LegalConfig
-from agent.uplink import UplinkConfig
-from agent.weighing import WeighingConfig
+from agent.pipeline.assemble import AssembleConfig
+from agent.pipeline.weighing import WeighingConfig
+from agent.store.evidence import EvidenceConfig
+from agent.uplink.delivery import UplinkConfig
 from drivers.camera import CAMERAS, CameraConfig
 from drivers.paths import ConfigPath
 from drivers.plate import PLATE_READERS, PlateReaderConfig
 from drivers.registry import BackendError, Registry
 from drivers.scale import SCALES, ScaleConfig
 
-EX_CONFIG = 78
 DEFAULT_DATA_DIR = "/var/lib/roadside-agent"
 STATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

@@ -53,11 +53,11 @@ def _backends(title: str, registry: Registry[Any], skip: tuple[str, ...] = ()) -
 
 
 def render() -> str:
-    from agent.assemble import AssembleConfig
     from agent.config import LaneSection, StationConfigFile, StationSection
-    from agent.evidence import EvidenceConfig
     from agent.legal import LegalConfig
-    from agent.uplink import UplinkConfig
+    from agent.pipeline.assemble import AssembleConfig
+    from agent.store.evidence import EvidenceConfig
+    from agent.uplink.delivery import UplinkConfig
     from drivers.camera import CAMERAS
     from drivers.plate import PLATE_READERS
     from drivers.scale import SCALES

@@ -4,10 +4,10 @@ Frozen dataclasses only: no I/O, no threads, no clock reads. Times are timezone-
 ``datetime`` values passed in by the caller. Masses are integer kilograms, lengths integer
 millimetres, speeds km/h.
 
-Flow: a scale driver yields measurements, ``agent.weighing`` turns them into a
+Flow: a scale driver yields measurements, ``agent.pipeline.weighing`` turns them into a
 :class:`VehicleWeighing`; camera frames and :class:`PlateRead` s are matched to it by lane and
-time (``agent.assemble``) into a :class:`VehicleEvent`; ``agent.legal`` gives its
-:class:`Verdict`; ``agent.evidence`` stores the signed record.
+time (``agent.pipeline.assemble``) into a :class:`VehicleEvent`; ``agent.legal`` gives its
+:class:`Verdict`; ``agent.store.evidence`` stores the signed record.
 """
 
 from __future__ import annotations
@@ -16,6 +16,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+# A camera picture and a plate read are what the drivers hand to the pipeline: they are
+# defined beside their drivers (nothing under drivers/ imports agent/) and named here for
+# the stages.
+from drivers.camera.base import Frame
+from drivers.plate.base import PlateRead
+
+__all__ = [
+    "Frame",
+    "PlateRead",
+    "VehicleClass",
+    "VehicleEvent",
+    "VehicleWeighing",
+    "Verdict",
+    "VerdictStatus",
+    "WeighingFlag",
+]
 
 
 class VehicleClass(StrEnum):
@@ -70,40 +87,6 @@ class VehicleWeighing:
     @property
     def axle_count(self) -> int:
         return len(self.axle_loads_kg)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One camera picture, kept as the JPEG bytes that become evidence.
-
-    ``source`` names where a replayed picture came from (a file path); live cameras leave it
-    ``None``. ``pixels`` is the decoded picture (a BGR ``uint8`` array, height × width × 3) when
-    the camera already has it, so the plate reader need not decode the JPEG again; it is not
-    part of the evidence and not compared.
-    """
-
-    camera_id: str
-    role: str  # front | rear | side | overview
-    lane: int
-    captured_at: datetime
-    jpeg: bytes
-    source: str | None = None
-    pixels: Any = field(default=None, compare=False, hash=False, repr=False)
-
-
-@dataclass(frozen=True)
-class PlateRead:
-    """A licence plate read from one frame (or voted over several)."""
-
-    text: str
-    color: str  # blue | yellow | green | white | black | unknown
-    confidence: float  # 0..1
-    position: str = "front"  # front | rear
-    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the frame, pixels
-    lane: int = 0
-    read_at: datetime | None = None
-    camera_id: str = ""
-    double_row: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """The legal software id: one SHA-256 over the legally relevant modules (WELMEC 7.2 "S1").
 
-The legally relevant part of the station is what decides a measurement or a verdict and what
-seals the evidence: the domain types, the legal check and its tables, the weighing stages, the
-evidence store and its integrity code. A change to any of them changes the id, which goes into
-every record, every heartbeat and (as a change of ``software.legal_id``) the audit log.
+The legally relevant part of the station is what decides a measurement, a plate or a verdict and
+what seals the evidence (:data:`LEGALLY_RELEVANT`). A change to any of it changes the id, which
+goes into every record, every heartbeat and (as a change of ``software.legal_id``) the audit log.
 
 ``id = SHA-256 over, for each file in sorted relative-path order:
 relative path (UTF-8) ‖ NUL ‖ SHA-256 of the file's bytes (hex) ‖ LF``. Files that do not exist
@@ -18,15 +17,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Patterns relative to the source root; directories count with every file below them.
+#: The legally relevant code and tables, relative to the source root; a directory counts with
+#: every file below it. This list is the one place that says what the legal id covers (and
+#: docs/evidence.md explains it): what turns device bytes into a weight (the scale decoders and
+#: register maps), a weight into a vehicle (the weighing stage), a vehicle and its plates into
+#: an event (assemble and the plate vote), an event into a verdict (legal/ and its rule tables),
+#: and a verdict into a sealed record (the record builder and the integrity code). Transport,
+#: storage mechanics, the uplink and the CLI are not legally relevant: changing them does not
+#: change the id.
 LEGALLY_RELEVANT = (
     "agent/domain.py",
-    "agent/legal*.py",
+    "agent/legalid.py",
     "agent/legal",
-    "agent/weighing.py",
-    "agent/evidence.py",
-    "agent/integrity.py",
+    "agent/pipeline/weighing.py",
+    "agent/pipeline/assemble.py",
+    "agent/pipeline/voting.py",
+    "agent/store/record.py",
+    "agent/store/integrity.py",
+    "drivers/camera/base.py",
+    "drivers/plate/base.py",
+    "drivers/scale/base.py",
+    "drivers/scale/registermap.py",
+    "drivers/scale/modbus.py",
+    "drivers/scale/stream.py",
+    "drivers/scale/xk3190.py",
+    "drivers/scale/toledo.py",
+    "drivers/scale/wim_modbus.py",
+    "drivers/scale/wim_lines.py",
     "firmware_config/legal",
+    "firmware_config/registermaps",
 )
 
 

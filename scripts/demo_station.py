@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from platform_sim import PlatformSim  # noqa: E402
+
 from agent.commands.verify import verify_data_dir  # noqa: E402
 from agent.config import parse_config  # noqa: E402
-from agent.platform_sim import PlatformSim  # noqa: E402
-from agent.station import Station  # noqa: E402
+from agent.station.supervisor import Station  # noqa: E402
 from drivers import traffic  # noqa: E402
 
 DEMO_CONFIG = ROOT / "firmware_config" / "examples" / "demo.toml"

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from platform_sim import PlatformSim
 
-from agent import integrity
-from agent.db import Database
 from agent.domain import (
     Frame,
     PlateRead,
@@ -30,9 +29,11 @@ from agent.domain import (
     Verdict,
     VerdictStatus,
 )
-from agent.evidence import EvidenceStore, RecordContext, StoredRecord
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink, UplinkConfig
+from agent.store import integrity
+from agent.store.alarms import raise_alarm
+from agent.store.db import Database
+from agent.store.evidence import EvidenceStore, RecordContext, StoredRecord
+from agent.uplink.delivery import Uplink, UplinkConfig
 from drivers.clock import Clock, SystemClock
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -208,6 +209,18 @@ class StationData:
     data_dir: Path
     station_id: str = STATION_ID
     committed: list[StoredRecord] = field(default_factory=list)
+
+    def alarm(self, kind: str, message: str, details: dict[str, Any] | None = None) -> str:
+        """Raise an alarm the way the daemon does (:func:`agent.store.alarms.raise_alarm`)."""
+        with self.db.write() as conn:
+            return raise_alarm(
+                conn,
+                station_id=self.station_id,
+                kind=kind,
+                at=self.clock.now(),
+                message=message,
+                details=details,
+            )
 
     def commit(
         self,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.db import Database
 from agent.domain import (
     Frame,
     PlateRead,
@@ -29,7 +28,8 @@ from agent.domain import (
     Verdict,
     VerdictStatus,
 )
-from agent.evidence import EvidenceConfig, EvidenceStore, RecordContext, load_signer
+from agent.store.db import Database
+from agent.store.evidence import EvidenceConfig, EvidenceStore, RecordContext, load_signer
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 26, 10, 30, 15, 120000, tzinfo=CST)

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.assemble import (
+from agent.domain import Frame, PlateRead, VehicleWeighing
+from agent.pipeline.assemble import (
     AMBIGUOUS_PLATE,
     NO_IMAGE,
     NO_PLATE,
@@ -14,7 +15,6 @@ from agent.assemble import (
     AssembleConfig,
     Assembler,
 )
-from agent.domain import Frame, PlateRead, VehicleWeighing
 
 T0 = datetime(2026, 11, 26, 10, 30, 0, tzinfo=timezone(timedelta(hours=8)))
 CONFIG = AssembleConfig(window_before_s=3, window_after_s=3, settle_s=5, ambiguity_margin_s=0.5)

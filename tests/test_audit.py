@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from agent.audit import AuditLog, flatten
+from agent.store.audit import AuditLog, flatten
 from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 PARAMS = {

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.assemble import AssembleConfig, Assembler
 from agent.domain import VehicleWeighing
+from agent.pipeline.assemble import AssembleConfig, Assembler
 from drivers.camera import CAMERAS, CameraError
 from drivers.camera.live import describe_source
 from drivers.camera.opencv import OpenCvCamera, OpenCvCameraConfig
@@ -189,8 +189,8 @@ def test_camera_frames_become_a_weighing_with_plate_and_photos(tmp_path: Path) -
 
 
 def test_missing_camera_and_missing_model_degrade_to_flagged_records(tmp_path: Path) -> None:
-    from agent.assemble import NO_IMAGE, NO_PLATE
-    from drivers.camera.trigger import capture_and_read
+    from agent.pipeline.assemble import NO_IMAGE, NO_PLATE
+    from agent.pipeline.capture import capture_and_read
     from drivers.plate import PlateReaderConfig
     from drivers.plate.model import open_plate_reader
 

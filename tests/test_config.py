@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import EX_CONFIG, ConfigError, load_config, locate, parse_config
+from agent.commands._common import EX_CONFIG
+from agent.config import ConfigError, load_config, locate, parse_config
 
 from .conftest import DEMO_CONFIG, REPO
 

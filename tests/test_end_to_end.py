@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from platform_sim import PlatformSim
 
 from agent.config import StationConfig, parse_config
-from agent.platform_sim import PlatformSim
-from agent.station import Station
-from agent.uplink import UplinkConfig
+from agent.station.supervisor import Station
+from agent.uplink.delivery import UplinkConfig
 from drivers import traffic
 
 from .conftest import DEMO_CONFIG, Mosquitto, complete_count, uplink_config, wait_until

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evidence import EvidenceError, EvidenceStore
+from agent.store.evidence import EvidenceError, EvidenceStore
 from tests.crash_writer import CTX, make_event, make_verdict, open_store
 
 
@@ -72,7 +72,7 @@ def test_unsynchronised_clock_is_in_the_record(tmp_path: Path) -> None:
 
 
 def test_readonly_verify_connection_cannot_write(tmp_path: Path) -> None:
-    from agent.evidence import open_readonly
+    from agent.store.readonly import open_readonly
 
     open_store(tmp_path)
     conn = open_readonly(tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import integrity
+from agent.store import integrity
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import integrity
-from agent.evidence import EvidenceConfig, load_signer, signing_key_path
+from agent.store import integrity
+from agent.store.evidence import EvidenceConfig, load_signer, signing_key_path
 from tests.crash_writer import CTX, make_event, make_verdict, open_store
 from tests.crash_writer import cli as main
 
@@ -76,7 +76,7 @@ def test_keygen_writes_0600_key_and_prints_public_key(tmp_path: Path, capsys) ->
 def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path, capsys) -> None:
     assert main(["keygen", "--data-dir", str(tmp_path)]) == 0
     before = (tmp_path / "keys" / "station.key").read_bytes()
-    assert main(["keygen", "--data-dir", str(tmp_path)]) == 73
+    assert main(["keygen", "--data-dir", str(tmp_path)]) == 1
     assert "--force" in capsys.readouterr().err
     assert (tmp_path / "keys" / "station.key").read_bytes() == before
     assert main(["keygen", "--data-dir", str(tmp_path), "--force"]) == 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import legalid, timesync
+from agent import legalid
+from agent.station import timesync
 from tests.crash_writer import T0
 
 
@@ -43,31 +44,48 @@ def test_outbox_alarm_is_queued(tmp_path: Path) -> None:
     from tests.crash_writer import open_store
 
     db, _store = open_store(tmp_path)
-    mon = timesync.ClockMonitor(timesync.FakeClockSync(False), alarm=timesync.outbox_alarm(db))
+    mon = timesync.ClockMonitor(
+        timesync.FakeClockSync(False), alarm=timesync.outbox_alarm(db, "JS-ZJ-0001")
+    )
     mon.poll(T0)
     rows = db.read().execute("SELECT kind, priority, payload FROM outbox").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("alarm", 0)]
-    assert '"alarm":"clock_unsynchronized"' in rows[0][2]
+    assert '"kind":"clock_unsynchronized"' in rows[0][2]
 
 
 def test_legal_id_changes_with_a_legally_relevant_file(tmp_path: Path) -> None:
-    (tmp_path / "agent").mkdir()
-    (tmp_path / "agent" / "legal.py").write_text("LIMIT = 49000\n")
-    (tmp_path / "agent" / "uplink.py").write_text("x = 1\n")
+    (tmp_path / "agent" / "legal").mkdir(parents=True)
+    (tmp_path / "agent" / "uplink").mkdir()
+    (tmp_path / "agent" / "legal" / "engine.py").write_text("LIMIT = 49000\n")
+    (tmp_path / "agent" / "uplink" / "delivery.py").write_text("x = 1\n")
     (tmp_path / "firmware_config" / "legal").mkdir(parents=True)
     (tmp_path / "firmware_config" / "legal" / "limits.toml").write_text("a = 1\n")
     first = legalid.compute_legal_id(tmp_path)
-    (tmp_path / "agent" / "uplink.py").write_text("x = 2\n")
+    (tmp_path / "agent" / "uplink" / "delivery.py").write_text("x = 2\n")
     assert legalid.compute_legal_id(tmp_path) == first  # not legally relevant
     (tmp_path / "firmware_config" / "legal" / "limits.toml").write_text("a = 2\n")
     assert legalid.compute_legal_id(tmp_path) != first
     assert [r for r, _ in legalid.manifest(tmp_path)] == [
-        "agent/legal.py",
+        "agent/legal/engine.py",
         "firmware_config/legal/limits.toml",
     ]
 
 
-def test_legal_id_of_this_build_covers_the_evidence_code() -> None:
-    files = [r for r, _ in legalid.manifest()]
-    assert "agent/evidence.py" in files and "agent/integrity.py" in files
+def test_legal_id_of_this_build_covers_exactly_the_legally_relevant_code() -> None:
+    files = set(r for r, _ in legalid.manifest())
+    # what decides a weight, a plate, a verdict, and what seals the record
+    for must in (
+        "agent/legal/engine.py",
+        "agent/pipeline/weighing.py",
+        "agent/pipeline/assemble.py",
+        "agent/store/integrity.py",
+        "drivers/scale/xk3190.py",
+        "firmware_config/legal/limits.toml",
+    ):
+        assert must in files
+    # transport, storage mechanics, the uplink and the CLI are not
+    assert not any(
+        f.startswith(("agent/commands/", "agent/uplink/", "agent/station/")) for f in files
+    )
+    assert "agent/store/evidence.py" not in files
     assert len(legalid.legal_software_id()) == 64

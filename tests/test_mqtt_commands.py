@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from platform_sim import PlatformSim
 
-from agent.commands_mqtt import (
+from agent.uplink.commands import (
     MAX_COMMAND_BYTES,
     CommandError,
     parse_command,
     set_config,
     set_config_handler,
 )
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink, UplinkConfig, probe_broker
+from agent.uplink.delivery import Uplink, UplinkConfig, probe_broker
 from tests.conftest import (
     Mosquitto,
     StationData,

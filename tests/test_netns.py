@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from platform_sim import PlatformSim
 
 from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink
+from agent.uplink.delivery import Uplink
 from tests.conftest import (
     Mosquitto,
     StationData,

@@ -12,7 +12,7 @@ import pytest
 
 from agent.domain import VehicleClass, VerdictStatus
 from agent.legal import VehicleFacts, judge, load_rules
-from agent.permits import PermitBook, PermitListError, PermitStoreError
+from agent.store.permits import PermitBook, PermitListError, PermitStoreError
 
 CST = timezone(timedelta(hours=8))
 AT = datetime(2026, 11, 26, 10, 0, tzinfo=CST)

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.domain import Frame, PlateRead
+from agent.pipeline.voting import vote, vote_by_position
 from drivers.plate import PLATE_READERS, PlateReaderError
 from drivers.plate.bundle import (
     SHARED_BUNDLE,
@@ -31,7 +32,6 @@ from drivers.plate.bundle import (
 from drivers.plate.chinese import LETTERS, PROVINCES, is_valid_plate, plate_format
 from drivers.plate.model import ModelPlateReader
 from drivers.plate.runtimes import tflite_runtime_available
-from drivers.plate.voting import vote, vote_by_position
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "plates"
 T0 = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)

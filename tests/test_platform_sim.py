@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
+from platform_sim import PlatformSim, check_record, load_schema, validate
 
 from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim, check_record, load_schema, validate
-from agent.uplink import canonical_json, make_client, mqtt_properties
+from agent.uplink.delivery import canonical_json, make_client, mqtt_properties
 from tests.conftest import Mosquitto, StationData, uplink_config, wait_until
 
 MakeSim = Callable[..., PlatformSim]

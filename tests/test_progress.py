@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from agent.progress import Progress, track
+from agent.commands.progress import Progress, track
 
 
 class Clock:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.progress import Progress
+from agent.commands.progress import Progress
 
 from .conftest import REPO, make_station
 
@@ -79,7 +79,7 @@ def test_verify_shows_records_checked_of_total_on_a_terminal(data_dir: Path) -> 
 
 
 def test_export_progress_only_on_a_terminal(data_dir: Path, tmp_path: Path) -> None:
-    from agent.db import Database
+    from agent.store.db import Database
 
     db = Database(data_dir / "station.db")
     try:
@@ -101,7 +101,8 @@ def test_no_progress_line_before_an_error(tmp_path: Path) -> None:
     code, _, shown = run_cli(["verify", "--data-dir", str(tmp_path)], stderr_tty=True)
     assert code == 66
     assert shown.replace("\r\n", "\n") == (
-        f"roadside-agent verify: no station database at {tmp_path / 'station.db'}\n"
+        f"roadside-agent verify: no station database at {tmp_path / 'station.db'}"
+        " (has the station run yet?)\n"
     )
 
 

@@ -3,6 +3,7 @@ a full disk that refuses images before records, and recovery when space returns.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -12,16 +13,17 @@ from pathlib import Path
 import pytest
 
 from agent.commands.verify import verify_data_dir
-from agent.db import Database
 from agent.domain import VerdictStatus
-from agent.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
-from agent.retention import MB, DiskUsage, Retention
+from agent.store.db import Database
+from agent.store.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
+from agent.store.retention import MB, DiskUsage, Retention
 from drivers.clock import ManualClock
 from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 IMG = 300_000
 OVER = VerdictStatus.OVERLOADED
 OK = VerdictStatus.WITHIN_LIMIT
+STATION = CTX.station_id
 
 
 def du(path: Path) -> int:
@@ -55,8 +57,8 @@ def commit(store: EvidenceStore, n: int, status: VerdictStatus, days_ago: float 
 
 
 def alarms(db: Database) -> list[str]:
-    rows = db.read().execute("SELECT ref FROM outbox WHERE kind = 'alarm' ORDER BY id")
-    return [r[0].rsplit("-", 1)[0] for r in rows]
+    rows = db.read().execute("SELECT payload FROM outbox WHERE kind = 'alarm' ORDER BY id")
+    return [json.loads(r[0])["kind"] for r in rows]
 
 
 @pytest.fixture
@@ -75,7 +77,9 @@ def test_evicts_by_class_and_never_unsynced_violations(station) -> None:
     v_unsynced_old = commit(store, 6, OVER, 500)
     ack(db, p1, p2, v_recent, v_old)
     config = EvidenceConfig(disk_budget_mb=1, min_free_mb=0, reserve_free_mb=0)
-    retention = Retention(db, store, config, ManualClock(T0), disk_usage=FakeDisk(10**12))
+    retention = Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**12)
+    )
 
     report = retention.check()
 
@@ -101,7 +105,9 @@ def test_evicts_only_as_much_as_needed_oldest_first(station) -> None:
     ack(db, *ids)
     disk = FakeDisk(du(data_dir) + 2 * MB - 300_000)  # 300 KB short of the 2 MB watermark
     config = EvidenceConfig(min_free_mb=2, reserve_free_mb=0)
-    report = Retention(db, store, config, ManualClock(T0), disk_usage=disk).check()
+    report = Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=disk
+    ).check()
     assert report.by_class == {"passage_images": 2}  # the oldest record's two photos suffice
     assert [p is None for _, _, p in store.image_files(ids[0])] == [True, True]
     assert [p is None for _, _, p in store.image_files(ids[1])] == [False, False]
@@ -113,7 +119,9 @@ def test_seq_and_chain_continue_after_the_last_record_is_pruned(station) -> None
     last = commit(store, 1, OK)
     ack(db, last)
     config = EvidenceConfig(disk_budget_mb=0, min_free_mb=10**6, reserve_free_mb=0)
-    Retention(db, store, config, ManualClock(T0), disk_usage=FakeDisk(10**9)).check()
+    Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**9)
+    ).check()
     assert db.read().execute("SELECT count(*) FROM records").fetchone()[0] == 0
     nxt = store.commit(make_event(2), make_verdict(), CTX)
     assert nxt.seq == 2
@@ -128,7 +136,9 @@ def test_crash_between_eviction_commit_and_unlink_is_cleaned_at_start(station, m
     ack(db, *ids)
     monkeypatch.setattr(Retention, "_unlink", lambda self, paths: None)  # "crash" before unlink
     config = EvidenceConfig(disk_budget_mb=1, min_free_mb=0, reserve_free_mb=0)
-    Retention(db, store, config, ManualClock(T0), disk_usage=FakeDisk(10**12)).check()
+    Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**12)
+    ).check()
     assert verify_data_dir(data_dir)["ok"]
     assert store.recover() == 2  # the evicted photos nobody deleted
     assert verify_data_dir(data_dir)["ok"]
@@ -139,7 +149,9 @@ def test_tampered_tombstone_is_named(station) -> None:
     ids = [commit(store, n, OK) for n in range(3)]
     ack(db, ids[0])
     config = EvidenceConfig(disk_budget_mb=1, min_free_mb=0, reserve_free_mb=0)
-    Retention(db, store, config, ManualClock(T0), disk_usage=FakeDisk(10**12)).check()
+    Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**12)
+    ).check()
     with db.write() as conn:
         conn.execute("UPDATE records_pruned SET hash = ? WHERE event_id = ?", ("1" * 64, ids[0]))
     result = verify_data_dir(data_dir)
@@ -151,7 +163,7 @@ def test_full_disk_refuses_images_not_records_and_recovers(station) -> None:
     disk = FakeDisk(du(data_dir) + 100 * 1024)  # 100 KB left
     config = EvidenceConfig(min_free_mb=1, reserve_free_mb=1)
     clock = ManualClock(T0)
-    retention = Retention(db, store, config, clock, disk_usage=disk)
+    retention = Retention(db, store, config, clock, station_id=STATION, disk_usage=disk)
     assert retention.check().images_allowed is False
     refused = store.commit(make_event(1, image_bytes=IMG), make_verdict(), CTX).record
     assert refused["images"] == [] and refused["storage_flags"] == [IMAGES_REFUSED]
@@ -165,7 +177,7 @@ def test_full_disk_refuses_images_not_records_and_recovers(station) -> None:
 
 def test_enospc_while_writing_images_still_stores_the_record(station, monkeypatch) -> None:
     data_dir, _db, store = station
-    import agent.evidence as ev
+    import agent.store.evidence as ev
 
     def full(files: list) -> None:
         raise OSError(28, "No space left on device")
@@ -202,7 +214,7 @@ def test_station_keeps_running_on_a_small_real_filesystem(tmpfs: Path) -> None:
     db, store = open_store(tmpfs)
     config = EvidenceConfig(min_free_mb=2, reserve_free_mb=1)
     clock = ManualClock(T0)
-    retention = Retention(db, store, config, clock)
+    retention = Retention(db, store, config, clock, station_id=STATION)
     violations = []
     for n in range(40):
         status = OVER if n % 2 else OK
@@ -217,7 +229,7 @@ def test_station_keeps_running_on_a_small_real_filesystem(tmpfs: Path) -> None:
         .execute("SELECT count(*) FROM records WHERE record_json LIKE '%images_refused%'")
         .fetchone()[0]
     )
-    assert refused > 0 and store.images_allowed is False
+    assert refused > 0  # the disk ran below its reserve: records kept, their images refused
     live = db.read().execute("SELECT event_id FROM records").fetchall()
     assert set(violations) <= {r[0] for r in live}  # no violation was evicted
     # the platform catches up and a year passes: violations become evictable, images return

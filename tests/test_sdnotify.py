@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import (
+from agent.station.sdnotify import (
     Notifier,
     Watchdog,
     stale_stages,
@@ -130,7 +130,7 @@ def test_a_vanished_socket_is_logged_once_and_never_raises(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = Notifier(receiver.address + ".gone")
-    with caplog.at_level(logging.DEBUG, logger="agent.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="agent.station.sdnotify"):
         assert not n.ready()
         assert not n.watchdog()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

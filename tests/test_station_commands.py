@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from platform_sim import PlatformSim
 
 from agent.config import load_config
-from agent.platform_sim import PlatformSim
-from agent.station import Station
+from agent.station.supervisor import Station
 from drivers import traffic
 
 from .conftest import DEMO_CONFIG, Mosquitto, uplink_config, wait_until
@@ -108,7 +108,7 @@ def test_set_config_with_an_unreachable_broker_rolls_back(
     assert invalid["error"]["code"] == "invalid"
     assert any("did you mean 'port'" in p for p in invalid["error"]["details"]["problems"])
     assert path.read_text(encoding="utf-8") == before
-    assert st.exit_code == 0 and not st.stop_event.is_set()
+    assert not st.restart_requested and not st.stop_event.is_set()
 
 
 def test_watchlisted_plate_raises_an_alarm_at_the_platform(
@@ -123,7 +123,7 @@ def test_watchlisted_plate_raises_an_alarm_at_the_platform(
     # every plate the simulated road can show is watch-listed before the first truck
     road = traffic.road("default", Path(cfg.lanes[0].scale.photos))  # type: ignore[attr-defined]
     (tmp_path / "data").mkdir()
-    from agent.permits import PermitBook
+    from agent.store.permits import PermitBook
 
     PermitBook(tmp_path / "data").replace_watchlist(sorted({p.plate for p in road.photos.photos}))
     st.start()

@@ -62,7 +62,5 @@ def test_events_filters_and_json(data_dir: Path, capsys: pytest.CaptureFixture[s
 def test_status_without_a_station_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["status", "--data-dir", str(tmp_path)])
-    assert info.value.code == 66
+    assert main(["status", "--data-dir", str(tmp_path)]) == 66
     assert "no station database" in capsys.readouterr().err

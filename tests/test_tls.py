@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from platform_sim import PlatformSim
 
-from agent.platform_sim import PlatformSim
-from agent.uplink import TlsConfig, Uplink, UplinkConfig, probe_broker
+from agent.uplink.delivery import TlsConfig, Uplink, UplinkConfig, probe_broker
 from tests.certs import CertFiles, Pki
 from tests.conftest import (
     Mosquitto,
@@ -76,7 +76,8 @@ def test_station_delivers_over_mutual_tls(
     for _ in range(10):
         station.commit()
     up = make_uplink(station, config)
-    up.alarm("test", "over TLS", {})
+    station.alarm("test", "over TLS", {})
+    up.wake()
     wait_until(lambda: outbox_unacked(station) == 0, 20, "delivery over TLS")
     assert_delivered_exactly_once(station, sim, config.max_unacked)
     assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM status") == 1, 5)
@@ -147,9 +148,9 @@ def test_missing_credentials_do_not_stop_the_station_and_are_picked_up_later(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import agent.uplink
+    import agent.uplink.delivery
 
-    monkeypatch.setattr(agent.uplink, "CLIENT_RETRY_S", 0.2)
+    monkeypatch.setattr(agent.uplink.delivery, "CLIENT_RETRY_S", 0.2)
     sim = make_sim(tls_config(tls_broker, pki.issue("platform")))
     issued = pki.issue(station.station_id)
     pending = CertFiles(issued.ca_file, tmp_path / "later.crt", tmp_path / "later.key")

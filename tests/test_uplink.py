@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from platform_sim import PlatformSim
+
 from agent.domain import VerdictStatus
-from agent.platform_sim import PlatformSim
-from agent.uplink import Uplink
+from agent.uplink.delivery import Uplink
 from tests.conftest import (
     Mosquitto,
     StationData,
@@ -37,7 +38,7 @@ def test_backlog_drains_alarms_then_live_violations_then_old_backlog(
     config = uplink_config(broker, live_window_s=600)
     up = make_uplink(station, config, start=False)
     alarm_ids = [
-        up.alarm("scale-fault", f"lane 1 scale silent #{i}", {"lane": 1}) for i in range(2)
+        station.alarm("scale-fault", f"lane 1 scale silent #{i}", {"lane": 1}) for i in range(2)
     ]
     sim = make_sim(config)
     up.start()
@@ -161,7 +162,7 @@ def test_station_restart_resends_what_was_never_acked(
     first = make_uplink(station, config)
     for _ in range(15):
         station.commit()
-    alarm_id = first.alarm("clock-unsynchronised", "NTP lost", {})
+    alarm_id = station.alarm("clock-unsynchronised", "NTP lost", {})
     first.wake()
     assert sim.wait_for(lambda s: complete_count(s) == 15, 20)
     first.stop(2.0)
@@ -192,7 +193,8 @@ def test_alarms_queue_while_offline_and_heartbeat_reports_the_queue(
         config,
         health=lambda: {"devices": {"scale-lane1": {"state": "ok"}}, "config_hash": "abc"},
     )
-    alarm_id = up.alarm("disk-watermark", "free disk below 10 %", {"free_pct": 9.5})
+    alarm_id = station.alarm("disk-watermark", "free disk below 10 %", {"free_pct": 9.5})
+    up.wake()
     assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM alarms") == 1, 10)
     assert sim.wait_for(lambda s: s.count("SELECT count(*) FROM heartbeats") >= 2, 10)
     beat = sim.query("SELECT payload FROM heartbeats ORDER BY rowid DESC LIMIT 1")[0][0]
@@ -247,15 +249,10 @@ def test_evicted_image_is_announced_and_the_record_still_delivered(
     assert rows[1] == ("rear.jpg", 1, 0)
 
 
-def test_alarms_queued_by_the_evidence_store_reach_the_platform_in_the_alarm_schema(
+def test_alarms_raised_in_the_store_reach_the_platform_in_the_alarm_schema(
     broker: Mosquitto, station: StationData, make_uplink: MakeUplink, make_sim: MakeSim
 ) -> None:
-    from agent import evidence
-
-    with station.db.write() as conn:
-        ref = evidence.enqueue_alarm(
-            conn, alarm="disk-watermark", at=station.clock.now(), message="low", free_mb=90
-        )
+    ref = station.alarm("disk-watermark", "low", {"free_mb": 90})
     config = uplink_config(broker)
     sim = make_sim(config)
     make_uplink(station, config)

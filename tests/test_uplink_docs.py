@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from platform_sim import load_schema, validate
 
-from agent import commands_mqtt, uplink
-from agent.commands_mqtt import KNOWN_COMMANDS
-from agent.platform_sim import load_schema, validate
-from agent.uplink import UplinkConfig
+from agent.uplink import commands as commands_mqtt
+from agent.uplink import delivery as uplink
+from agent.uplink.commands import KNOWN_COMMANDS
+from agent.uplink.delivery import UplinkConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "uplink.md").read_text(encoding="utf-8")

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import evidence, outbox
-from agent.db import Database
-from agent.outbox import Priority
+from agent.store import evidence, outbox
+from agent.store.db import Database
+from agent.store.outbox import Priority
 
 CST = timezone(timedelta(hours=8))
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=CST)

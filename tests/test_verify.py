@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditLog
-from agent.db import Database
 from agent.domain import VerdictStatus
-from agent.evidence import EvidenceStore
+from agent.store.audit import AuditLog
+from agent.store.db import Database
+from agent.store.evidence import EvidenceStore
 from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 from tests.crash_writer import cli as main
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.domain import VehicleWeighing, WeighingFlag
-from agent.weighing import WeighingConfig, WeighingStage
+from agent.pipeline.weighing import WeighingConfig, WeighingStage
 from drivers.scale.base import DetectorEdge, ScaleConfig, WeightSample, WimRecord
 from drivers.scale.trace import TruckPass, axle_scale_trace, traffic
 

@@ -26,7 +26,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import EX_CONFIG, ConfigError, load_config
+    from agent.commands._common import EX_CONFIG
+    from agent.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.file)

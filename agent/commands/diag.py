@@ -53,10 +53,16 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.commands._common import add_location_args, data_dir_of
-from agent.progress import Progress
+from agent.commands._common import (
+    DEFAULT_CONFIG,
+    DEFAULT_DATA_DIR,
+    EX_FAILED,
+    LocateError,
+    add_location_args,
+    locate,
+)
+from agent.commands.progress import Progress
 
-EX_CANTCREAT = 73
 JOURNAL_LINES = 2000
 IMAGES = 10
 FILE_CAP_BYTES = 16 * 1024 * 1024
@@ -499,12 +505,11 @@ def _system(a: Archive, data_dir: Path) -> None:
 
 def _resolve_data_dir(args: argparse.Namespace) -> tuple[Path, str]:
     """The data dir from --data-dir or the config; a bad config falls back to the default."""
-    from agent.config import DEFAULT_DATA_DIR
-
     try:
-        return data_dir_of(args), ""
-    except SystemExit:
-        return Path(DEFAULT_DATA_DIR), f"data dir: config unusable, looked in {DEFAULT_DATA_DIR}"
+        where = locate(args.config, args.data_dir)
+    except LocateError as err:
+        return DEFAULT_DATA_DIR, f"data dir: {err}; looked in {DEFAULT_DATA_DIR}"
+    return where.data_dir, where.note
 
 
 def _output_path(args: argparse.Namespace, stem: str) -> Path:
@@ -516,7 +521,7 @@ def _output_path(args: argparse.Namespace, stem: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     data_dir, data_note = _resolve_data_dir(args)
-    config_path = Path(args.config)
+    config_path = Path(args.config) if args.config else DEFAULT_CONFIG
     now = datetime.now(UTC)
     station_guess = _station_id_guess(config_path)
     stem = f"roadside-diag-{station_guess}-{now:%Y%m%dT%H%M%SZ}"
@@ -536,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
         tar = tarfile.open(tmp, "w:gz")  # noqa: SIM115 (closed below, after the manifest)
     except OSError as err:
         print(f"diag: cannot write {tmp}: {err}", file=sys.stderr)
-        return EX_CANTCREAT
+        return EX_FAILED
     archive = Archive(tar, stem)
     if data_note:
         archive.note(data_note)
@@ -564,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
         os.replace(tmp, path)
     except OSError as err:
         print(f"diag: cannot write {path}: {err}", file=sys.stderr)
-        return EX_CANTCREAT
+        return EX_FAILED
     if args.json:
         print(
             json.dumps(

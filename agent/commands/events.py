@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.commands._common import add_location_args, data_dir_of, open_readonly
+from agent.commands._common import add_location_args, location_of, open_db
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -114,10 +114,10 @@ FOLLOW_BUSY_TIMEOUT_MS = 500  # a locked database is retried at the next poll, C
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = data_dir_of(args)
+    data_dir = location_of(args, "events").data_dir
     if args.follow:
         return follow(args, data_dir)
-    conn = open_readonly(data_dir)
+    conn = open_db(data_dir, "events")
     try:
         sql, params = _query(args, None)
         for row in conn.execute(sql, params).fetchall():

@@ -18,7 +18,8 @@ One directory per record::
 Exit 0 when every package was written and verified; 1 when a record is missing or fails its
 check (its package is still written, marked NOT VERIFIED); 66 without a database.
 
-On a terminal it shows how many packages of N are written (``agent.progress``, on stderr); in
+On a terminal it shows how many packages of N are written (``agent.commands.progress``, on
+stderr); in
 the journal, a pipe or a file nothing but the result is written.
 """
 
@@ -30,13 +31,10 @@ import hashlib
 import html
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-EX_BROKEN = 1
-EX_NOINPUT = 66
-EX_CONFIG = 78
+from agent.commands._common import EX_FAILED, add_location_args, location_of, open_db
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -48,27 +46,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("event_ids", nargs="+", metavar="EVENT_ID", help="record ids to export")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--config", metavar="FILE", help="station config (reads [station] data_dir)")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides --config)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_location_args(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import evidence
-    from agent.progress import track
+    from agent.commands.progress import track
+    from agent.store import evidence
 
-    try:
-        data_dir, config = evidence.locate(args.config, args.data_dir)
-    except evidence.ConfigFileError as err:
-        print(f"roadside-agent export: {err}", file=sys.stderr)
-        return EX_CONFIG
-    try:
-        conn = evidence.open_readonly(data_dir)
-    except FileNotFoundError as err:
-        print(f"roadside-agent export: {err}", file=sys.stderr)
-        return EX_NOINPUT
+    where = location_of(args, "export")
+    data_dir, config = where.data_dir, where.evidence
+    conn = open_db(data_dir, "export")
     keys = evidence.verification_keys(data_dir, config)
     out = Path(args.out)
     results: list[dict[str, Any]] = []
@@ -84,14 +73,14 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             state = "verified" if r["verified"] else "NOT VERIFIED: " + "; ".join(r["problems"])
             print(f"{r['event_id']}: {r.get('path', '-')} ({state})")
-    return 0 if all(r["verified"] for r in results) else EX_BROKEN
+    return 0 if all(r["verified"] for r in results) else EX_FAILED
 
 
 def export_one(
     conn: Any, data_dir: Path, keys: dict[str, Any], event_id: str, out: Path
 ) -> dict[str, Any]:
     """Write the package of one record; returns ``{event_id, path, verified, problems}``."""
-    from agent import integrity
+    from agent.store import integrity
 
     row = conn.execute("SELECT record_json FROM records WHERE event_id = ?", (event_id,)).fetchone()
     if row is None:

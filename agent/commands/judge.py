@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EX_USAGE = 2
-EX_CONFIG = 78
+from agent.commands._common import EX_CONFIG, EX_USAGE
 
 EPILOG = """\
 examples:

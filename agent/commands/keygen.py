@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EX_CANTCREAT = 73
-EX_CONFIG = 78
-EX_NOUSER = 67
+from agent.commands._common import EX_FAILED, EX_UNAVAILABLE, add_location_args, location_of
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -28,8 +26,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Create the station's Ed25519 signing key and print its public key for "
         "registration with the platform.",
     )
-    p.add_argument("--config", metavar="FILE", help="station config ([station], [evidence])")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides --config)")
+    add_location_args(p, json_flag=False)
     p.add_argument(
         "--key", metavar="PATH", help="private key file (default: the station's key path)"
     )
@@ -57,19 +54,16 @@ def _owner(args: argparse.Namespace, data_dir: Path) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from agent import evidence, integrity
+    from agent.store import evidence, integrity
 
-    try:
-        data_dir, config = evidence.locate(args.config, args.data_dir)
-    except evidence.ConfigFileError as err:
-        print(f"roadside-agent keygen: {err}", file=sys.stderr)
-        return EX_CONFIG
+    where = location_of(args, "keygen")
+    data_dir, config = where.data_dir, where.evidence
     path = Path(args.key) if args.key else evidence.signing_key_path(config, data_dir)
     try:
         owner = _owner(args, data_dir)
     except KeyError:
         print(f"roadside-agent keygen: no user {args.owner!r}", file=sys.stderr)
-        return EX_NOUSER
+        return EX_UNAVAILABLE
     pub_path = path.with_suffix(".pub")
     if path.exists() and not args.force:
         print(
@@ -77,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             "Use --force to replace it (the old public key is kept for verify).",
             file=sys.stderr,
         )
-        return EX_CANTCREAT
+        return EX_FAILED
     key = Ed25519PrivateKey.generate()
     signer = integrity.Signer(key)
     try:
@@ -97,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             evidence.publish_public_key(signer, data_dir)
     except OSError as err:
         print(f"roadside-agent keygen: cannot write {path}: {err}", file=sys.stderr)
-        return EX_CANTCREAT
+        return EX_FAILED
     pem = integrity.public_pem(signer.public_key)
     if args.json:
         out = {"key_id": signer.key_id, "private_key": str(path), "public_key": str(pub_path)}
@@ -113,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _archive_old_public_key(key_path: Path, pub_path: Path, data_dir: Path) -> None:
     """Keep the public half of the key being replaced, so old records still verify."""
-    from agent import evidence, integrity
+    from agent.store import evidence, integrity
 
     try:
         old = integrity.load_key(key_path)

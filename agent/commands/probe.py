@@ -27,10 +27,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-EX_OK = 0
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
+from agent.commands._common import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE, parse_options
+
 MAX_READINGS = 1000
 
 
@@ -104,14 +102,6 @@ def run(args: argparse.Namespace) -> int:
 # ----- scale -------------------------------------------------------------------------------
 
 
-def _value(text: str) -> Any:
-    """A TOML literal when it is one (numbers, booleans, arrays, inline tables), else text."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def scale_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The backend's config table from the command line (or the station config)."""
     settings: dict[str, Any] = {}
@@ -146,17 +136,6 @@ def scale_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["baudrate"] = args.baudrate
     settings.update(parse_options(args.option))
     return settings
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``--option KEY=VALUE`` arguments as a config table. Raises ``ValueError``."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip()] = _value(value.strip())
-    return options
 
 
 def _looks_tcp(port: str | None) -> bool:
@@ -209,7 +188,7 @@ def _line(r: dict[str, Any]) -> str:
     return f"{r['t_s']:7.2f} s  detector {'OCCUPIED' if r['occupied'] else 'free'}"
 
 
-def probe_scale(args: argparse.Namespace) -> int:
+def probe_scale(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to be split)
     from pydantic import ValidationError
 
     from drivers.registry import BackendError

@@ -41,10 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-EX_OK = 0
-EX_NO_FRAME = 1
-EX_USAGE = 2
-EX_UNAVAILABLE = 69
+from agent.commands._common import EX_FAILED, EX_OK, EX_UNAVAILABLE, EX_USAGE, parse_options
 
 PROBE_BUFFER_FPS = 60.0  # the highest LiveCameraConfig accepts
 TRIGGER_INTERVAL_S = 0.2  # replay: like a station asking for five pictures a second
@@ -110,7 +107,6 @@ def camera_settings(args: argparse.Namespace) -> tuple[dict[str, Any], int, Any]
 
     Raises :class:`ProbeError` (exit 2) for a config, lane or camera that is not there.
     """
-    from agent.commands.probe import parse_options
     from agent.config import ConfigError, load_config
     from drivers.plate import PlateReaderConfig
 
@@ -337,16 +333,7 @@ def _read_plates(frame: Any, plate_config: Any) -> tuple[list[dict[str, Any]], s
         return [], str(err)
     finally:
         reader.shutdown()
-    plates = [
-        {
-            "text": r.text,
-            "color": r.color,
-            "confidence": round(r.confidence, 4),
-            "box": list(r.box) if r.box else None,
-            "double_row": r.double_row,
-        }
-        for r in reads
-    ]
+    plates = [r.to_dict(detail=True) for r in reads]
     return plates, ""
 
 
@@ -358,7 +345,7 @@ def probe_camera(args: argparse.Namespace) -> int:
         return err.code
 
 
-def _probe(args: argparse.Namespace) -> int:
+def _probe(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to be split)
     from pydantic import ValidationError
 
     from drivers.camera import CAMERAS, CameraError
@@ -390,7 +377,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise ProbeError("\n       ".join(lines), EX_USAGE) from err
     gone = _source_missing(settings)
     if gone:
-        raise ProbeError(gone, EX_NO_FRAME)
+        raise ProbeError(gone, EX_FAILED)
     where = describe_source(
         settings.get(SOURCE_KEY.get(kind, "source"), settings.get("mode", "")) or "(default)"
     )
@@ -401,7 +388,7 @@ def _probe(args: argparse.Namespace) -> int:
         try:
             camera = cls(config, lane=lane)
         except CameraError as err:
-            code = EX_UNAVAILABLE if isinstance(err.__cause__, ImportError) else EX_NO_FRAME
+            code = EX_UNAVAILABLE if isinstance(err.__cause__, ImportError) else EX_FAILED
             raise ProbeError(str(err), code) from err
         try:
             if live:
@@ -458,7 +445,7 @@ def _probe(args: argparse.Namespace) -> int:
         _summary(result, args)
     for p in problems if args.json else []:
         print(f"probe: {p}", file=sys.stderr)
-    return EX_OK if count else EX_NO_FRAME
+    return EX_OK if count else EX_FAILED
 
 
 def _summary(r: dict[str, Any], args: argparse.Namespace) -> None:

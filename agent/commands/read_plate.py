@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
+from agent.commands._common import EX_NOINPUT, EX_UNAVAILABLE
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -85,16 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"read-plate: {path}: {err}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
-            plates = [
-                {
-                    "text": r.text,
-                    "color": r.color,
-                    "confidence": round(r.confidence, 4),
-                    "box": list(r.box) if r.box else None,
-                    "double_row": r.double_row,
-                }
-                for r in reads
-            ]
+            plates = [r.to_dict(detail=True) for r in reads]
             out.append({"image": str(path), "plates": plates})
             if not args.json:
                 if not plates:

@@ -30,9 +30,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import logs, sdnotify
-    from agent.config import EX_CONFIG, ConfigError, load_config
-    from agent.station import Station
+    from agent import logs
+    from agent.commands._common import EX_CONFIG, EX_FAILED, EX_TEMPFAIL
+    from agent.config import ConfigError, load_config
+    from agent.station import sdnotify
+    from agent.station.supervisor import Station
 
     logs.setup(args.log_level)
     notifier = sdnotify.Notifier.from_environment()
@@ -70,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("station did not start: %s", err)
         notifier.status(f"start failed: {err}")
         station.stop()
-        return 1
+        return EX_FAILED
     sdnotify.wait_for_first_readings(
         notifier, station.scales_without_reading, station.stop_event, timeout_s=READY_TIMEOUT_S
     )
     station.wait()
     notifier.stopping("stopping: closing open vehicles and flushing the store")
     station.stop(timeout_s=STOP_TIMEOUT_S)
-    return station.exit_code
+    # set-config applied: exit 75 so systemd (Restart=on-failure) starts us on the new file
+    return EX_TEMPFAIL if station.restart_requested else 0

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands._common import add_location_args, data_dir_of, open_readonly
+from agent.commands._common import add_location_args, location_of, open_db
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def service_state(unit: str = "roadside-agent.service") -> str | None:
 
 
 def collect(data_dir: Any) -> dict[str, Any]:
-    conn = open_readonly(data_dir)
+    conn = open_db(data_dir, "status")
     daemon: dict[str, Any] = {}
     status_file = data_dir / "status.json"
     if status_file.exists():
@@ -80,7 +80,7 @@ def collect(data_dir: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    doc = collect(data_dir_of(args))
+    doc = collect(location_of(args, "status").data_dir)
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=1))
         return 0

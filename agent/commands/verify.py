@@ -3,7 +3,7 @@
 Exit 0 only when everything holds; 1 when something is broken (the first broken record is
 named); 66 when there is no station database; 78 when ``--config`` cannot be read.
 
-On a terminal it shows how many records of the chain are checked (``agent.progress``, on
+On a terminal it shows how many records of the chain are checked (``agent.commands.progress``, on
 stderr); in the journal, a pipe or a file nothing but the result is written.
 """
 
@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.progress import Progress
+    from agent.commands.progress import Progress
 
-EX_BROKEN = 1
-EX_NOINPUT = 66
-EX_CONFIG = 78
+from agent.commands._common import EX_FAILED, EX_NOINPUT, add_location_args, location_of
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -33,9 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "SHA-256) and the audit log; name the first broken record. Exit 0 only when "
         "everything holds.",
     )
-    p.add_argument("--config", metavar="FILE", help="station config (reads [station] data_dir)")
-    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides --config)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_location_args(p)
     p.add_argument(
         "--no-images", action="store_true", help="skip hashing image files (faster, weaker)"
     )
@@ -80,9 +76,10 @@ def verify_data_dir(
 
     ``progress`` (optional) counts the chain's records as they are checked.
     """
-    from agent import audit, evidence
+    from agent.store import audit, evidence
+    from agent.store.readonly import open_readonly
 
-    conn = evidence.open_readonly(data_dir)
+    conn = open_readonly(data_dir)
     try:
         if progress is not None and progress.enabled:
             progress.total = _chain_length(conn)
@@ -125,14 +122,10 @@ def verify_data_dir(
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import evidence
-    from agent.progress import Progress
+    from agent.commands.progress import Progress
 
-    try:
-        data_dir, config = evidence.locate(args.config, args.data_dir)
-    except evidence.ConfigFileError as err:
-        print(f"roadside-agent verify: {err}", file=sys.stderr)
-        return EX_CONFIG
+    where = location_of(args, "verify")
+    data_dir, config = where.data_dir, where.evidence
     try:
         with Progress("verify", unit="records") as progress:
             result = verify_data_dir(
@@ -145,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     else:
         _print_text(result)
-    return 0 if result["ok"] else EX_BROKEN
+    return 0 if result["ok"] else EX_FAILED
 
 
 def _print_text(r: dict[str, Any]) -> None:

@@ -495,7 +495,7 @@ def _decide(
     return status, (out_en, out_zh)
 
 
-def judge(
+def judge(  # noqa: PLR0915 (to be split)
     facts: VehicleFacts,
     rules: Rules,
     at: datetime,

@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.domain import Frame
 from drivers.clock import Clock, SystemClock
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera picture, kept as the JPEG bytes that become evidence.
+
+    ``source`` names where a replayed picture came from (a file path); live cameras leave it
+    ``None``. ``pixels`` is the decoded picture (a BGR ``uint8`` array, height × width × 3) when
+    the camera already has it, so the plate reader need not decode the JPEG again; it is not
+    part of the evidence and not compared.
+    """
+
+    camera_id: str
+    role: str  # front | rear | side | overview
+    lane: int
+    captured_at: datetime
+    jpeg: bytes
+    source: str | None = None
+    pixels: Any = field(default=None, compare=False, hash=False, repr=False)
 
 
 class CameraError(Exception):

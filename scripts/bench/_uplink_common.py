@@ -18,8 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import integrity  # noqa: E402
-from agent.db import Database  # noqa: E402
 from agent.domain import (  # noqa: E402
     Frame,
     PlateRead,
@@ -29,7 +27,9 @@ from agent.domain import (  # noqa: E402
     Verdict,
     VerdictStatus,
 )
-from agent.evidence import EvidenceStore, RecordContext, StoredRecord  # noqa: E402
+from agent.store import integrity  # noqa: E402
+from agent.store.db import Database  # noqa: E402
+from agent.store.evidence import EvidenceStore, RecordContext, StoredRecord  # noqa: E402
 
 STATION_ID = "JS-BENCH-0001"
 CTX = RecordContext(

@@ -4,7 +4,7 @@ A pure stage (no I/O, no threads, no clock reads: the caller passes ``now``). Th
 it as things happen and collects what is due::
 
     assembler = Assembler(AssembleConfig(window_before_s=3, window_after_s=3))
-    assembler.add_weighing(weighing)                   # from agent.weighing
+    assembler.add_weighing(weighing)                   # from agent.pipeline.weighing
     assembler.add_reads(lane, reads, frames)           # from camera.capture + reader.read
     for event in assembler.ready(now):                 # VehicleEvent(weighing, plates, frames,
         ...                                            #              match_flags)
@@ -41,7 +41,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, PlateRead, VehicleEvent, VehicleWeighing
-from drivers.plate.voting import vote_by_position
+from agent.pipeline.voting import vote_by_position
 
 NO_PLATE = "no_plate"
 NO_IMAGE = "no_image"

@@ -28,25 +28,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, audit, evidence, legalid, retention, sdnotify, timesync
-from agent.assemble import Assembler
-from agent.commands_mqtt import CommandError, require, set_config_handler
+from agent import __version__, legalid
 from agent.config import ConfigError, Lane, StationConfig, parse_config
-from agent.db import Database
 from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
-from agent.evidence import (
+from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
+from agent.pipeline.assemble import Assembler
+from agent.pipeline.capture import capture_and_read
+from agent.pipeline.weighing import WeighingStage
+from agent.station import sdnotify, timesync
+from agent.store import audit, evidence, retention
+from agent.store.alarms import raise_alarm
+from agent.store.db import Database
+from agent.store.evidence import (
     EvidenceError,
     EvidenceStore,
     RecordContext,
     StoredRecord,
     write_file_atomically,
 )
-from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
-from agent.permits import PermitBook, PermitListError
-from agent.uplink import Uplink, probe_broker
-from agent.weighing import WeighingStage
+from agent.store.permits import PermitBook, PermitListError
+from agent.uplink.commands import CommandError, require, set_config_handler
+from agent.uplink.delivery import Uplink, probe_broker
 from drivers.camera import CAMERAS, Camera
-from drivers.camera.trigger import capture_and_read
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PlateReader
 from drivers.plate.model import open_plate_reader
@@ -54,7 +57,6 @@ from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
 
-EX_TEMPFAIL = 75  # set-config applied: systemd (Restart=on-failure) starts us on the new file
 RESTART_DELAY_S = 2.0
 QUEUE_SIZE = 256
 STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
@@ -111,7 +113,8 @@ class Station:
         self.db: Database | None = None
         self.store: EvidenceStore | None = None
         self.uplink: Uplink | None = None
-        self.exit_code = 0
+        #: set-config was applied: ``run`` exits 75 so systemd starts us on the new file
+        self.restart_requested = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -153,10 +156,12 @@ class Station:
                 },
             )
         self.clock_monitor = timesync.ClockMonitor(
-            timesync.clock_synchronized, alarm=timesync.outbox_alarm(self.db)
+            timesync.clock_synchronized, alarm=timesync.outbox_alarm(self.db, cfg.station.id)
         )
         self.clock_monitor.poll(self.clock.now())
-        self.retention = retention.Retention(self.db, self.store, cfg.evidence, self.clock)
+        self.retention = retention.Retention(
+            self.db, self.store, cfg.evidence, self.clock, station_id=cfg.station.id
+        )
         self._start_plate_reader()
         self._start_uplink()
         for lane in cfg.lanes:
@@ -204,8 +209,13 @@ class Station:
         """Queue an alarm for the platform (it survives restarts in the outbox)."""
         assert self.db is not None
         with self.db.write() as conn:
-            evidence.enqueue_alarm(
-                conn, alarm=kind, at=self.clock.now(), message=message, **details
+            raise_alarm(
+                conn,
+                station_id=self.config.station.id,
+                kind=kind,
+                at=self.clock.now(),
+                message=message,
+                details=details,
             )
         if self.uplink is not None:
             self.uplink.wake()
@@ -298,15 +308,7 @@ class Station:
                 }
                 for f in result.frames
             ],
-            "plates": [
-                {
-                    "text": r.text,
-                    "color": r.color,
-                    "confidence": round(r.confidence, 3),
-                    "camera_id": r.camera_id,
-                }
-                for r in result.reads
-            ],
+            "plates": [r.to_dict(detail=True) for r in result.reads],
             "faults": result.faults,
         }
 
@@ -316,9 +318,9 @@ class Station:
         return {"config": redact_config(self.config.text), "config_hash": self.config.digest}
 
     def _restart_for_new_config(self) -> None:
-        """After set-config: exit with EX_TEMPFAIL so systemd restarts us on the new file."""
+        """After set-config: stop, and ``run`` exits 75 so systemd restarts us on the new file."""
         log.warning("set-config: restarting to run with the new configuration")
-        self.exit_code = EX_TEMPFAIL
+        self.restart_requested = True
         self.stop_event.set()
 
     def _start_lane(self, lane: Lane) -> None:

@@ -12,11 +12,14 @@ block the writer (WAL).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -89,6 +92,18 @@ class Database:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise DatabaseError(f"{self.path}: commit failed: {err}") from err
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (gives its disk space back).
+
+        Best effort: a reader in the middle of a statement may keep part of the WAL alive;
+        the next checkpoint gets it. Never raises for that.
+        """
+        with self._write_lock:
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                log.debug("checkpoint of %s not done: %s", self.path, err)
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (autocommit; each statement sees committed data)."""

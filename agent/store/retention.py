@@ -16,7 +16,8 @@ images when space returns.
 
 Crash safety: an eviction first commits the rows (``images.evicted_at`` set, or the record moved
 to a tombstone) and only then deletes the files; a crash in between leaves files no live row
-names, which :meth:`agent.evidence.EvidenceStore.recover` removes at start-up. ``verify`` never
+names, which :meth:`agent.store.evidence.EvidenceStore.recover` removes at start-up.
+``verify`` never
 sees a live row pointing at a missing file.
 
 Tombstones: a pruned record leaves ``(seq, event_id, measured_at, status, prev_hash, hash,
@@ -44,8 +45,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from agent.db import Database
-from agent.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore, enqueue_alarm, iso_ms
+from agent.store.alarms import raise_alarm
+from agent.store.db import Database
+from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore, iso_ms
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,10 @@ class Retention:
         config: EvidenceConfig,
         clock: Clock,
         *,
+        station_id: str,
         disk_usage: DiskUsageFn = shutil.disk_usage,
     ) -> None:
+        self.station_id = station_id
         self.db = db
         self.store = store
         self.config = config
@@ -158,6 +162,8 @@ class Retention:
         report.pressure = need > 0
         if need:
             self._alarm_watermark(now, free, used, report)
+            # the WAL holds what was committed since the last checkpoint: give it back first
+            self.db.checkpoint()
             need, free, used = self._pressure(HYSTERESIS)
         classes: list[tuple[str, Callable[[datetime, int], tuple[int, int, int]]]] = [
             ("passage_images", self._evict_passage_images),
@@ -211,7 +217,14 @@ class Retention:
         self, alarm: str, now: datetime, message: str, report: RetentionReport, **details: object
     ) -> None:
         with self.db.write() as conn:
-            enqueue_alarm(conn, alarm=alarm, at=now, message=message, **details)
+            raise_alarm(
+                conn,
+                station_id=self.station_id,
+                kind=alarm,
+                at=now,
+                message=message,
+                details=details,
+            )
         report.alarms.append(alarm)
 
     def _alarm_watermark(

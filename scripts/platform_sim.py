@@ -36,8 +36,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
-from agent.integrity import chain_hash
-from agent.uplink import UplinkConfig, canonical_json, make_client, mqtt_properties, set_nodelay
+from agent.store.integrity import chain_hash
+from agent.uplink.delivery import (
+    UplinkConfig,
+    canonical_json,
+    make_client,
+    mqtt_properties,
+    set_nodelay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
     return problems
 
 
-def _compile(schema: dict[str, Any]) -> _Check:
+def _compile(schema: dict[str, Any]) -> _Check:  # noqa: C901, PLR0915 (to be split)
     """One schema node as a function appending its problems."""
     checks: list[_Check] = []
     if "const" in schema:
@@ -119,7 +125,7 @@ def _compile(schema: dict[str, Any]) -> _Check:
     maximum = schema.get("maximum")
     label = "/".join(kinds) if isinstance(kinds, list) else str(kinds)
 
-    def check(v: Any, path: str, out: list[str]) -> None:
+    def check(v: Any, path: str, out: list[str]) -> None:  # noqa: C901, PLR0912 (to be split)
         before = len(out)
         for c in checks:
             c(v, path, out)

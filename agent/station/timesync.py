@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent.db import Database
+    from agent.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,18 @@ class ClockMonitor:
         return state
 
 
-def outbox_alarm(db: Database) -> Callable[[str, datetime], None]:
+def outbox_alarm(db: Database, station_id: str) -> Callable[[str, datetime], None]:
     """An ``alarm`` callback for :class:`ClockMonitor` that queues it in the station outbox."""
-    from agent.evidence import enqueue_alarm
+    from agent.store.alarms import raise_alarm
 
     def alarm(message: str, at: datetime) -> None:
         with db.write() as conn:
-            enqueue_alarm(conn, alarm="clock_unsynchronized", at=at, message=message)
+            raise_alarm(
+                conn,
+                station_id=station_id,
+                kind="clock_unsynchronized",
+                at=at,
+                message=message,
+            )
 
     return alarm

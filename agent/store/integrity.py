@@ -5,7 +5,7 @@ the record without its ``integrity`` block; ``signature = Ed25519(bytes.fromhex(
 first record chains to :data:`GENESIS`. ``key_id`` is the first 16 hex digits of the SHA-256 of
 the raw public key, so the platform can tell keys apart after a key change.
 
-The same seal protects the audit log (:mod:`agent.audit`), on a chain of its own.
+The same seal protects the audit log (:mod:`agent.store.audit`), on a chain of its own.
 
 Key files: the private key is PKCS#8 PEM, mode 0600; public keys are SubjectPublicKeyInfo PEM.
 ``verify`` looks a record's ``key_id`` up among every ``*.pub`` in the key directory, so records

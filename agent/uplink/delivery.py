@@ -1,6 +1,7 @@
 """The uplink: delivers the outbox to the platform over MQTT 5 (DESIGN §5, ``docs/uplink.md``).
 
-One component owns delivery and retries: the outbox table (:mod:`agent.outbox`). paho's session
+One component owns delivery and retries: the outbox table (:mod:`agent.store.outbox`). paho's
+session
 only carries what is in flight on one connection; the outbox says what is delivered. Threads:
 
 - ``uplink-send``: reads due rows by priority, publishes each record's images and then the
@@ -35,7 +36,6 @@ import socket
 import ssl
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,15 +50,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import __version__, outbox
-from agent.commands_mqtt import CommandError, Dispatcher, Handler, parse_time
-from agent.db import Database
+from agent import __version__
+from agent.store import outbox
+from agent.store.db import Database
+from agent.uplink.commands import CommandError, Dispatcher, Handler, parse_time
 from drivers.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-EVENT_SCHEMA = "roadside.vehicle-event.v1"
-ALARM_SCHEMA = "roadside.alarm.v1"
 HEARTBEAT_SCHEMA = "roadside.heartbeat.v1"
 #: Rows read from the outbox per round (one write transaction marks them attempted).
 SEND_BATCH = 256
@@ -370,7 +369,7 @@ class Uplink:
     part of the heartbeat (devices, disk, clock, config hash); ``handlers`` maps command names
     (``set-permits``, ``set-watchlist``, ``capture-test``, ``get-config``, ``set-config``) to
     callables taking the command's JSON object and returning the reply's ``result``, raising
-    :class:`~agent.commands_mqtt.CommandError` to reject. ``ping`` and ``resend`` are built in.
+    :class:`~agent.uplink.commands.CommandError` to reject. ``ping`` and ``resend`` are built in.
     """
 
     def __init__(
@@ -515,37 +514,6 @@ class Uplink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
-
-    def alarm(self, kind: str, message: str, details: Mapping[str, Any] | None = None) -> str:
-        """Queue an alarm (priority 0, survives restarts); callable from any thread.
-
-        Returns the ``alarm_id`` the platform acknowledges. Raises ``DatabaseError``.
-        """
-        if not kind:
-            raise ValueError("alarm kind must not be empty")
-        now = self.clock.now()
-        alarm_id = f"{self.station_id}-A{now.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        raised_at = now.isoformat(timespec="milliseconds")
-        payload: dict[str, Any] = {
-            "schema": ALARM_SCHEMA,
-            "alarm_id": alarm_id,
-            "station_id": self.station_id,
-            "kind": kind,
-            "message": message,
-            "details": dict(details or {}),
-            "raised_at": raised_at,
-        }
-        with self.db.write() as conn:
-            outbox.enqueue(
-                conn,
-                kind="alarm",
-                ref=alarm_id,
-                priority=outbox.Priority.ALARM,
-                created_at=raised_at,
-                payload=json.dumps(payload, ensure_ascii=False, sort_keys=True),
-            )
-        self._wake.set()
-        return alarm_id
 
     def stats(self) -> dict[str, Any]:
         """Queue and link figures for ``status`` and the heartbeat."""
@@ -866,7 +834,8 @@ class Uplink:
             # the stored canonical JSON: the very bytes that were hashed and signed
             messages.append((f"{self.root}/events", row.record_json.encode(), None))
         else:
-            messages.append((f"{self.root}/alarms", self._alarm_payload(row), None))
+            # the alarm as agent.store.alarms queued it: the final roadside.alarm.v1 document
+            messages.append((f"{self.root}/alarms", (row.payload or "{}").encode(), None))
         flight.size_bytes = sum(len(m[1]) for m in messages)
         self._inflight[row.id] = flight
         self._inflight_bytes += flight.size_bytes
@@ -880,36 +849,6 @@ class Uplink:
             self._by_mid[info.mid] = row.id
         self._counts["resent" if row.attempts else "sent"] += 1
         return True
-
-    def _alarm_payload(self, row: outbox.Row) -> bytes:
-        """The alarm as ``roadside.alarm.v1``.
-
-        Rows queued by :meth:`alarm` already are; other producers (the evidence store's
-        ``enqueue_alarm``: ``{"alarm", "at", "message", **details}``) are mapped here, so the
-        platform sees one shape whoever raised it.
-        """
-        try:
-            doc = json.loads(row.payload or "{}")
-        except ValueError:
-            doc = {"message": row.payload or ""}
-        if not isinstance(doc, dict):
-            doc = {"message": str(doc)}
-        if doc.get("schema") == ALARM_SCHEMA:
-            return (row.payload or "{}").encode()
-        kind = str(doc.pop("alarm", doc.pop("kind", "unknown")))
-        message = str(doc.pop("message", ""))
-        raised_at = str(doc.pop("at", row.created_at))
-        return canonical_json(
-            {
-                "schema": ALARM_SCHEMA,
-                "alarm_id": row.ref,
-                "station_id": self.station_id,
-                "kind": kind,
-                "message": message,
-                "details": doc,
-                "raised_at": raised_at,
-            }
-        )
 
     def _image_message(
         self, event_id: str, name: str, sha256: str, path: Path | None

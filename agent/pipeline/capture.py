@@ -2,7 +2,8 @@
 
 The daemon calls this from its camera worker for each weighing (never from the weighing thread:
 a capture may wait up to ``capture_timeout_s`` for frames still to come) and hands the result to
-``agent.assemble.Assembler.add_reads``. A camera that is down or a plate reader that fails or was
+``agent.pipeline.assemble.Assembler.add_reads``. A camera that is down or a plate reader that
+fails or was
 never loaded costs that record its photos or plate — it is then flagged ``no_image`` /
 ``no_plate`` by the assemble stage — and never stops the station::
 

@@ -9,9 +9,9 @@ at start-up. ``seq`` is the larger of the ``seq`` counter and every ``seq`` ever
 records and tombstones), plus one, so it is never reused.
 
 Integrity: ``hash = SHA-256(prev_hash ‖ canonical JSON of the record without "integrity")``,
-``signature = Ed25519(hash bytes)`` with the station key; see :mod:`agent.integrity`.
+``signature = Ed25519(hash bytes)`` with the station key; see :mod:`agent.store.integrity`.
 
-Retention (:mod:`agent.retention`) may drop a delivered record. It leaves a *tombstone* in
+Retention (:mod:`agent.store.retention`) may drop a delivered record. It leaves a *tombstone* in
 ``records_pruned``: ``seq``, ``event_id``, ``prev_hash``, ``hash`` and the station's signature of
 that hash. ``verify`` walks kept records and tombstones in ``seq`` order, so the chain still
 links across pruned records and every tombstone still carries a valid station signature.
@@ -39,9 +39,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import integrity, outbox
-from agent.db import Database, DatabaseError
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
+from agent.store import integrity, outbox
+from agent.store.db import Database, DatabaseError
 from drivers.paths import ConfigPath
 
 log = logging.getLogger(__name__)
@@ -210,15 +210,7 @@ def build_record(
             "vehicle_class": verdict.vehicle_class.value,
             "flags": sorted(f.value for f in w.flags),
         },
-        "plates": [
-            {
-                "position": p.position,
-                "text": p.text,
-                "color": p.color,
-                "confidence": round(p.confidence, 3),
-            }
-            for p in event.plates
-        ],
+        "plates": [p.to_dict() for p in event.plates],
         "match_flags": sorted(event.match_flags),
         "verdict": verdict.to_dict(),
         "images": images,
@@ -319,27 +311,6 @@ def _is_sqlite_full(err: BaseException) -> bool:
     return False
 
 
-def enqueue_alarm(
-    conn: sqlite3.Connection, *, alarm: str, at: datetime, message: str, **details: Any
-) -> str:
-    """Queue an alarm for ``{root}/alarms`` inside the caller's write transaction.
-
-    Payload: ``{"alarm", "at", "message", **details}``; returns the outbox ``ref``.
-    """
-    at_s = iso_ms(at)
-    ref = f"{alarm}-{at.strftime('%Y%m%d%H%M%S%f')}"
-    payload = {"alarm": alarm, "at": at_s, "message": message, **details}
-    outbox.enqueue(
-        conn,
-        kind="alarm",
-        ref=ref,
-        priority=outbox.Priority.ALARM,
-        created_at=at_s,
-        payload=canonical_json(payload).decode(),
-    )
-    return ref
-
-
 def signing_key_path(config: EvidenceConfig, data_dir: Path) -> Path:
     """Where the station key is: ``[evidence] signing_key``, else the systemd credential
     ``$CREDENTIALS_DIRECTORY/signing-key``, else ``{data_dir}/keys/station.key``."""
@@ -378,11 +349,11 @@ def publish_public_key(signer: integrity.Signer, data_dir: Path) -> Path:
 def load_signer(
     config: EvidenceConfig, data_dir: Path, *, create_if_missing: bool = False
 ) -> integrity.Signer:
-    """The station's :class:`~agent.integrity.Signer` (see :func:`signing_key_path`).
+    """The station's :class:`~agent.store.integrity.Signer` (see :func:`signing_key_path`).
 
     With ``create_if_missing`` a missing key is generated (logged at WARNING: a production
     station gets its key from ``roadside-agent keygen`` and registers the public key first).
-    Raises :class:`~agent.integrity.SigningKeyError`.
+    Raises :class:`~agent.store.integrity.SigningKeyError`.
     """
     path = signing_key_path(config, data_dir)
     if not path.exists() and create_if_missing:
@@ -708,7 +679,7 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def verify_store(
+def verify_store(  # noqa: C901, PLR0912, PLR0915 (to be split)
     conn: sqlite3.Connection,
     data_dir: Path,
     public_keys: dict[str, Ed25519PublicKey],
@@ -833,79 +804,6 @@ def verify_store(
             None,
         )
     return report
-
-
-# -- command-line helpers ----------------------------------------------------------------------
-
-DEFAULT_DATA_DIR = Path("/var/lib/roadside-agent")
-
-
-class ConfigFileError(Exception):
-    """The ``--config`` file cannot be read."""
-
-
-def locate(config_file: str | None, data_dir: str | None) -> tuple[Path, EvidenceConfig]:
-    """The data directory and ``[evidence]`` table for ``verify``/``export``/``keygen``.
-
-    ``--data-dir`` wins over ``[station] data_dir`` in ``--config``; without either, the
-    packaged default ``/var/lib/roadside-agent``. The config is read with the station's own
-    loader; if that rejects it (a technician may verify evidence on a station whose config is
-    broken), ``[station] data_dir`` and ``[evidence]`` are read from the raw TOML instead, with
-    a warning. Raises :class:`ConfigFileError`.
-    """
-    if not config_file:
-        return (Path(data_dir) if data_dir else DEFAULT_DATA_DIR), EvidenceConfig()
-    path = Path(config_file)
-    import importlib
-
-    try:
-        station_config = importlib.import_module("agent.config")
-    except ImportError:
-        station_config = None
-    if station_config is not None:
-        try:
-            loaded = station_config.load_config(path)
-            return Path(loaded.data_dir(data_dir)), loaded.evidence
-        except Exception as err:
-            log.warning(
-                "%s does not validate (%s); reading only [station] and [evidence]",
-                path,
-                str(err).splitlines()[0] if str(err) else type(err).__name__,
-            )
-    table = _read_toml(path)
-    try:
-        evidence = EvidenceConfig.model_validate(table.get("evidence", {}))
-    except ValueError as err:
-        raise ConfigFileError(f"{config_file}: [evidence]: {err}") from err
-    if data_dir:
-        return Path(data_dir), evidence
-    configured = table.get("station", {}).get("data_dir")
-    if configured:
-        return (path.parent / str(configured)).resolve(), evidence
-    return DEFAULT_DATA_DIR, evidence
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigFileError(f"cannot read {path}: {err}") from err
-
-
-def open_readonly(data_dir: Path) -> sqlite3.Connection:
-    """The station database opened read-only (for ``verify`` and ``export``).
-
-    Raises ``FileNotFoundError`` when there is none.
-    """
-    path = Path(data_dir) / "station.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no station database at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    return conn
 
 
 def verification_keys(

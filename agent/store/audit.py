@@ -6,7 +6,7 @@ Entries are never updated or deleted. Each entry has a ``counter`` (1, 2, 3, …
 current counter is stamped on every vehicle record as ``audit_counter``, so a judge can see which
 parameter state a record was taken under.
 
-Entries are sealed like records (:mod:`agent.integrity`) on a chain of their own: ``hash =
+Entries are sealed like records (:mod:`agent.store.integrity`) on a chain of their own: ``hash =
 SHA-256(prev_hash ‖ canonical JSON of the entry body)``, signed with the station key.
 
 The station calls :meth:`AuditLog.reconcile` at start-up with the legally relevant part of its
@@ -25,8 +25,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent import integrity
-from agent.db import Database
+from agent.store import integrity
+from agent.store.db import Database
 
 SCHEMA = "roadside.audit-entry.v1"
 

@@ -1,0 +1,1 @@
+"""The evidence store: the only code that opens the station database or speaks SQL."""

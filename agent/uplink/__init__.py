@@ -1,0 +1,1 @@
+"""The uplink: MQTT 5 delivery of the outbox to the platform, and the platform's commands."""
