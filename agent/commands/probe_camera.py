@@ -333,7 +333,7 @@ def _read_plates(frame: Any, plate_config: Any) -> tuple[list[dict[str, Any]], s
         return [], str(err)
     finally:
         reader.shutdown()
-    plates = [r.to_dict(detail=True) for r in reads]
+    plates = [r.to_dict("box", "double_row") for r in reads]
     return plates, ""
 
 

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"read-plate: {path}: {err}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
-            plates = [r.to_dict(detail=True) for r in reads]
+            plates = [r.to_dict("box", "double_row") for r in reads]
             out.append({"image": str(path), "plates": plates})
             if not args.json:
                 if not plates:

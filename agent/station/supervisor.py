@@ -308,7 +308,7 @@ class Station:
                 }
                 for f in result.frames
             ],
-            "plates": [r.to_dict(detail=True) for r in result.reads],
+            "plates": [r.to_dict("camera_id") for r in result.reads],
             "faults": result.faults,
         }
 

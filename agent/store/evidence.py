@@ -210,7 +210,7 @@ def build_record(
             "vehicle_class": verdict.vehicle_class.value,
             "flags": sorted(f.value for f in w.flags),
         },
-        "plates": [p.to_dict() for p in event.plates],
+        "plates": [p.to_dict("position") for p in event.plates],
         "match_flags": sorted(event.match_flags),
         "verdict": verdict.to_dict(),
         "images": images,

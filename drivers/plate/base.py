@@ -26,20 +26,20 @@ class PlateRead:
     camera_id: str = ""
     double_row: bool = False
 
-    def to_dict(self, *, detail: bool = False) -> dict[str, Any]:
-        """The one JSON shape of a plate read: what a record seals (``position``, ``text``,
-        ``color``, ``confidence`` to 3 decimals); ``detail`` adds ``box``, ``double_row`` and
-        ``camera_id`` for the diagnostic commands."""
+    def to_dict(self, *extra: str) -> dict[str, Any]:
+        """The one JSON shape of a plate read: ``text``, ``color``, ``confidence`` (3 decimals),
+        plus the ``extra`` fields named (``position``, ``box``, ``double_row``, ``camera_id``).
+
+        A record seals ``to_dict("position")``; the diagnostic commands add what they show.
+        """
         out: dict[str, Any] = {
-            "position": self.position,
             "text": self.text,
             "color": self.color,
             "confidence": round(self.confidence, 3),
         }
-        if detail:
-            out["box"] = list(self.box) if self.box else None
-            out["double_row"] = self.double_row
-            out["camera_id"] = self.camera_id
+        for name in extra:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
