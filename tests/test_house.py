@@ -178,7 +178,7 @@ def test_keygen_writes_where_the_daemon_reads_and_every_command_finds_the_same_d
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from agent.config import load_config
-    from agent.store.evidence import signing_key_path
+    from agent.store.keys import signing_key_path
 
     config = tmp_path / "etc" / "station.toml"
     config.parent.mkdir()
@@ -206,8 +206,6 @@ LONG_FUNCTIONS_TO_SPLIT = {
     "agent/legal/rules.py:load_rules",
     "agent/legal/engine.py:judge",
     "agent/pipeline/weighing.py:_finish_axle",
-    "agent/store/evidence.py:verify_store",
-    "agent/store/evidence.py:_commit",
     "agent/commands/diag.py:run",
     "agent/commands/export.py:export_one",
     "agent/commands/export.py:axle_chart_svg",

@@ -53,12 +53,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from agent.commands.progress import track
-    from agent.store import evidence
+    from agent.store.keys import verification_keys
 
     where = location_of(args, "export")
     data_dir, config = where.data_dir, where.evidence
     conn = open_db(data_dir, "export")
-    keys = evidence.verification_keys(data_dir, config)
+    keys = verification_keys(data_dir, config)
     out = Path(args.out)
     results: list[dict[str, Any]] = []
     try:
