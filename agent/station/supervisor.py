@@ -36,7 +36,7 @@ from agent.pipeline.assemble import Assembler
 from agent.pipeline.capture import capture_and_read
 from agent.pipeline.weighing import WeighingStage
 from agent.station import sdnotify, timesync
-from agent.store import audit, keys, retention
+from agent.store import audit, keys, readonly, retention
 from agent.store.alarms import raise_alarm
 from agent.store.db import Database
 from agent.store.evidence import EvidenceError, EvidenceStore
@@ -724,13 +724,7 @@ class Station:
 
     def _vehicles_today(self) -> int:
         assert self.db is not None
-        today = self.clock.now().date().isoformat()
-        row = (
-            self.db.read()
-            .execute("SELECT count(*) FROM records WHERE measured_at >= ?", (today,))
-            .fetchone()
-        )
-        return int(row[0])
+        return readonly.vehicles_since(self.db.read(), self.clock.now().date().isoformat())
 
     def scales_without_reading(self) -> list[str]:
         """Scales with no good reading yet (systemd READY=1 waits for them, bounded)."""

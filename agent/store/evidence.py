@@ -42,7 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
-from agent.store import files, integrity, outbox
+from agent.store import files, integrity, outbox, readonly
 from agent.store.db import Database, DatabaseError
 from agent.store.record import RecordContext, StoredRecord, build_record, event_id_for, iso_ms
 from drivers.paths import ConfigPath
@@ -348,27 +348,14 @@ class EvidenceStore:
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, event_id: str) -> dict[str, Any] | None:
-        row = (
-            self.db.read()
-            .execute("SELECT record_json FROM records WHERE event_id = ?", (event_id,))
-            .fetchone()
-        )
-        return None if row is None else dict(json.loads(row[0]))
+        text = readonly.record_json(self.db.read(), event_id)
+        return None if text is None else dict(json.loads(text))
 
     def image_files(self, event_id: str) -> list[tuple[str, str, Path | None]]:
         """``(name, sha256, path)`` of a record's images; path ``None`` once evicted."""
-        rows = (
-            self.db.read()
-            .execute(
-                "SELECT name, sha256, path, evicted_at FROM images WHERE event_id = ?"
-                " ORDER BY name",
-                (event_id,),
-            )
-            .fetchall()
-        )
         return [
-            (r["name"], r["sha256"], None if r["evicted_at"] else self.data_dir / r["path"])
-            for r in rows
+            (r.name, r.sha256, None if r.evicted_at else self.data_dir / r.path)
+            for r in readonly.image_rows(self.db.read(), event_id)
         ]
 
 
