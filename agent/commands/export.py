@@ -13,7 +13,8 @@ One directory per record::
         public_key.pem    the station public key (key id in record.json)
         images/           the photos, byte for byte
         SHA256SUMS        sha256sum -c format, for the images and the files above
-        verify.py         stand-alone check (Python 3 + the cryptography package)
+        verify.py         stand-alone check (Python 3 + the cryptography package), with
+                          the station's own canonical JSON copied in
 
 Exit 0 when every package was written and verified; 1 when a record is missing or fails its
 check (its package is still written, marked NOT VERIFIED); 66 without a database.
@@ -113,7 +114,7 @@ def export_one(
         "prev_hash.txt": (seal.get("prev_hash", "") + "\n").encode(),
         "hash.bin": bytes.fromhex(seal.get("hash", "")),
         "signature.sig": base64.b64decode(seal.get("signature", "")),
-        "verify.py": VERIFY_PY.encode(),
+        "verify.py": verify_py().encode(),
     }
     if key is not None:
         files["public_key.pem"] = integrity.public_pem(key).encode()
@@ -482,16 +483,19 @@ the signature is Ed25519 over the 32 hash bytes.</small></p>
 </body></html>
 """
 
-VERIFY_PY = '''#!/usr/bin/env python3
+_VERIFY_PY = '''#!/usr/bin/env python3
 """Verify this evidence package: python3 verify.py [PACKAGE_DIR]. Needs `cryptography`."""
 import base64, hashlib, json, sys
 from pathlib import Path
+from typing import Any
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+{canonical_json}
 
 d = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
 record = json.loads((d / "record.json").read_bytes())
 seal = record.pop("integrity")
-body = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+body = canonical_json(record)
 ok = True
 def check(cond, what):
     global ok
@@ -519,3 +523,14 @@ for img in record.get("images", []):
 print("VERIFIED" if ok else "NOT VERIFIED")
 sys.exit(0 if ok else 1)
 '''
+
+
+def verify_py() -> str:
+    """The package's stand-alone ``verify.py``; its canonical JSON is the station's own
+    (:func:`agent.store.integrity.canonical_json`, copied in by source), so the bytes it hashes
+    are the bytes the station signed."""
+    import inspect
+
+    from agent.store import integrity
+
+    return _VERIFY_PY.replace("{canonical_json}", inspect.getsource(integrity.canonical_json))
