@@ -14,7 +14,6 @@ import logging
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from platform_sim import PlatformSim  # noqa: E402
 from agent.commands.verify import verify_data_dir  # noqa: E402
 from agent.config import parse_config  # noqa: E402
 from agent.station.supervisor import Station  # noqa: E402
+from agent.store.readonly import EventFilter, events_after, open_readonly, record_counts  # noqa: E402
 from drivers import traffic  # noqa: E402
 
 DEMO_CONFIG = ROOT / "firmware_config" / "examples" / "demo.toml"
@@ -153,7 +153,7 @@ def main() -> int:
 
 def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tuple[int, bool]:
     """Print each record once the platform acknowledged it; the summary at the end."""
-    db = sqlite3.connect(f"file:{data_dir / 'station.db'}?mode=ro", uri=True, timeout=10)
+    db = open_readonly(data_dir)
     printed: set[str] = set()
     counts: dict[str, int] = {}
     started = time.monotonic()
@@ -161,16 +161,13 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
     import json
 
     while time.monotonic() < deadline:
-        rows = db.execute(
-            "SELECT r.event_id, r.record_json, o.acked_at FROM records r JOIN outbox o"
-            " ON o.kind = 'event' AND o.ref = r.event_id WHERE o.acked_at IS NOT NULL"
-            " ORDER BY r.seq"
-        ).fetchall()
-        for event_id, record_json, _acked in rows:
+        delivered = [r for r in events_after(db, EventFilter(), 0) if r.acked_at is not None]
+        for row in delivered:
+            event_id = row.event_id
             if event_id in printed:
                 continue
             printed.add(event_id)
-            rec = json.loads(record_json)
+            rec = json.loads(row.record_json)
             v, veh = rec["verdict"], rec["vehicle"]
             plate = rec["plates"][0]["text"] if rec["plates"] else "(no plate)"
             limit = (
@@ -187,7 +184,7 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
         if len(printed) >= trucks:
             break
         time.sleep(0.2)
-    stored = db.execute("SELECT count(*) FROM records").fetchone()[0]
+    stored = sum(record_counts(db).values())
     db.close()
     elapsed = time.monotonic() - started
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -32,7 +32,8 @@ from agent.domain import (
 from agent.store import integrity
 from agent.store.alarms import raise_alarm
 from agent.store.db import Database
-from agent.store.evidence import EvidenceStore, RecordContext, StoredRecord
+from agent.store.evidence import EvidenceStore
+from agent.store.record import RecordContext, StoredRecord
 from agent.uplink.delivery import Uplink, UplinkConfig
 from drivers.clock import Clock, SystemClock
 

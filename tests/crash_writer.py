@@ -29,7 +29,9 @@ from agent.domain import (
     VerdictStatus,
 )
 from agent.store.db import Database
-from agent.store.evidence import EvidenceConfig, EvidenceStore, RecordContext, load_signer
+from agent.store.evidence import EvidenceConfig, EvidenceStore
+from agent.store.keys import load_signer
+from agent.store.record import RecordContext
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 26, 10, 30, 15, 120000, tzinfo=CST)

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.store import integrity
-from agent.store.evidence import EvidenceConfig, load_signer, signing_key_path
+from agent.store.evidence import EvidenceConfig
+from agent.store.keys import load_signer, signing_key_path
 from tests.crash_writer import CTX, make_event, make_verdict, open_store
 from tests.crash_writer import cli as main
 

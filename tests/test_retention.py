@@ -177,12 +177,12 @@ def test_full_disk_refuses_images_not_records_and_recovers(station) -> None:
 
 def test_enospc_while_writing_images_still_stores_the_record(station, monkeypatch) -> None:
     data_dir, _db, store = station
-    import agent.store.evidence as ev
+    from agent.store import files as store_files
 
     def full(files: list) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ev, "write_files_atomically", full)
+    monkeypatch.setattr(store_files, "write_files_atomically", full)
     stored = store.commit(make_event(1, image_bytes=IMG), make_verdict(), CTX)
     assert stored.record["storage_flags"] == [IMAGES_REFUSED]
     assert verify_data_dir(data_dir)["ok"]

@@ -415,24 +415,12 @@ def newest_images(data_dir: Path, limit: int) -> list[Path]:
     Asks the station database (the one place that knows which file belongs to which record)
     read-only, so it works whatever the folder layout and never blocks the daemon.
     """
-    db = data_dir / "station.db"
-    if limit <= 0 or not db.exists():
+    if limit <= 0:
         return []
-    import sqlite3
+    from agent.store.readonly import newest_image_paths
 
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute(
-                "SELECT i.path FROM images i JOIN records r ON r.event_id = i.event_id"
-                " WHERE i.evicted_at IS NULL ORDER BY r.seq DESC, i.name LIMIT ?",
-                (limit * 4,),
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return []
-    found = [data_dir / row[0] for row in rows if (data_dir / row[0]).is_file()]
+    paths = newest_image_paths(data_dir, limit * 4)
+    found = [data_dir / p for p in paths if (data_dir / p).is_file()]
     return found[:limit]
 
 
@@ -553,23 +541,36 @@ def run(args: argparse.Namespace) -> int:
             except Exception as err:  # one part failing never loses the others
                 archive.note(f"{name}: failed: {err!r}")
             progress.advance()
-        manifest = [
+        heading = [
             f"roadside-agent diag, {now:%Y-%m-%d %H:%M:%S} UTC, station {station_guess}",
             f"config {config_path}, data dir {data_dir}",
-            "",
-            "contents:",
-            *(f"  {m}" for m in archive.members),
-            "",
-            "notes:" if archive.notes else "notes: none",
-            *(f"  {n}" for n in archive.notes),
         ]
-        archive.add_text("MANIFEST.txt", "\n".join(manifest) + "\n")
+        archive.add_text("MANIFEST.txt", _manifest(heading, archive))
     try:
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
     except OSError as err:
         print(f"diag: cannot write {path}: {err}", file=sys.stderr)
         return EX_FAILED
+    _print_result(args, path, archive)
+    return 0
+
+
+def _manifest(heading: list[str], archive: Archive) -> str:
+    """``MANIFEST.txt``: ``heading``, then what is in the archive and what could not be."""
+    lines = [
+        *heading,
+        "",
+        "contents:",
+        *(f"  {m}" for m in archive.members),
+        "",
+        "notes:" if archive.notes else "notes: none",
+        *(f"  {n}" for n in archive.notes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _print_result(args: argparse.Namespace, path: Path, archive: Archive) -> None:
     if args.json:
         print(
             json.dumps(
@@ -581,7 +582,6 @@ def run(args: argparse.Namespace) -> int:
         for n in archive.notes:
             print(f"note: {n}", file=sys.stderr)
         print(path)
-    return 0
 
 
 def _station_id_guess(config_path: Path) -> str:

@@ -10,6 +10,7 @@ that does not exist yet (it waits for it), one still being created, and one lock
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sqlite3
@@ -21,6 +22,15 @@ from types import FrameType
 from typing import Any
 
 from agent.commands._common import add_location_args, location_of, open_db
+from agent.store.readonly import (
+    DB_FILE,
+    EventFilter,
+    EventRow,
+    NoDatabaseError,
+    events_after,
+    newest_events,
+    open_readonly,
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -47,70 +57,46 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _query(args: argparse.Namespace, after_seq: int | None) -> tuple[str, list[Any]]:
-    where, params = [], []
-    if args.status:
-        where.append("r.status = ?")
-        params.append(args.status)
-    if args.plate:
-        where.append("r.plate = ?")
-        params.append(args.plate)
-    if args.lane is not None:
-        where.append("r.lane = ?")
-        params.append(args.lane)
-    if args.since:
-        where.append("r.measured_at >= ?")
-        params.append(args.since)
-    if args.undelivered:
-        where.append("o.acked_at IS NULL")
-    if after_seq is not None:
-        where.append("r.seq > ?")
-        params.append(after_seq)
-    sql = (
-        "SELECT r.seq, r.event_id, r.lane, r.measured_at, r.status, r.plate, r.gross_kg,"
-        " r.record_json, o.acked_at FROM records r"
-        " LEFT JOIN outbox o ON o.kind = 'event' AND o.ref = r.event_id"
+def _filter(args: argparse.Namespace) -> EventFilter:
+    return EventFilter(
+        status=args.status,
+        plate=args.plate,
+        lane=args.lane,
+        since=args.since,
+        undelivered=args.undelivered,
     )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if after_seq is None:
-        sql += " ORDER BY r.seq DESC LIMIT ?"
-        params.append(args.limit)
-    else:
-        sql += " ORDER BY r.seq"
-    return sql, params
 
 
-def _line(row: sqlite3.Row, args: argparse.Namespace) -> str:
-    rec = json.loads(row["record_json"])
+def _line(row: EventRow, args: argparse.Namespace) -> str:
+    rec = json.loads(row.record_json)
     if args.json:
         if args.full:
             return json.dumps(rec, ensure_ascii=False)
         return json.dumps(
             {
-                "event_id": row["event_id"],
-                "lane": row["lane"],
-                "measured_at": row["measured_at"],
-                "plate": row["plate"],
+                "event_id": row.event_id,
+                "lane": row.lane,
+                "measured_at": row.measured_at,
+                "plate": row.plate,
                 "axles": rec["vehicle"]["axle_count"],
-                "gross_kg": row["gross_kg"],
-                "status": row["status"],
+                "gross_kg": row.gross_kg,
+                "status": row.status,
                 "over_kg": rec["verdict"].get("over_kg"),
-                "delivered": row["acked_at"] is not None,
+                "delivered": row.acked_at is not None,
             },
             ensure_ascii=False,
         )
     v = rec["verdict"]
     over = f"{v['over_kg']:+d} kg" if v.get("over_kg") is not None else ""
     return (
-        f"{row['event_id']}  lane {row['lane']}  {row['plate'] or '(no plate)':10}  "
-        f"{rec['vehicle']['axle_count']} axles  {row['gross_kg']:>6} kg  "
-        f"{row['status']:13} {over:>10}  {'delivered' if row['acked_at'] else 'queued'}"
+        f"{row.event_id}  lane {row.lane}  {row.plate or '(no plate)':10}  "
+        f"{rec['vehicle']['axle_count']} axles  {row.gross_kg:>6} kg  "
+        f"{row.status:13} {over:>10}  {'delivered' if row.acked_at else 'queued'}"
     )
 
 
 POLL_INTERVAL_S = 1.0
-FOLLOW_BUSY_TIMEOUT_MS = 500  # a locked database is retried at the next poll, Ctrl-C stays quick
+FOLLOW_BUSY_TIMEOUT_S = 0.5  # a locked database is retried at the next poll: Ctrl-C stays quick
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return follow(args, data_dir)
     conn = open_db(data_dir, "events")
     try:
-        sql, params = _query(args, None)
-        for row in conn.execute(sql, params).fetchall():
+        for row in newest_events(conn, _filter(args), args.limit):
             print(_line(row, args), flush=True)
     finally:
         conn.close()
@@ -131,7 +116,8 @@ def follow(
     args: argparse.Namespace, data_dir: Path, poll_interval_s: float = POLL_INTERVAL_S
 ) -> int:
     """Print the last records, then every new one once, until SIGINT (Ctrl-C). Returns 0."""
-    path = data_dir / "station.db"
+    path = data_dir / DB_FILE
+    flt = _filter(args)
     conn: sqlite3.Connection | None = None
     last: int | None = None  # highest seq printed; None until the first listing
     told: set[str] = set()  # conditions already explained on stderr (each once)
@@ -145,23 +131,20 @@ def follow(
     try:
         while True:
             try:
-                if conn is None and path.exists():
-                    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)
-                    conn.execute(f"PRAGMA busy_timeout={FOLLOW_BUSY_TIMEOUT_MS}")
-                    conn.row_factory = sqlite3.Row
+                if conn is None:
+                    with contextlib.suppress(NoDatabaseError):  # not yet: said below, retried
+                        conn = open_readonly(data_dir, busy_timeout_s=FOLLOW_BUSY_TIMEOUT_S)
                 if conn is None:
                     tell("missing", f"waiting for the station database at {path} ...")
                 elif last is None:
-                    sql, params = _query(args, None)
-                    rows = conn.execute(sql, params).fetchall()
+                    rows = newest_events(conn, flt, args.limit)
                     for row in reversed(rows):  # oldest first, like tail -f
                         print(_line(row, args), flush=True)
-                    last = max((int(r["seq"]) for r in rows), default=0)
+                    last = max((int(r.seq) for r in rows), default=0)
                 else:
-                    sql, params = _query(args, last)
-                    for row in conn.execute(sql, params).fetchall():
+                    for row in events_after(conn, flt, last):
                         print(_line(row, args), flush=True)
-                        last = int(row["seq"])
+                        last = int(row.seq)
             except sqlite3.DatabaseError as err:
                 # locked for a moment (a checkpoint), or created but not yet given its tables:
                 # the next poll tries again

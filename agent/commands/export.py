@@ -13,7 +13,8 @@ One directory per record::
         public_key.pem    the station public key (key id in record.json)
         images/           the photos, byte for byte
         SHA256SUMS        sha256sum -c format, for the images and the files above
-        verify.py         stand-alone check (Python 3 + the cryptography package)
+        verify.py         stand-alone check (Python 3 + the cryptography package), with
+                          the station's own canonical JSON copied in
 
 Exit 0 when every package was written and verified; 1 when a record is missing or fails its
 check (its package is still written, marked NOT VERIFIED); 66 without a database.
@@ -32,7 +33,10 @@ import html
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 from agent.commands._common import EX_FAILED, add_location_args, location_of, open_db
 
@@ -53,12 +57,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from agent.commands.progress import track
-    from agent.store import evidence
+    from agent.store.keys import verification_keys
 
     where = location_of(args, "export")
     data_dir, config = where.data_dir, where.evidence
     conn = open_db(data_dir, "export")
-    keys = evidence.verification_keys(data_dir, config)
+    keys = verification_keys(data_dir, config)
     out = Path(args.out)
     results: list[dict[str, Any]] = []
     try:
@@ -76,20 +80,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r["verified"] for r in results) else EX_FAILED
 
 
+#: One photo on the page: its entry in the record, its bytes (``None`` when not there) and what
+#: is wrong with it ("" when nothing).
+Photo = tuple[dict[str, Any], bytes | None, str]
+
+
 def export_one(
-    conn: Any, data_dir: Path, keys: dict[str, Any], event_id: str, out: Path
+    conn: sqlite3.Connection, data_dir: Path, keys: dict[str, Any], event_id: str, out: Path
 ) -> dict[str, Any]:
     """Write the package of one record; returns ``{event_id, path, verified, problems}``."""
-    from agent.store import integrity
+    from agent.store import integrity, readonly
 
-    row = conn.execute("SELECT record_json FROM records WHERE event_id = ?", (event_id,)).fetchone()
-    if row is None:
-        pruned = conn.execute(
-            "SELECT pruned_at FROM records_pruned WHERE event_id = ?", (event_id,)
-        ).fetchone()
-        why = f"pruned by retention at {pruned[0]}" if pruned else "no such record"
+    record_json = readonly.record_json(conn, event_id)
+    if record_json is None:
+        pruned = readonly.pruned_at(conn, event_id)
+        why = f"pruned by retention at {pruned}" if pruned else "no such record"
         return {"event_id": event_id, "verified": False, "problems": [why]}
-    record_json: str = row[0]
     record = json.loads(record_json)
     seal = dict(record["integrity"])
     body = {k: v for k, v in record.items() if k != "integrity"}
@@ -102,28 +108,43 @@ def export_one(
         broken = integrity.verify_seal(key, seal.get("prev_hash", ""), body_bytes, seal)
         if broken:
             problems.append(broken)
-
-    pkg = out / event_id
-    if pkg.exists():
-        shutil.rmtree(pkg)
-    (pkg / "images").mkdir(parents=True)
     files: dict[str, bytes] = {
         "record.json": record_json.encode(),
         "body.json": body_bytes,
         "prev_hash.txt": (seal.get("prev_hash", "") + "\n").encode(),
         "hash.bin": bytes.fromhex(seal.get("hash", "")),
         "signature.sig": base64.b64decode(seal.get("signature", "")),
-        "verify.py": VERIFY_PY.encode(),
+        "verify.py": verify_py().encode(),
     }
     if key is not None:
         files["public_key.pem"] = integrity.public_pem(key).encode()
-    image_rows = {
-        r[0]: (r[1], r[2])
-        for r in conn.execute(
-            "SELECT name, path, evicted_at FROM images WHERE event_id = ?", (event_id,)
-        )
+    photos = _photos(conn, data_dir, event_id, record, files, problems)
+    page = render_html(record, seal, photos, problems, files.get("public_key.pem", b"").decode())
+    pkg = out / event_id
+    _write_package(pkg, files, page)
+    return {
+        "event_id": event_id,
+        "path": str(pkg),
+        "verified": not problems,
+        "problems": problems,
     }
-    photos: list[tuple[dict[str, Any], bytes | None, str]] = []
+
+
+def _photos(
+    conn: sqlite3.Connection,
+    data_dir: Path,
+    event_id: str,
+    record: dict[str, Any],
+    files: dict[str, bytes],
+    problems: list[str],
+) -> list[Photo]:
+    """The record's photos as the page shows them; each one still there and matching its signed
+    hash goes into ``files`` (as ``images/{name}``), each one missing or altered into
+    ``problems`` (evicted by retention is not a problem)."""
+    from agent.store import readonly
+
+    image_rows = {r.name: (r.path, r.evicted_at) for r in readonly.image_rows(conn, event_id)}
+    photos: list[Photo] = []
     for img in record.get("images", []):
         name = img["name"]
         path, evicted = image_rows.get(name, (None, None))
@@ -145,6 +166,14 @@ def export_one(
         if data is not None:
             files[f"images/{name}"] = data
         photos.append((img, data, note))
+    return photos
+
+
+def _write_package(pkg: Path, files: dict[str, bytes], page: str) -> None:
+    """``pkg`` afresh: ``files``, their ``SHA256SUMS`` and ``index.html``."""
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    (pkg / "images").mkdir(parents=True)
     for name, data in files.items():
         (pkg / name).write_bytes(data)
     sums = "".join(
@@ -153,16 +182,7 @@ def export_one(
         if name != "SHA256SUMS"
     )
     (pkg / "SHA256SUMS").write_text(sums)
-    (pkg / "index.html").write_text(
-        render_html(record, seal, photos, problems, files.get("public_key.pem", b"").decode()),
-        encoding="utf-8",
-    )
-    return {
-        "event_id": event_id,
-        "path": str(pkg),
-        "verified": not problems,
-        "problems": problems,
-    }
+    (pkg / "index.html").write_text(page, encoding="utf-8")
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -175,12 +195,14 @@ STATUS_COLOURS = {
     "undetermined": "#616161",
 }
 
+CHART_W, CHART_H, CHART_PAD, CHART_TOP = 640, 260, 48, 16
+
 
 def axle_chart_svg(
     axle_loads_kg: list[int], gross_kg: int | None, limit_kg: int | None, tolerance_kg: int | None
 ) -> str:
     """Axle loads as bars, then the gross as a bar against the limit and limit + tolerance."""
-    w, h, pad, top = 640, 260, 48, 16
+    w, h, pad = CHART_W, CHART_H, CHART_PAD
     labels = [f"Axle {i + 1}" for i in range(len(axle_loads_kg))]
     values = list(axle_loads_kg)
     if gross_kg is not None:
@@ -189,31 +211,49 @@ def axle_chart_svg(
     lines = [(limit_kg, "limit", "#c62828")]
     if limit_kg is not None and tolerance_kg:
         lines.append((limit_kg + tolerance_kg, "limit + tolerance", "#ef6c00"))
-    top_value = max([v for v in values] + [v or 0 for v, _, _ in lines] + [1]) * 1.1
-    plot_h = h - pad - top
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - v / top_value)
-
-    n = max(len(values), 1)
-    slot = (w - pad - 10) / n
+    y = _ChartScale(max([v for v in values] + [v or 0 for v, _, _ in lines] + [1]) * 1.1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" '
         f'height="{h}" role="img" aria-label="axle loads and gross against the limit">',
-        f'<line x1="{pad}" y1="{top}" x2="{pad}" y2="{h - pad}" stroke="#333"/>',
+        f'<line x1="{pad}" y1="{CHART_TOP}" x2="{pad}" y2="{h - pad}" stroke="#333"/>',
         f'<line x1="{pad}" y1="{h - pad}" x2="{w - 10}" y2="{h - pad}" stroke="#333"/>',
     ]
     for frac in (0, 0.25, 0.5, 0.75, 1.0):
-        v = top_value / 1.1 * frac
+        v = y.top_value / 1.1 * frac
         parts.append(
             f'<text x="{pad - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">'
             f"{v / 1000:.0f} t</text>"
         )
+    limit = None if limit_kg is None else limit_kg + (tolerance_kg or 0)
+    parts += _chart_bars(labels, values, limit, y)
+    parts += _chart_limit_lines(lines, y)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+class _ChartScale:
+    """kg → the y coordinate of the chart (``top_value`` at the top of the plot)."""
+
+    def __init__(self, top_value: float) -> None:
+        self.top_value = top_value
+        self.plot_h = CHART_H - CHART_PAD - CHART_TOP
+
+    def __call__(self, v: float) -> float:
+        return CHART_TOP + self.plot_h * (1 - v / self.top_value)
+
+
+def _chart_bars(
+    labels: list[str], values: list[int], over_above_kg: int | None, y: _ChartScale
+) -> list[str]:
+    """One bar per value, labelled; the gross in red when above ``over_above_kg``."""
+    h, pad = CHART_H, CHART_PAD
+    slot = (CHART_W - pad - 10) / max(len(values), 1)
+    parts: list[str] = []
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         x = pad + i * slot + slot * 0.15
         bw = slot * 0.7
         gross = label == "Gross"
-        over = gross and limit_kg is not None and v > limit_kg + (tolerance_kg or 0)
+        over = gross and over_above_kg is not None and v > over_above_kg
         colour = "#c62828" if over else ("#1565c0" if gross else "#78909c")
         parts.append(
             f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw:.1f}" height="{y(0) - y(v):.1f}" '
@@ -227,20 +267,25 @@ def axle_chart_svg(
             f'<text x="{x + bw / 2:.1f}" y="{h - pad + 16}" font-size="11" '
             f'text-anchor="middle">{label}</text>'
         )
+    return parts
+
+
+def _chart_limit_lines(lines: list[tuple[int | None, str, str]], y: _ChartScale) -> list[str]:
+    """A dashed line per limit, labelled: the limit below its line, limit + tolerance above."""
+    parts: list[str] = []
     for i, (line_kg, label, colour) in enumerate(lines):
         if line_kg is None:
             continue
         parts.append(
-            f'<line x1="{pad}" x2="{w - 10}" y1="{y(line_kg):.1f}" y2="{y(line_kg):.1f}" '
-            f'stroke="{colour}" stroke-dasharray="6 3" stroke-width="2"/>'
+            f'<line x1="{CHART_PAD}" x2="{CHART_W - 10}" y1="{y(line_kg):.1f}" '
+            f'y2="{y(line_kg):.1f}" stroke="{colour}" stroke-dasharray="6 3" stroke-width="2"/>'
         )
         dy = 13 if i == 0 else -5  # limit below its line, limit + tolerance above its own
         parts.append(
-            f'<text x="{pad + 6}" y="{y(line_kg) + dy:.1f}" font-size="11" fill="{colour}">'
-            f"{label} {line_kg:,} kg</text>"
+            f'<text x="{CHART_PAD + 6}" y="{y(line_kg) + dy:.1f}" font-size="11" '
+            f'fill="{colour}">{label} {line_kg:,} kg</text>'
         )
-    parts.append("</svg>")
-    return "".join(parts)
+    return parts
 
 
 def _kg(value: Any) -> str:
@@ -250,49 +295,14 @@ def _kg(value: Any) -> str:
 def render_html(
     record: dict[str, Any],
     seal: dict[str, Any],
-    photos: list[tuple[dict[str, Any], bytes | None, str]],
+    photos: list[Photo],
     problems: list[str],
     public_key_pem: str,
 ) -> str:
     e = html.escape
     v = record.get("verdict", {})
     veh = record.get("vehicle", {})
-    dev = record.get("device", {})
-    sw = record.get("software", {})
     status = str(v.get("status", "undetermined"))
-    colour = STATUS_COLOURS.get(status, "#616161")
-    plates = record.get("plates", [])
-    plate_html = (
-        "".join(
-            f'<span class="plate plate-{e(str(p.get("color")))}">{e(str(p.get("text")))}</span> '
-            f"<small>{e(str(p.get('position')))}, {e(str(p.get('color')))}, "
-            f"confidence {p.get('confidence')}</small><br>"
-            for p in plates
-        )
-        or "<em>no plate read</em>"
-    )
-    photo_html = []
-    for img, data, note in photos:
-        caption = f"{e(img['name'])} ({e(str(img.get('role')))}, {img.get('bytes'):,} bytes)"
-        if data is not None and not note:
-            b64 = base64.b64encode(data).decode()
-            photo_html.append(
-                f'<figure><img src="data:image/jpeg;base64,{b64}" alt="{e(img["name"])}">'
-                f"<figcaption>{caption}<br><code>SHA-256 {e(img['sha256'])}</code>"
-                "</figcaption></figure>"
-            )
-        else:
-            photo_html.append(
-                f'<figure class="missing"><div>{e(note)}</div><figcaption>{caption}<br>'
-                f"<code>SHA-256 {e(img['sha256'])}</code></figcaption></figure>"
-            )
-    clock = record.get("clock", {}).get("synchronized")
-    clock_html = (
-        "NTP-synchronised"
-        if clock
-        else '<b class="bad">NOT synchronised: the time of this record is not trusted</b>'
-    )
-    storage = record.get("storage_flags") or []
     verified = (
         '<p class="ok">This package was verified when exported: hash chain link, '
         "Ed25519 signature and every image hash hold.</p>"
@@ -301,6 +311,74 @@ def render_html(
         + "; ".join(e(p) for p in problems)
         + "</p>"
     )
+    table = "".join(f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in _record_rows(record))
+    chart = axle_chart_svg(
+        list(veh.get("axle_loads_kg", [])),
+        veh.get("gross_kg"),
+        v.get("limit_kg"),
+        v.get("tolerance_kg"),
+    )
+    return PAGE.format(
+        title=e(str(record.get("event_id"))),
+        colour=STATUS_COLOURS.get(status, "#616161"),
+        status=e(status.replace("_", " ").upper()),
+        explanation=e(str(v.get("explanation", ""))),
+        explanation_zh=e(str(v.get("explanation_zh", ""))),
+        plates=_plates_html(record.get("plates", [])),
+        photos="".join(_photo_html(photo) for photo in photos),
+        chart=chart,
+        table=table,
+        verified=verified,
+        prev_hash=e(str(seal.get("prev_hash"))),
+        hash=e(str(seal.get("hash"))),
+        signature=e(str(seal.get("signature"))),
+        key_id=e(str(seal.get("key_id"))),
+        public_key=e(public_key_pem),
+    )
+
+
+def _plates_html(plates: list[dict[str, Any]]) -> str:
+    e = html.escape
+    return (
+        "".join(
+            f'<span class="plate plate-{e(str(p.get("color")))}">{e(str(p.get("text")))}</span> '
+            f"<small>{e(str(p.get('position')))}, {e(str(p.get('color')))}, "
+            f"confidence {p.get('confidence')}</small><br>"
+            for p in plates
+        )
+        or "<em>no plate read</em>"
+    )
+
+
+def _photo_html(photo: Photo) -> str:
+    e = html.escape
+    img, data, note = photo
+    caption = f"{e(img['name'])} ({e(str(img.get('role')))}, {img.get('bytes'):,} bytes)"
+    if data is not None and not note:
+        b64 = base64.b64encode(data).decode()
+        return (
+            f'<figure><img src="data:image/jpeg;base64,{b64}" alt="{e(img["name"])}">'
+            f"<figcaption>{caption}<br><code>SHA-256 {e(img['sha256'])}</code>"
+            "</figcaption></figure>"
+        )
+    return (
+        f'<figure class="missing"><div>{e(note)}</div><figcaption>{caption}<br>'
+        f"<code>SHA-256 {e(img['sha256'])}</code></figcaption></figure>"
+    )
+
+
+def _record_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's record table: ``(heading, HTML)`` per row."""
+    e = html.escape
+    v = record.get("verdict", {})
+    veh = record.get("vehicle", {})
+    dev = record.get("device", {})
+    sw = record.get("software", {})
+    clock_html = (
+        "NTP-synchronised"
+        if record.get("clock", {}).get("synchronized")
+        else '<b class="bad">NOT synchronised: the time of this record is not trusted</b>'
+    )
     rows = [
         ("Event id", e(str(record.get("event_id")))),
         ("Station / lane", f"{e(str(record.get('station_id')))} / lane {record.get('lane')}"),
@@ -308,10 +386,7 @@ def render_html(
         ("Sequence", str(record.get("seq"))),
         ("Vehicle class", f"{e(str(veh.get('vehicle_class')))} ({veh.get('axle_count')} axles)"),
         ("Speed", f"{veh.get('speed_kmh')} km/h"),
-        (
-            "Axle loads",
-            ", ".join(f"{x:,} kg" for x in veh.get("axle_loads_kg", [])),
-        ),
+        ("Axle loads", ", ".join(f"{x:,} kg" for x in veh.get("axle_loads_kg", []))),
         ("Axle spacings", ", ".join(f"{x:,} mm" for x in veh.get("axle_spacings_mm", []))),
         ("Gross", f"<b>{veh.get('gross_kg', 0):,} kg</b>"),
         (
@@ -333,32 +408,10 @@ def render_html(
         ),
         ("Audit counter", str(record.get("audit_counter"))),
     ]
+    storage = record.get("storage_flags") or []
     if storage:
         rows.append(("Storage", '<b class="bad">' + e(", ".join(storage)) + "</b>"))
-    table = "".join(f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows)
-    chart = axle_chart_svg(
-        list(veh.get("axle_loads_kg", [])),
-        veh.get("gross_kg"),
-        v.get("limit_kg"),
-        v.get("tolerance_kg"),
-    )
-    return PAGE.format(
-        title=e(str(record.get("event_id"))),
-        colour=colour,
-        status=e(status.replace("_", " ").upper()),
-        explanation=e(str(v.get("explanation", ""))),
-        explanation_zh=e(str(v.get("explanation_zh", ""))),
-        plates=plate_html,
-        photos="".join(photo_html),
-        chart=chart,
-        table=table,
-        verified=verified,
-        prev_hash=e(str(seal.get("prev_hash"))),
-        hash=e(str(seal.get("hash"))),
-        signature=e(str(seal.get("signature"))),
-        key_id=e(str(seal.get("key_id"))),
-        public_key=e(public_key_pem),
-    )
+    return rows
 
 
 PAGE = """<!DOCTYPE html>
@@ -430,16 +483,19 @@ the signature is Ed25519 over the 32 hash bytes.</small></p>
 </body></html>
 """
 
-VERIFY_PY = '''#!/usr/bin/env python3
+_VERIFY_PY = '''#!/usr/bin/env python3
 """Verify this evidence package: python3 verify.py [PACKAGE_DIR]. Needs `cryptography`."""
 import base64, hashlib, json, sys
 from pathlib import Path
+from typing import Any
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+{canonical_json}
 
 d = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
 record = json.loads((d / "record.json").read_bytes())
 seal = record.pop("integrity")
-body = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+body = canonical_json(record)
 ok = True
 def check(cond, what):
     global ok
@@ -467,3 +523,14 @@ for img in record.get("images", []):
 print("VERIFIED" if ok else "NOT VERIFIED")
 sys.exit(0 if ok else 1)
 '''
+
+
+def verify_py() -> str:
+    """The package's stand-alone ``verify.py``; its canonical JSON is the station's own
+    (:func:`agent.store.integrity.canonical_json`, copied in by source), so the bytes it hashes
+    are the bytes the station signed."""
+    import inspect
+
+    from agent.store import integrity
+
+    return _VERIFY_PY.replace("{canonical_json}", inspect.getsource(integrity.canonical_json))

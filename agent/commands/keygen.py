@@ -54,11 +54,11 @@ def _owner(args: argparse.Namespace, data_dir: Path) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from agent.store import evidence, integrity
+    from agent.store import integrity, keys
 
     where = location_of(args, "keygen")
     data_dir, config = where.data_dir, where.evidence
-    path = Path(args.key) if args.key else evidence.signing_key_path(config, data_dir)
+    path = Path(args.key) if args.key else keys.signing_key_path(config, data_dir)
     try:
         owner = _owner(args, data_dir)
     except KeyError:
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=True,
             owner=owner,
         )
-        if pub_path.parent != evidence.keys_dir(data_dir):
-            evidence.publish_public_key(signer, data_dir)
+        if pub_path.parent != keys.keys_dir(data_dir):
+            keys.publish_public_key(signer, data_dir)
     except OSError as err:
         print(f"roadside-agent keygen: cannot write {path}: {err}", file=sys.stderr)
         return EX_FAILED
@@ -107,14 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _archive_old_public_key(key_path: Path, pub_path: Path, data_dir: Path) -> None:
     """Keep the public half of the key being replaced, so old records still verify."""
-    from agent.store import evidence, integrity
+    from agent.store import integrity, keys
 
     try:
         old = integrity.load_key(key_path)
     except integrity.SigningKeyError:
         return
     old_pub = old.public_key()
-    archive = evidence.keys_dir(data_dir) / f"station-{integrity.key_id_of(old_pub)}.pub"
+    archive = keys.keys_dir(data_dir) / f"station-{integrity.key_id_of(old_pub)}.pub"
     if not archive.exists():
         integrity.write_key_file(archive, integrity.public_pem(old_pub).encode(), mode=0o644)
     if pub_path.exists():

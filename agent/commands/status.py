@@ -44,6 +44,8 @@ def service_state(unit: str = "roadside-agent.service") -> str | None:
 
 
 def collect(data_dir: Any) -> dict[str, Any]:
+    from agent.store import outbox, readonly
+
     conn = open_db(data_dir, "status")
     daemon: dict[str, Any] = {}
     status_file = data_dir / "status.json"
@@ -52,27 +54,18 @@ def collect(data_dir: Any) -> dict[str, Any]:
             daemon = json.loads(status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             daemon = {}
-    q = conn.execute(
-        "SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox WHERE acked_at IS NULL"
-    ).fetchone()
-    counts = {
-        r["status"]: r["n"]
-        for r in conn.execute("SELECT status, count(*) AS n FROM records GROUP BY status")
-    }
-    last = [
-        dict(r)
-        for r in conn.execute(
-            "SELECT r.event_id, r.lane, r.measured_at, r.plate, r.gross_kg, r.status,"
-            " o.acked_at IS NOT NULL AS delivered FROM records r LEFT JOIN outbox o"
-            " ON o.kind = 'event' AND o.ref = r.event_id ORDER BY r.seq DESC LIMIT 10"
-        )
-    ]
+    try:
+        pending, oldest = outbox.pending_summary(conn)
+        counts = readonly.record_counts(conn)
+        last = readonly.last_vehicles(conn, 10)
+    finally:
+        conn.close()
     disk = shutil.disk_usage(data_dir)
     return {
         "service": service_state(),
         "data_dir": str(data_dir),
         "daemon": daemon,
-        "queue": {"pending": q["pending"], "oldest_pending": q["oldest"]},
+        "queue": {"pending": pending, "oldest_pending": oldest},
         "records": counts,
         "last_vehicles": last,
         "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
@@ -84,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=1))
         return 0
-    d = doc["daemon"]
+    _print_daemon(doc["daemon"])
+    _print_store(doc)
+    return 0
+
+
+def _print_daemon(d: dict[str, Any]) -> None:
+    """What the daemon last wrote in ``status.json``: itself, devices, broker, clock, stages."""
     written = d.get("written_at")
     age = ""
     if written:
@@ -104,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         )
     up = d.get("uplink", {})
     if up:
-        age = up.get("oldest_unacked_age_s")
+        unacked = up.get("oldest_unacked_age_s")
         print(
             f"broker    {up.get('broker', '?')} "
             f"{'connected' if up.get('connected') else 'NOT connected'}"
             f"  in flight {up.get('in_flight', 0)}"
-            + (f"  oldest unacked {age:.0f} s" if isinstance(age, (int, float)) else "")
+            + (f"  oldest unacked {unacked:.0f} s" if isinstance(unacked, (int, float)) else "")
             + (f"  last error: {up['last_error']}" if up.get("last_error") else "")
         )
     clock = d.get("clock", {})
@@ -131,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
                 else ", ".join(f"{n} silent {a:.0f} s" for n, a in slow.items())
             )
         )
+
+
+def _print_store(doc: dict[str, Any]) -> None:
+    """What the database and the disk say: queue, records, free space, the last vehicles."""
     q = doc["queue"]
     print(f"queue     {q['pending']} waiting for platform ack, oldest {q['oldest_pending'] or '-'}")
     recs = doc["records"]
@@ -144,4 +147,3 @@ def run(args: argparse.Namespace) -> int:
             f"{v['gross_kg']:>6} kg  {v['status']:13} "
             f"{'delivered' if v['delivered'] else 'queued'}"
         )
-    return 0

@@ -39,23 +39,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _chain_length(conn: sqlite3.Connection) -> int | None:
-    """Records and tombstones in the chain (the progress total); ``None`` when unreadable."""
-    try:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM records_pruned)"
-        ).fetchone()
-    except sqlite3.DatabaseError:
-        return None  # verify_store reports the unreadable database
-    return int(row[0])
-
-
 def _counting_rows(
     progress: Progress,
 ) -> Callable[[sqlite3.Cursor, tuple[Any, ...]], sqlite3.Row]:
-    """A row factory giving ``sqlite3.Row`` (what ``evidence.verify_store`` needs) that
-    advances ``progress`` for every row of the evidence chain it walks: the rows whose first
-    column is ``kind`` (record or tombstone), read one by one as they are checked."""
+    """A row factory giving ``sqlite3.Row`` (what :func:`agent.store.verify.verify_store`
+    needs) that advances ``progress`` for every row of the evidence chain it walks: the rows
+    whose first column is ``kind`` (record or tombstone), read one by one as they are checked."""
 
     def factory(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
         if cursor.description[0][0] == "kind":
@@ -76,20 +65,22 @@ def verify_data_dir(
 
     ``progress`` (optional) counts the chain's records as they are checked.
     """
-    from agent.store import audit, evidence
+    from agent.store import audit
+    from agent.store.keys import verification_keys
     from agent.store.readonly import open_readonly
+    from agent.store.verify import ChainReport, Problem, chain_length, verify_store
 
     conn = open_readonly(data_dir)
     try:
         if progress is not None and progress.enabled:
-            progress.total = _chain_length(conn)
+            progress.total = chain_length(conn)
             conn.row_factory = _counting_rows(progress)
-        keys = evidence.verification_keys(data_dir, config)
+        keys = verification_keys(data_dir, config)
         try:
-            report = evidence.verify_store(conn, data_dir, keys, check_images=check_images)
+            report = verify_store(conn, data_dir, keys, check_images=check_images)
         except sqlite3.DatabaseError as err:
-            report = evidence.ChainReport()
-            report.problems.append(evidence.Problem("record", f"database unreadable: {err}"))
+            report = ChainReport()
+            report.problems.append(Problem("record", f"database unreadable: {err}"))
         audit_problems = audit.verify_log(conn, keys)
         audit_counter = audit.last_counter(conn)
     finally:

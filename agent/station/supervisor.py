@@ -36,17 +36,13 @@ from agent.pipeline.assemble import Assembler
 from agent.pipeline.capture import capture_and_read
 from agent.pipeline.weighing import WeighingStage
 from agent.station import sdnotify, timesync
-from agent.store import audit, evidence, retention
+from agent.store import audit, keys, readonly, retention
 from agent.store.alarms import raise_alarm
 from agent.store.db import Database
-from agent.store.evidence import (
-    EvidenceError,
-    EvidenceStore,
-    RecordContext,
-    StoredRecord,
-    write_file_atomically,
-)
+from agent.store.evidence import EvidenceError, EvidenceStore
+from agent.store.files import write_file_atomically
 from agent.store.permits import PermitBook, PermitListError
+from agent.store.record import RecordContext, StoredRecord
 from agent.uplink.commands import CommandError, require, set_config_handler
 from agent.uplink.delivery import Uplink, probe_broker
 from drivers.camera import CAMERAS, Camera
@@ -122,7 +118,7 @@ class Station:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(self.data_dir / "station.db")
-        self.signer = evidence.load_signer(cfg.evidence, self.data_dir, create_if_missing=True)
+        self.signer = keys.load_signer(cfg.evidence, self.data_dir, create_if_missing=True)
         self.store = EvidenceStore(self.db, self.data_dir, self.signer)
         removed = self.store.recover()
         if removed:
@@ -728,13 +724,7 @@ class Station:
 
     def _vehicles_today(self) -> int:
         assert self.db is not None
-        today = self.clock.now().date().isoformat()
-        row = (
-            self.db.read()
-            .execute("SELECT count(*) FROM records WHERE measured_at >= ?", (today,))
-            .fetchone()
-        )
-        return int(row[0])
+        return readonly.vehicles_since(self.db.read(), self.clock.now().date().isoformat())
 
     def scales_without_reading(self) -> list[str]:
         """Scales with no good reading yet (systemd READY=1 waits for them, bounded)."""

@@ -50,9 +50,6 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
-#: Reserved kinds; :meth:`AuditLog.reconcile` takes the kind from a key's first segment.
-KINDS = ("calibration", "limits", "tolerance", "scale", "software", "key")
-
 
 @dataclass(frozen=True)
 class Change:

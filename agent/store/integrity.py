@@ -27,6 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.store.files import fsync_dir
+
 GENESIS = "0" * 64
 ALGORITHM = "sha256-chain+ed25519"
 
@@ -106,14 +108,6 @@ def private_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_key_file(
     path: Path,
     data: bytes,
@@ -144,7 +138,7 @@ def write_key_file(
         os.close(fd)
     if overwrite:
         target.replace(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def generate_key(path: Path) -> Ed25519PrivateKey:

@@ -94,6 +94,15 @@ def pending_count(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def pending_summary(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """``(unacknowledged messages, the smallest created_at among them)`` in one query (what
+    ``status`` shows; ``None`` when nothing is pending)."""
+    row = conn.execute(
+        "SELECT count(*), min(created_at) FROM outbox WHERE acked_at IS NULL"
+    ).fetchone()
+    return int(row[0]), None if row[1] is None else str(row[1])
+
+
 def oldest_pending_created_at(conn: sqlite3.Connection) -> str | None:
     """``created_at`` of the oldest unacknowledged message.
 

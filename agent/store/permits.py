@@ -7,8 +7,9 @@ through :func:`agent.legal.judge` (``permits=book.permits_for(plate)``,
 ``watchlist=book.watch_for(plate)``).
 
 Storage: ``permits.json`` and ``watchlist.json`` in the data directory, each written to a temp
-file, fsynced, renamed over the old one, and the directory fsynced: a crash at any instant leaves
-either the old list or the new one, never a mix or a partial file.
+file, fsynced, renamed over the old one, and the directory fsynced
+(:func:`agent.store.files.write_file_atomically`): a crash at any instant leaves either the old
+list or the new one, never a mix or a partial file.
 
 Entry formats (JSON objects; unknown keys are refused so a typo cannot drop a condition):
 
@@ -21,8 +22,6 @@ Entry formats (JSON objects; unknown keys are refused so a typo cannot drop a co
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.legal.facts import InvalidFactsError, Permit, WatchEntry, normalize_plate
+from agent.store.files import write_file_atomically
 
 __all__ = ["Permit", "PermitBook", "PermitListError", "PermitStoreError", "WatchEntry"]
 
@@ -113,25 +113,6 @@ def parse_watch(entry: Any, index: int = 0) -> WatchEntry:
         return WatchEntry(plate, reason)
     except InvalidFactsError as err:
         raise PermitListError(f"{where}: {err}") from err
-
-
-def _write_atomically(path: Path, payload: dict[str, Any]) -> None:
-    data = json.dumps(payload, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class PermitBook:
@@ -237,8 +218,9 @@ class PermitBook:
     def _store(self, name: str, schema: str, entries: list[dict[str, Any]]) -> None:
         path = self._dir / name
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, {"schema": schema, "entries": entries})
+            payload = {"schema": schema, "entries": entries}
+            data = json.dumps(payload, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+            write_file_atomically(path, data)
         except OSError as err:
             raise PermitStoreError(f"{path}: cannot store the list: {err}") from err
 

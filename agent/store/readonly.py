@@ -1,30 +1,212 @@
 """Read-only access to the station database for the commands (never blocks the daemon).
 
 Every query that ``status``, ``events``, ``export``, ``diag`` and the supervisor's health need
-lives here or beside the table it reads (:mod:`agent.store.outbox`, :mod:`agent.store.audit`),
-so the schema has one owner: :mod:`agent.store`.
+lives here or beside the table it reads (:mod:`agent.store.outbox`, :mod:`agent.store.audit`,
+:mod:`agent.store.verify`), so the schema has one owner: :mod:`agent.store`. The functions take
+an open connection (:func:`open_readonly` for a command, :meth:`agent.store.db.Database.read`
+in the daemon) and return plain typed values, never cursors.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 DB_FILE = "station.db"
+BUSY_TIMEOUT_S = 10.0
 
 
 class NoDatabaseError(FileNotFoundError):
     """There is no station database in the data directory (the station has not run yet)."""
 
 
-def open_readonly(data_dir: Path) -> sqlite3.Connection:
+def open_readonly(data_dir: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """The station database opened read-only, rows as :class:`sqlite3.Row`.
 
-    Raises :class:`NoDatabaseError` when there is none.
+    ``busy_timeout_s``: how long a statement waits out the daemon's lock (a checkpoint).
+    Raises :class:`NoDatabaseError` when there is none; ``sqlite3.Error`` when SQLite cannot
+    open it.
     """
     path = Path(data_dir) / DB_FILE
     if not path.exists():
         raise NoDatabaseError(f"no station database at {path} (has the station run yet?)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+def vehicles_since(conn: sqlite3.Connection, since: str) -> int:
+    """How many kept records were measured at or after ``since`` (an ISO date or time)."""
+    row = conn.execute("SELECT count(*) FROM records WHERE measured_at >= ?", (since,)).fetchone()
+    return int(row[0])
+
+
+def record_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Kept records by verdict status."""
+    rows = conn.execute("SELECT status, count(*) AS n FROM records GROUP BY status")
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+class LastVehicle(TypedDict):
+    """One line of ``status``'s last vehicles (its ``--json`` prints these keys in this order)."""
+
+    event_id: str
+    lane: int
+    measured_at: str
+    plate: str | None
+    gross_kg: int | None
+    status: str
+    delivered: int  # 1 once the platform acknowledged it, else 0 (as SQLite says it)
+
+
+def last_vehicles(conn: sqlite3.Connection, limit: int = 10) -> list[LastVehicle]:
+    """The newest ``limit`` kept records, newest first, with whether each is delivered."""
+    rows = conn.execute(
+        "SELECT r.event_id, r.lane, r.measured_at, r.plate, r.gross_kg, r.status,"
+        " o.acked_at IS NOT NULL AS delivered FROM records r LEFT JOIN outbox o"
+        " ON o.kind = 'event' AND o.ref = r.event_id ORDER BY r.seq DESC LIMIT ?",
+        (limit,),
+    )
+    return [
+        LastVehicle(
+            event_id=r["event_id"],
+            lane=r["lane"],
+            measured_at=r["measured_at"],
+            plate=r["plate"],
+            gross_kg=r["gross_kg"],
+            status=r["status"],
+            delivered=r["delivered"],
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """What ``events`` selects; a field left at its default selects everything."""
+
+    status: str | None = None
+    plate: str | None = None
+    lane: int | None = None
+    since: str | None = None  # ISO time: measured at or after it
+    undelivered: bool = False
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A kept record as ``events`` lists it: the indexed columns, the record and its ack."""
+
+    seq: int
+    event_id: str
+    lane: int
+    measured_at: str
+    status: str
+    plate: str | None
+    gross_kg: int | None
+    record_json: str
+    acked_at: str | None
+
+
+def newest_events(conn: sqlite3.Connection, flt: EventFilter, limit: int) -> list[EventRow]:
+    """The newest ``limit`` records that pass ``flt``, newest first."""
+    sql, params = _events_query(flt)
+    return _event_rows(conn, sql + " ORDER BY r.seq DESC LIMIT ?", [*params, limit])
+
+
+def events_after(conn: sqlite3.Connection, flt: EventFilter, after_seq: int) -> list[EventRow]:
+    """Every record after ``seq`` ``after_seq`` that passes ``flt``, oldest first."""
+    sql, params = _events_query(flt, ("r.seq > ?", after_seq))
+    return _event_rows(conn, sql + " ORDER BY r.seq", params)
+
+
+def _events_query(flt: EventFilter, *extra: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """``SELECT … [WHERE …]`` for ``flt`` and any ``extra`` ``(condition, value)``."""
+    conds: list[tuple[str, Any]] = []
+    if flt.status:
+        conds.append(("r.status = ?", flt.status))
+    if flt.plate:
+        conds.append(("r.plate = ?", flt.plate))
+    if flt.lane is not None:
+        conds.append(("r.lane = ?", flt.lane))
+    if flt.since:
+        conds.append(("r.measured_at >= ?", flt.since))
+    where = [c for c, _ in conds]
+    if flt.undelivered:
+        where.append("o.acked_at IS NULL")
+    where += [c for c, _ in extra]
+    params = [v for _, v in (*conds, *extra)]
+    sql = (
+        "SELECT r.seq, r.event_id, r.lane, r.measured_at, r.status, r.plate, r.gross_kg,"
+        " r.record_json, o.acked_at FROM records r"
+        " LEFT JOIN outbox o ON o.kind = 'event' AND o.ref = r.event_id"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, params
+
+
+def _event_rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> list[EventRow]:
+    return [EventRow(*tuple(r)) for r in conn.execute(sql, params).fetchall()]
+
+
+def record_json(conn: sqlite3.Connection, event_id: str) -> str | None:
+    """The stored, signed record (canonical JSON) of ``event_id``; ``None`` when not kept."""
+    row = conn.execute("SELECT record_json FROM records WHERE event_id = ?", (event_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def pruned_at(conn: sqlite3.Connection, event_id: str) -> str | None:
+    """When retention pruned ``event_id`` (its tombstone), ``None`` when it did not."""
+    row = conn.execute(
+        "SELECT pruned_at FROM records_pruned WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of a record: ``path`` relative to the data directory; ``evicted_at`` set once
+    retention deleted the file (the row and the signed hash stay)."""
+
+    name: str
+    sha256: str
+    path: str
+    evicted_at: str | None
+
+
+def image_rows(conn: sqlite3.Connection, event_id: str) -> list[ImageRow]:
+    """The image rows of ``event_id``, by name."""
+    rows = conn.execute(
+        "SELECT name, sha256, path, evicted_at FROM images WHERE event_id = ? ORDER BY name",
+        (event_id,),
+    )
+    return [ImageRow(*tuple(r)) for r in rows.fetchall()]
+
+
+def newest_image_paths(data_dir: Path, limit: int) -> list[str]:
+    """Paths (relative to ``data_dir``) of up to ``limit`` images not evicted, newest record
+    first. ``[]`` when there is no database or it cannot be read: never raises, never blocks
+    the daemon (read-only, waits 5 s at most for a lock)."""
+    try:
+        conn = open_readonly(data_dir, busy_timeout_s=5)
+    except (NoDatabaseError, sqlite3.Error):
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT i.path FROM images i JOIN records r ON r.event_id = i.event_id"
+            " WHERE i.evicted_at IS NULL ORDER BY r.seq DESC, i.name LIMIT ?",
+            (limit,),
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return [str(r[0]) for r in rows]

@@ -47,7 +47,8 @@ from typing import NamedTuple, Protocol
 
 from agent.store.alarms import raise_alarm
 from agent.store.db import Database
-from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore, iso_ms
+from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore
+from agent.store.record import iso_ms
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from agent.domain import (  # noqa: E402
 )
 from agent.store import integrity  # noqa: E402
 from agent.store.db import Database  # noqa: E402
-from agent.store.evidence import EvidenceStore, RecordContext, StoredRecord  # noqa: E402
+from agent.store.evidence import EvidenceStore  # noqa: E402
+from agent.store.record import RecordContext, StoredRecord  # noqa: E402
 
 STATION_ID = "JS-BENCH-0001"
 CTX = RecordContext(

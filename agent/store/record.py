@@ -1,0 +1,101 @@
+"""What a vehicle record is: its schema name, the station facts it carries, and how it is built.
+
+One record per vehicle (DESIGN §4, §5): :func:`build_record` turns a :class:`VehicleEvent`, its
+:class:`Verdict` and the station's :class:`RecordContext` into the record body with the field
+names DESIGN §5 fixes, without its ``integrity`` block (:mod:`agent.store.evidence` seals and
+stores it). The id is ``{station_id}-{YYYYMMDDhhmmss}-{seq:06d}`` (:func:`event_id_for`).
+
+This module is legally relevant (:mod:`agent.legalid`): it decides what a sealed record says.
+Only record-building lives here; storage mechanics do not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agent.domain import VehicleEvent, Verdict
+
+#: The one name of the record schema (``"schema"`` of every record on ``{root}/events``).
+SCHEMA = "roadside.vehicle-event.v1"
+
+
+@dataclass(frozen=True)
+class RecordContext:
+    """Facts about the station that go into every record."""
+
+    station_id: str
+    scale_id: str
+    accuracy_class: str = ""
+    certificate: str = ""
+    certificate_valid_until: str = ""
+    clock_synchronized: bool | None = False
+    software_version: str = ""
+    legal_id: str = ""
+    audit_counter: int = 0
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as committed: its ``seq``, id and the signed record (with ``integrity``)."""
+
+    seq: int
+    event_id: str
+    record: dict[str, Any]
+
+
+def event_id_for(station_id: str, measured_at: datetime, seq: int) -> str:
+    return f"{station_id}-{measured_at.strftime('%Y%m%d%H%M%S')}-{seq:06d}"
+
+
+def iso_ms(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds")
+
+
+def build_record(
+    event: VehicleEvent,
+    verdict: Verdict,
+    ctx: RecordContext,
+    *,
+    event_id: str,
+    seq: int,
+    images: list[dict[str, Any]],
+    storage_flags: list[str] | None = None,
+) -> dict[str, Any]:
+    """The record body as DESIGN §5 names its fields (without ``integrity``)."""
+    w = event.weighing
+    body: dict[str, Any] = {
+        "schema": SCHEMA,
+        "event_id": event_id,
+        "station_id": ctx.station_id,
+        "lane": w.lane,
+        "seq": seq,
+        "measured_at": iso_ms(w.measured_at),
+        "clock": {"synchronized": ctx.clock_synchronized},
+        "vehicle": {
+            "axle_count": w.axle_count,
+            "axle_loads_kg": list(w.axle_loads_kg),
+            "axle_spacings_mm": list(w.axle_spacings_mm),
+            "gross_kg": w.gross_kg,
+            "speed_kmh": w.speed_kmh,
+            "vehicle_class": verdict.vehicle_class.value,
+            "flags": sorted(f.value for f in w.flags),
+        },
+        "plates": [p.to_dict("position") for p in event.plates],
+        "match_flags": sorted(event.match_flags),
+        "verdict": verdict.to_dict(),
+        "images": images,
+        "device": {
+            "scale_id": ctx.scale_id,
+            "accuracy_class": ctx.accuracy_class,
+            "certificate": ctx.certificate,
+            "certificate_valid_until": ctx.certificate_valid_until,
+        },
+        "software": {"version": ctx.software_version, "legal_id": ctx.legal_id},
+        "audit_counter": ctx.audit_counter,
+        "raw": w.raw,
+    }
+    if storage_flags:
+        body["storage_flags"] = sorted(storage_flags)
+    return body
