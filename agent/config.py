@@ -27,7 +27,7 @@ from agent.legal import LegalConfig
 from agent.pipeline.assemble import AssembleConfig
 from agent.pipeline.weighing import WeighingConfig
 from agent.store.evidence import EvidenceConfig
-from agent.uplink.delivery import UplinkConfig
+from agent.uplink.client import UplinkConfig
 from drivers.camera import CAMERAS, CameraConfig
 from drivers.paths import ConfigPath
 from drivers.plate import PLATE_READERS, PlateReaderConfig

@@ -48,7 +48,8 @@ from agent.store.evidence import (
 )
 from agent.store.permits import PermitBook, PermitListError
 from agent.uplink.commands import CommandError, require, set_config_handler
-from agent.uplink.delivery import Uplink, probe_broker
+from agent.uplink.client import probe_broker
+from agent.uplink.delivery import Uplink
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PlateReader
