@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, legalid
-from agent.config import ConfigError, Lane, StationConfig, parse_config
+from agent.config import ConfigError, Lane, StationConfig, parse_config, redact_config
 from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
@@ -314,8 +314,6 @@ class Station:
         }
 
     def _cmd_get_config(self, args: dict[str, Any]) -> dict[str, Any]:
-        from agent.commands.diag import redact_config
-
         return {"config": redact_config(self.config.text), "config_hash": self.config.digest}
 
     def _restart_for_new_config(self) -> None:
