@@ -13,21 +13,24 @@ pydantic traceback reach the journal.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from agent.legal import LegalConfig
 from agent.pipeline.assemble import AssembleConfig
 from agent.pipeline.weighing import WeighingConfig
 from agent.store.evidence import EvidenceConfig
-from agent.uplink.delivery import UplinkConfig
+from agent.uplink.client import UplinkConfig
 from drivers.camera import CAMERAS, CameraConfig
 from drivers.paths import ConfigPath
 from drivers.plate import PLATE_READERS, PlateReaderConfig
@@ -248,13 +251,18 @@ def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMod
         field = model.model_fields.get(part)
         if field is None:
             return model
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None)
-        candidates = [ann, *(inner or [])]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
+        model = next(_models_in(field.annotation), None)
     return model
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The config models in a field's type (``TlsConfig | None``, ``list[LaneSection]``)."""
+    if get_origin(annotation) is None and isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            yield annotation
+        return
+    for arg in get_args(annotation):
+        yield from _models_in(arg)
 
 
 def _problems(
@@ -365,3 +373,140 @@ def load_config(path: str | Path) -> StationConfig:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(str(p), [Problem(None, "", "", f"cannot read the file: {err}")]) from err
     return parse_config(text, p)
+
+
+# -- redaction ------------------------------------------------------------------------------
+#
+# What leaves the station (``get-config``, the ``diag`` archive) never carries a secret. A config
+# model marks its secret fields with ``Field(..., json_schema_extra={"secret": True})``; those are
+# redacted whatever their name. Any other key whose words look secret is redacted too: a key
+# of another version's config, a misplaced one, a field not marked yet.
+
+# A key looks secret when one of its words (split at _ - .) is one of these. "certificate" (the
+# scale's verification certificate number) and "key_id" are deliberately not secret.
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "passphrase",
+        "secret",
+        "token",
+        "key",
+        "keyfile",
+        "psk",
+        "private",
+        "credential",
+        "credentials",
+        "apikey",
+    }
+)
+NOT_SECRET = frozenset({"key_id", "public_key"})
+REDACTED = '"<redacted>"'
+
+_ASSIGN = re.compile(
+    r"""(?P<key>[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=\s*"""
+    r"""(?P<value>\"\"\".*?\"\"\"|'\'\'.*?'\'\'|\"\"\"|'\'\'|"(?:[^"\\]|\\.)*"|'[^']*'|\[[^\]]*\]|[^,}\]\s#]+)"""
+)
+_URL_PASSWORD = re.compile(r"(://[^:/\s\"'@]+:)[^@\s\"']+@")
+
+
+def config_fields(
+    model: type[BaseModel] = StationConfigFile,
+) -> Iterator[tuple[type[BaseModel], str, FieldInfo]]:
+    """Every field of ``model`` and of the models its fields hold, as ``(model, name, field)``.
+
+    Device tables are generic in the file (their model depends on ``type``) and not walked.
+    """
+    seen: set[type[BaseModel]] = set()
+    todo = [model]
+    while todo:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        for name, info in current.model_fields.items():
+            yield current, name, info
+            todo.extend(_models_in(info.annotation))
+
+
+@functools.cache
+def secret_fields() -> frozenset[str]:
+    """Names of the config fields marked ``json_schema_extra={"secret": True}``."""
+    return frozenset(
+        name
+        for _, name, info in config_fields()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("secret")
+    )
+
+
+def looks_secret(key: str) -> bool:
+    """Whether one of the words of ``key`` is in :data:`SECRET_WORDS`."""
+    return any(word in SECRET_WORDS for word in re.split(r"[_\-.]", key.strip("\"'").lower()))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether the value of config key ``key`` (as written in TOML, maybe quoted) is secret:
+    a field marked secret, or a key that looks secret (not ``key_id``, ``public_key``)."""
+    name = key.strip("\"'").lower()
+    if name in NOT_SECRET:
+        return False
+    return name in secret_fields() or looks_secret(name)
+
+
+def redact_config(text: str) -> str:
+    """The TOML text with every secret value (:func:`is_secret_key`) replaced by ``"<redacted>"``.
+
+    Line-based, so comments, layout and line numbers stay as the technician wrote them (the
+    desk can match ``check-config`` messages to lines); inline tables, one-line arrays and
+    multi-line strings (blanked line by line) are handled; passwords inside URLs
+    (``mqtt://user:pw@host``) are redacted too. The result is valid TOML when the input was.
+    """
+    out: list[str] = []
+    closing: str | None = None  # inside a redacted multi-line string: its closing delimiter
+    for line in text.splitlines(keepends=True):
+        newline = line[len(line.rstrip("\r\n")) :]
+        if closing is not None:
+            if closing in line:
+                closing = None
+            out.append(newline)  # keep the line count
+            continue
+        code, comment = _split_comment(line.rstrip("\r\n"))
+        code = _URL_PASSWORD.sub(r"\1<redacted>@", code)
+
+        pieces: list[str] = []
+        pos = 0
+        for m in _ASSIGN.finditer(code):
+            if not is_secret_key(m.group("key")):
+                continue
+            pieces += [code[pos : m.start()], f"{m.group('key')} = {REDACTED}"]
+            pos = m.end()
+            value = m.group("value")
+            if value in ('"""', "'''") and value not in code[m.end() :]:
+                closing = value  # the rest of this line is inside the string
+                break
+        code = "".join(pieces) + ("" if closing else code[pos:])
+        if closing is not None:
+            comment = ""
+        out.append(code + comment + newline)
+    return "".join(out)
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """``(code, comment)`` of one TOML line: a ``#`` outside strings starts the comment."""
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return line[:i], line[i:]
+        i += 1
+    return line, ""

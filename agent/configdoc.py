@@ -57,7 +57,7 @@ def render() -> str:
     from agent.legal import LegalConfig
     from agent.pipeline.assemble import AssembleConfig
     from agent.store.evidence import EvidenceConfig
-    from agent.uplink.delivery import UplinkConfig
+    from agent.uplink.client import UplinkConfig
     from drivers.camera import CAMERAS
     from drivers.plate import PLATE_READERS
     from drivers.scale import SCALES

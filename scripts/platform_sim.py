@@ -36,14 +36,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
-from agent.store.integrity import chain_hash
-from agent.uplink.delivery import (
-    UplinkConfig,
-    canonical_json,
-    make_client,
-    mqtt_properties,
-    set_nodelay,
-)
+from agent.store.integrity import canonical_json, chain_hash
+from agent.uplink.client import UplinkConfig, make_client, mqtt_properties, set_nodelay
 
 log = logging.getLogger(__name__)
 

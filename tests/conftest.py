@@ -34,7 +34,8 @@ from agent.store.alarms import raise_alarm
 from agent.store.db import Database
 from agent.store.evidence import EvidenceStore
 from agent.store.record import RecordContext, StoredRecord
-from agent.uplink.delivery import Uplink, UplinkConfig
+from agent.uplink.client import UplinkConfig
+from agent.uplink.delivery import Uplink
 from drivers.clock import Clock, SystemClock
 
 MOSQUITTO = shutil.which("mosquitto") or (

@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cli import main
-from agent.commands.diag import SECRET_WORDS, newest_images, redact_config
+from agent.commands.diag import newest_images
+from agent.config import (
+    SECRET_WORDS,
+    config_fields,
+    is_secret_key,
+    looks_secret,
+    redact_config,
+    secret_fields,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "firmware_config" / "examples" / "demo.toml"
@@ -97,6 +105,20 @@ def test_any_secret_value_is_redacted_and_the_file_stays_toml(
     if prefix == "tls.":
         table = table["tls"]
     assert table[word if prefix == "tls." else prefix + word] == "<redacted>"
+
+
+#: Fields that look secret and are redacted by their name, not yet by their mark.
+NOT_MARKED_YET: set[str] = set()
+
+
+def test_the_secret_fields_of_the_config_models_are_marked_and_redacted() -> None:
+    assert {"password", "password_file", "key_file"} <= secret_fields()
+    looking = {name for _, name, _ in config_fields() if looks_secret(name)}
+    assert looking - secret_fields() == NOT_MARKED_YET, "mark them secret on their model"
+    for name in secret_fields() | looking:
+        assert is_secret_key(name)
+    for name in ("host", "username", "ca_file", "cert_file", "certificate", "key_id"):
+        assert not is_secret_key(name)
 
 
 # -- the archive ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from platform_sim import PlatformSim
 
 from agent.config import StationConfig, parse_config
 from agent.station.supervisor import Station
-from agent.uplink.delivery import UplinkConfig
+from agent.uplink.client import UplinkConfig
 from drivers import traffic
 
 from .conftest import DEMO_CONFIG, Mosquitto, complete_count, uplink_config, wait_until

@@ -13,6 +13,16 @@ from agent.station import timesync
 from tests.crash_writer import T0
 
 
+class FakeClockSync:
+    """A sync source whose answer the test sets, like chrony gaining or losing its servers."""
+
+    def __init__(self, synchronized: bool | None = True) -> None:
+        self.synchronized = synchronized
+
+    def __call__(self) -> bool | None:
+        return self.synchronized
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adjtimex is Linux")
 def test_adjtimex_reads_the_kernel_state() -> None:
     assert ctypes.sizeof(timesync.Timex) == (208 if ctypes.sizeof(ctypes.c_long) == 8 else 128)
@@ -25,7 +35,7 @@ def test_adjtimex_reads_the_kernel_state() -> None:
 
 
 def test_unsynchronised_clock_raises_one_alarm_until_it_recovers() -> None:
-    source = timesync.FakeClockSync(True)
+    source = FakeClockSync(True)
     alarms: list[str] = []
     mon = timesync.ClockMonitor(source, alarm=lambda msg, at: alarms.append(msg))
     assert mon.poll(T0) is True
@@ -44,9 +54,7 @@ def test_outbox_alarm_is_queued(tmp_path: Path) -> None:
     from tests.crash_writer import open_store
 
     db, _store = open_store(tmp_path)
-    mon = timesync.ClockMonitor(
-        timesync.FakeClockSync(False), alarm=timesync.outbox_alarm(db, "JS-ZJ-0001")
-    )
+    mon = timesync.ClockMonitor(FakeClockSync(False), alarm=timesync.outbox_alarm(db, "JS-ZJ-0001"))
     mon.poll(T0)
     rows = db.read().execute("SELECT kind, priority, payload FROM outbox").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("alarm", 0)]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from platform_sim import PlatformSim
 
+from agent.uplink.client import UplinkConfig, probe_broker
 from agent.uplink.commands import (
     MAX_COMMAND_BYTES,
     CommandError,
@@ -17,7 +18,7 @@ from agent.uplink.commands import (
     set_config,
     set_config_handler,
 )
-from agent.uplink.delivery import Uplink, UplinkConfig, probe_broker
+from agent.uplink.delivery import Uplink
 from tests.conftest import (
     Mosquitto,
     StationData,

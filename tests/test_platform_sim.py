@@ -15,7 +15,8 @@ from paho.mqtt.packettypes import PacketTypes
 from platform_sim import PlatformSim, check_record, load_schema, validate
 
 from agent.domain import VerdictStatus
-from agent.uplink.delivery import canonical_json, make_client, mqtt_properties
+from agent.store.integrity import canonical_json
+from agent.uplink.client import make_client, mqtt_properties
 from tests.conftest import Mosquitto, StationData, uplink_config, wait_until
 
 MakeSim = Callable[..., PlatformSim]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from platform_sim import PlatformSim
 
-from agent.uplink.delivery import TlsConfig, Uplink, UplinkConfig, probe_broker
+from agent.uplink.client import TlsConfig, UplinkConfig, probe_broker
+from agent.uplink.delivery import Uplink
 from tests.certs import CertFiles, Pki
 from tests.conftest import (
     Mosquitto,

@@ -115,102 +115,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-# -- redaction ----------------------------------------------------------------------------------
-
-# A key is secret when one of its words (split at _ - .) is one of these. "certificate" (the
-# scale's verification certificate number) and "key_id" are deliberately not secret.
-SECRET_WORDS = frozenset(
-    {
-        "password",
-        "passwd",
-        "pass",
-        "passphrase",
-        "secret",
-        "token",
-        "key",
-        "keyfile",
-        "psk",
-        "private",
-        "credential",
-        "credentials",
-        "apikey",
-    }
-)
-NOT_SECRET = frozenset({"key_id", "public_key"})
-REDACTED = '"<redacted>"'
-
-_ASSIGN = re.compile(
-    r"""(?P<key>[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=\s*"""
-    r"""(?P<value>\"\"\".*?\"\"\"|'\'\'.*?'\'\'|\"\"\"|'\'\'|"(?:[^"\\]|\\.)*"|'[^']*'|\[[^\]]*\]|[^,}\]\s#]+)"""
-)
-_URL_PASSWORD = re.compile(r"(://[^:/\s\"'@]+:)[^@\s\"']+@")
-
-
-def is_secret_key(key: str) -> bool:
-    name = key.strip("\"'").lower()
-    if name in NOT_SECRET:
-        return False
-    return any(word in SECRET_WORDS for word in re.split(r"[_\-.]", name))
-
-
-def redact_config(text: str) -> str:
-    """The TOML text with every secret-looking value replaced by ``"<redacted>"``.
-
-    Line-based, so comments, layout and line numbers stay as the technician wrote them (the
-    desk can match ``check-config`` messages to lines); inline tables, one-line arrays and
-    multi-line strings (blanked line by line) are handled; passwords inside URLs
-    (``mqtt://user:pw@host``) are redacted too. The result is valid TOML when the input was.
-    """
-    out: list[str] = []
-    closing: str | None = None  # inside a redacted multi-line string: its closing delimiter
-    for line in text.splitlines(keepends=True):
-        newline = line[len(line.rstrip("\r\n")) :]
-        if closing is not None:
-            if closing in line:
-                closing = None
-            out.append(newline)  # keep the line count
-            continue
-        code, comment = _split_comment(line.rstrip("\r\n"))
-        code = _URL_PASSWORD.sub(r"\1<redacted>@", code)
-
-        pieces: list[str] = []
-        pos = 0
-        for m in _ASSIGN.finditer(code):
-            if not is_secret_key(m.group("key")):
-                continue
-            pieces += [code[pos : m.start()], f"{m.group('key')} = {REDACTED}"]
-            pos = m.end()
-            value = m.group("value")
-            if value in ('"""', "'''") and value not in code[m.end() :]:
-                closing = value  # the rest of this line is inside the string
-                break
-        code = "".join(pieces) + ("" if closing else code[pos:])
-        if closing is not None:
-            comment = ""
-        out.append(code + comment + newline)
-    return "".join(out)
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """``(code, comment)`` of one TOML line: a ``#`` outside strings starts the comment."""
-    quote: str | None = None
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quote:
-            if c == "\\" and quote == '"':
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c == "#":
-            return line[:i], line[i:]
-        i += 1
-    return line, ""
-
-
 # -- collection -----------------------------------------------------------------------------------
 
 
@@ -285,6 +189,8 @@ def _journal(a: Archive, lines: int) -> None:
 
 def _config(a: Archive, config_path: Path) -> str | None:
     """The redacted config and its check; returns the station id when readable."""
+    from agent.config import ConfigError, is_secret_key, load_config, redact_config
+
     try:
         text = config_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -295,8 +201,6 @@ def _config(a: Archive, config_path: Path) -> str | None:
         "config/sha256.txt",
         f"{hashlib.sha256(text.encode()).hexdigest()}  {config_path}\n",
     )
-    from agent.config import ConfigError, load_config
-
     try:
         cfg = load_config(config_path)
     except ConfigError as err:

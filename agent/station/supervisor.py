@@ -3,10 +3,13 @@
 Start-up order (and reverse shut-down) in one readable place, :meth:`Station.start`:
 
 1. database, signing key, evidence store (stray files from a crash removed);
-2. legal rules; plate reader (a missing model degrades to "no plate" records);
-3. uplink (MQTT; records wait in the outbox while the broker is unreachable);
+2. legal rules, permits, the audit of the legally relevant parameters, clock monitoring,
+   retention; the plate reader (a missing model degrades to "no plate" records);
+3. uplink (MQTT; records wait in the outbox while the broker is unreachable), with the
+   station's command handlers (:mod:`agent.station.handlers`);
 4. per lane: cameras, then the scale and its reader thread;
-5. the pipeline thread: weighing → frames and plates → verdict → evidence → uplink.
+5. the pipeline thread: weighing → frames and plates → verdict → evidence → uplink; the status
+   thread (:mod:`agent.station.health`); the retention thread.
 
 Threads share one stop event (``while not stop.wait(n)``), queues are bounded, and every loop
 iteration is guarded: an exception is logged with the device it concerns and the loop goes on.
@@ -14,37 +17,32 @@ iteration is guarded: an exception is logged with the device it concerns and the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, legalid
-from agent.config import ConfigError, Lane, StationConfig, parse_config
+from agent.config import Lane, StationConfig
 from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
 from agent.pipeline.capture import capture_and_read
 from agent.pipeline.weighing import WeighingStage
-from agent.station import sdnotify, timesync
+from agent.station import health, sdnotify, timesync
+from agent.station.handlers import StationCommands
+from agent.station.health import Counters, StageBeat
 from agent.store import audit, keys, readonly, retention
 from agent.store.alarms import raise_alarm
 from agent.store.db import Database
 from agent.store.evidence import EvidenceError, EvidenceStore
-from agent.store.files import write_file_atomically
-from agent.store.permits import PermitBook, PermitListError
+from agent.store.permits import PermitBook
 from agent.store.record import RecordContext, StoredRecord
-from agent.uplink.commands import CommandError, require, set_config_handler
-from agent.uplink.delivery import Uplink, probe_broker
+from agent.uplink.delivery import Uplink
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
 from drivers.plate import PlateReader
@@ -53,27 +51,8 @@ from drivers.scale import SCALES, Scale, ScaleError
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY_S = 2.0
 QUEUE_SIZE = 256
 STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
-STATUS_FILE = "status.json"
-
-
-@dataclass
-class StageBeat:
-    """When a stage last showed it was alive (monotonic seconds)."""
-
-    name: str
-    last: float = 0.0
-
-
-@dataclass
-class Counters:
-    vehicles: int = 0
-    stored: int = 0
-    store_errors: int = 0
-    unmatched_plates: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
 
 
 class Station:
@@ -99,13 +78,13 @@ class Station:
         self.started_mono = self.clock.monotonic()
         self._threads: list[threading.Thread] = []
         self._work: queue.Queue[tuple[Lane, VehicleWeighing]] = queue.Queue(QUEUE_SIZE)
-        self._scales: dict[int, Scale] = {}
-        self._cameras: dict[int, list[Camera]] = {}
-        self._plate_reader: PlateReader | None = None
+        self.scales: dict[int, Scale] = {}
+        self.cameras: dict[int, list[Camera]] = {}
+        self.plate_reader: PlateReader | None = None
         self.assembler = Assembler(config.assemble)
-        self._plate_error = ""
-        self._beats: dict[str, StageBeat] = {}
-        self._recent: list[dict[str, Any]] = []
+        self.plate_error = ""
+        self.beats: dict[str, StageBeat] = {}
+        self.recent: list[dict[str, Any]] = []  # the last vehicles stored, newest first
         self.db: Database | None = None
         self.store: EvidenceStore | None = None
         self.uplink: Uplink | None = None
@@ -115,18 +94,55 @@ class Station:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start every part in order; :meth:`stop` stops them in reverse."""
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.data_dir / "station.db")
-        self.signer = keys.load_signer(cfg.evidence, self.data_dir, create_if_missing=True)
-        self.store = EvidenceStore(self.db, self.data_dir, self.signer)
-        removed = self.store.recover()
-        if removed:
-            log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
+        # 1. the evidence store
+        db, store = self._open_store()
+        # 2. what judges and seals a vehicle, and what watches over it
         self.rules = load_rules(cfg.legal)
         self.permits = PermitBook(self.data_dir)
         self.legal_id = legalid.legal_software_id()
-        self.audit = audit.AuditLog(self.db, self.signer)
+        self._audit_legal_parameters(db)
+        self.clock_monitor = timesync.ClockMonitor(
+            timesync.clock_synchronized, alarm=timesync.outbox_alarm(db, cfg.station.id)
+        )
+        self.clock_monitor.poll(self.clock.now())
+        self.retention = retention.Retention(
+            db, store, cfg.evidence, self.clock, station_id=cfg.station.id
+        )
+        self._start_plate_reader()
+        # 3. the uplink with the station's command handlers
+        self._start_uplink()
+        # 4. the lanes: cameras, scales and their reader threads
+        for lane in cfg.lanes:
+            self._start_lane(lane)
+        # 5. the stages that consume them
+        self._spawn("pipeline", self._pipeline_loop)
+        self._spawn("status", self._status_loop)
+        self._spawn("retention", lambda: self.retention.run(self.stop_event), watched=False)
+        log.info(
+            "station %s started: %d lane(s), data in %s, broker %s:%d",
+            cfg.station.id,
+            len(cfg.lanes),
+            self.data_dir,
+            cfg.uplink.host,
+            cfg.uplink.port,
+        )
+
+    def _open_store(self) -> tuple[Database, EvidenceStore]:
+        """Database, signing key, evidence store; stray files of a crash are removed."""
+        self.db = db = Database(self.data_dir / "station.db")
+        self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
+        self.store = store = EvidenceStore(db, self.data_dir, self.signer)
+        removed = store.recover()
+        if removed:
+            log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
+        return db, store
+
+    def _audit_legal_parameters(self, db: Database) -> None:
+        """Record the legally relevant parameters; alarm on each change since the last run."""
+        self.audit = audit.AuditLog(db, self.signer)
         first_run = self.audit.counter() == 0
         changes = self.audit.reconcile(self._legal_parameters(), self.clock.now())
         if first_run and changes:
@@ -151,28 +167,6 @@ class Station:
                     "audit_counter": change.counter,
                 },
             )
-        self.clock_monitor = timesync.ClockMonitor(
-            timesync.clock_synchronized, alarm=timesync.outbox_alarm(self.db, cfg.station.id)
-        )
-        self.clock_monitor.poll(self.clock.now())
-        self.retention = retention.Retention(
-            self.db, self.store, cfg.evidence, self.clock, station_id=cfg.station.id
-        )
-        self._start_plate_reader()
-        self._start_uplink()
-        for lane in cfg.lanes:
-            self._start_lane(lane)
-        self._spawn("pipeline", self._pipeline_loop)
-        self._spawn("status", self._status_loop)
-        self._spawn("retention", lambda: self.retention.run(self.stop_event), watched=False)
-        log.info(
-            "station %s started: %d lane(s), data in %s, broker %s:%d",
-            cfg.station.id,
-            len(cfg.lanes),
-            self.data_dir,
-            cfg.uplink.host,
-            cfg.uplink.port,
-        )
 
     def _legal_parameters(self) -> dict[str, Any]:
         """What the audit log keeps under change control (WELMEC 7.2 style)."""
@@ -218,9 +212,9 @@ class Station:
 
     def _start_plate_reader(self) -> None:
         # A missing or refused model degrades to records flagged "no plate" (logged at ERROR).
-        self._plate_reader = open_plate_reader(self.config.plate)
-        if self._plate_reader is None:
-            self._plate_error = f"plate reader {self.config.plate.type!r} not available"
+        self.plate_reader = open_plate_reader(self.config.plate)
+        if self.plate_reader is None:
+            self.plate_error = f"plate reader {self.config.plate.type!r} not available"
 
     def _start_uplink(self) -> None:
         assert self.db is not None and self.store is not None
@@ -231,87 +225,16 @@ class Station:
             store=self.store,
             clock=self.clock,
             health=self.health,
-            handlers=self._command_handlers(),
+            handlers=StationCommands(
+                self.config,
+                self.clock,
+                self.permits,
+                self.cameras,
+                self.plate_reader,
+                restart=self._restart_for_new_config,
+            ).handlers(),
         )
         self.uplink.start()
-
-    # -- platform commands (MQTT {root}/cmd/{name}) -------------------------------------------
-
-    def _command_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "set-permits": self._cmd_set_permits,
-            "set-watchlist": self._cmd_set_watchlist,
-            "capture-test": self._cmd_capture_test,
-            "get-config": self._cmd_get_config,
-        }
-        path = self.config.path
-        if path is not None:
-            apply_config = set_config_handler(
-                read_current=lambda: path.read_text(encoding="utf-8"),
-                validate=_config_problems,
-                apply=lambda text: write_file_atomically(path, text.encode("utf-8")),
-                can_connect=lambda text, timeout_s: probe_broker(
-                    parse_config(text, path).uplink, self.config.station.id, timeout_s
-                ),
-                backup_dir=path.parent / "backups",
-                now=self.clock.now,
-            )
-
-            def set_config(args: dict[str, Any]) -> dict[str, Any]:
-                result = apply_config(args)  # validated, backed up, probed; else rolled back
-                # restart once the reply has gone out, to run on the new file
-                timer = threading.Timer(RESTART_DELAY_S, self._restart_for_new_config)
-                timer.daemon = True
-                timer.start()
-                return {**result, "restart_in_s": RESTART_DELAY_S}
-
-            handlers["set-config"] = set_config
-        return handlers
-
-    def _cmd_set_permits(self, args: dict[str, Any]) -> dict[str, Any]:
-        entries = require(args, "permits", list)
-        try:
-            count = self.permits.replace_permits(entries)
-        except PermitListError as err:
-            raise CommandError("invalid", str(err)) from err
-        log.warning("permits replaced by the platform: %d permit(s)", count)
-        return {"permits": count}
-
-    def _cmd_set_watchlist(self, args: dict[str, Any]) -> dict[str, Any]:
-        entries = require(args, "watchlist", list)
-        try:
-            count = self.permits.replace_watchlist(entries)
-        except PermitListError as err:
-            raise CommandError("invalid", str(err)) from err
-        log.warning("watch-list replaced by the platform: %d plate(s)", count)
-        return {"watchlist": count}
-
-    def _cmd_capture_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Photograph a lane now and read its plates (a technician checks aim and focus)."""
-        lane_no = args.get("lane", self.config.lanes[0].number)
-        if not isinstance(lane_no, int) or lane_no not in self._cameras:
-            raise CommandError("invalid", f"no lane {lane_no!r} on this station")
-        result = capture_and_read(self._cameras[lane_no], self._plate_reader, self.clock.now(), 1)
-        return {
-            "lane": lane_no,
-            "frames": [
-                {
-                    "camera_id": f.camera_id,
-                    "role": f.role,
-                    "bytes": len(f.jpeg),
-                    "sha256": hashlib.sha256(f.jpeg).hexdigest(),
-                    "captured_at": f.captured_at.isoformat(),
-                }
-                for f in result.frames
-            ],
-            "plates": [r.to_dict("camera_id") for r in result.reads],
-            "faults": result.faults,
-        }
-
-    def _cmd_get_config(self, args: dict[str, Any]) -> dict[str, Any]:
-        from agent.commands.diag import redact_config
-
-        return {"config": redact_config(self.config.text), "config_hash": self.config.digest}
 
     def _restart_for_new_config(self) -> None:
         """After set-config: stop, and ``run`` exits 75 so systemd restarts us on the new file."""
@@ -330,21 +253,21 @@ class Station:
                 cams.append(cam)
             except Exception as err:
                 log.error("lane %d camera %s unavailable: %s", lane.number, cam_cfg.id, err)
-        self._cameras[lane.number] = cams
+        self.cameras[lane.number] = cams
         scale = SCALES.get(lane.scale.type)(lane.scale, self.clock, lane.number)
-        self._scales[lane.number] = scale
+        self.scales[lane.number] = scale
         self._spawn(f"scale-lane{lane.number}", lambda: self._scale_loop(lane, scale))
 
     def _spawn(self, name: str, target: Callable[[], None], watched: bool = True) -> None:
         """Start a named stage thread; ``watched`` stages must beat for the watchdog."""
         if watched:
-            self._beats[name] = StageBeat(name, self.clock.monotonic())
+            self.beats[name] = StageBeat(name, self.clock.monotonic())
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(t)
         t.start()
 
     def _beat(self, name: str) -> None:
-        beat = self._beats.get(name)
+        beat = self.beats.get(name)
         if beat is not None:
             beat.last = self.clock.monotonic()
 
@@ -359,22 +282,22 @@ class Station:
         scale_threads = [t for t in self._threads if t.name.startswith("scale-")]
         for t in scale_threads:
             t.join(max(0.1, deadline - time.monotonic()))
-        for scale in self._scales.values():
+        for scale in self.scales.values():
             scale.shutdown()
         for t in reversed(self._threads):
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():
                 log.error("stage %s did not stop in time", t.name)
         self._threads.clear()
-        for cams in self._cameras.values():
+        for cams in self.cameras.values():
             for cam in cams:
                 cam.shutdown()
         if self.uplink is not None:
             self.uplink.stop(max(0.5, deadline - time.monotonic()))
-        if self._plate_reader is not None:
-            self._plate_reader.shutdown()
+        if self.plate_reader is not None:
+            self.plate_reader.shutdown()
         try:
-            self._write_status()
+            health.write_status(self)
             self.dump_diag()
         except Exception:
             log.exception("final status/diag dump not written")
@@ -478,8 +401,8 @@ class Station:
     def _capture(self, lane: Lane, weighing: VehicleWeighing) -> None:
         self.assembler.add_weighing(weighing)
         result = capture_and_read(
-            self._cameras.get(lane.number, []),
-            self._plate_reader,
+            self.cameras.get(lane.number, []),
+            self.plate_reader,
             weighing.measured_at,
             self.config.assemble.frames_per_camera,
         )
@@ -578,7 +501,7 @@ class Station:
         self.counters.stored += 1
         status = verdict.status.value
         self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
-        self._recent = ([_summary(stored.record), *self._recent])[:10]
+        self.recent = ([_summary(stored.record), *self.recent])[:10]
         if self.uplink is not None:
             self.uplink.wake()
         if self.on_stored is not None:
@@ -621,74 +544,11 @@ class Station:
             scale_id=s.id,
         )
 
-    # -- health ------------------------------------------------------------------------------
+    # -- health (agent.station.health) -------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         """Devices, stages and counters: the heartbeat's and ``status``'s station part."""
-        now = self.clock.monotonic()
-        devices: dict[str, Any] = {}
-        for lane_no, scale in self._scales.items():
-            h = scale.health
-            devices[scale.id] = {
-                "kind": "scale",
-                "lane": lane_no,
-                "state": h.state,
-                "errors": h.errors,
-                "last_good_at": h.last_good_at.isoformat() if h.last_good_at else None,
-                "last_error": h.last_error,
-            }
-        for lane_no, cams in self._cameras.items():
-            for cam in cams:
-                ch = cam.health
-                devices[cam.id] = {
-                    "kind": "camera",
-                    "lane": lane_no,
-                    "role": cam.role,
-                    "state": ch.state,
-                    "last_good_at": ch.last_good_at.isoformat() if ch.last_good_at else None,
-                    "last_error": ch.last_error,
-                }
-        devices["plate-reader"] = {
-            "kind": "plate_reader",
-            "type": self.config.plate.type,
-            "state": "ok" if self._plate_reader is not None else "fault",
-            "last_error": self._plate_error,
-        }
-        return {
-            "station_id": self.config.station.id,
-            "software_version": __version__,
-            "config_hash": self.config.digest,
-            "uptime_s": round(now - self.started_mono, 1),
-            "devices": devices,
-            "stages": {n: round(now - b.last, 1) for n, b in self._beats.items()},
-            "clock": {
-                "synchronized": getattr(self, "clock_monitor", None)
-                and self.clock_monitor.synchronized
-            },
-            "legal_id": getattr(self, "legal_id", ""),
-            "disk": self._disk(),
-            "vehicles": {
-                "seen": self.counters.vehicles,
-                "stored": self.counters.stored,
-                "store_errors": self.counters.store_errors,
-                "unmatched_plates": self.counters.unmatched_plates,
-                "by_status": dict(self.counters.by_status),
-            },
-        }
-
-    def _disk(self) -> dict[str, Any]:
-        try:
-            usage = shutil.disk_usage(self.data_dir)
-        except OSError as err:
-            return {"error": str(err)}
-        out: dict[str, Any] = {"free_bytes": usage.free, "total_bytes": usage.total}
-        ret = getattr(self, "retention", None)
-        if ret is not None:
-            try:
-                out["evicted"] = ret.stats()
-            except Exception as err:
-                out["evicted"] = {"error": str(err)}
-        return out
+        return health.report(self)
 
     def _status_loop(self) -> None:
         """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps."""
@@ -696,31 +556,19 @@ class Station:
             self._beat("status")
             try:
                 self.clock_monitor.poll(self.clock.now())
-                self._write_status()
+                health.write_status(self)
                 stale = sdnotify.stale_stages(
-                    {n: b.last for n, b in self._beats.items()},
+                    {n: b.last for n, b in self.beats.items()},
                     self.clock.monotonic(),
                     STAGE_STALE_S,
                 )
                 self.watchdog.tick(stages_fresh=not stale, stale=stale)
-                self.notifier.status(self._status_line(stale))
+                self.notifier.status(health.status_line(self, stale, self._vehicles_today()))
                 if self.dump_requested.is_set():
                     self.dump_requested.clear()
                     self.dump_diag()
             except Exception:
                 log.exception("status loop: tick failed")
-
-    def _status_line(self, stale: list[str]) -> str:
-        problems = [f"stage {n} hung" for n in stale]
-        for dev_id, dev in self.health()["devices"].items():
-            if dev.get("state") == "fault":
-                problems.append(f"{dev_id} fault")
-        pending, broker = 0, "not configured"
-        if self.uplink is not None:
-            st = self.uplink.stats()
-            pending = int(st.get("pending", st.get("queue_depth", 0)) or 0)
-            broker = "connected" if st.get("connected") else "NOT connected"
-        return sdnotify.status_line(self._vehicles_today(), pending, broker, problems)
 
     def _vehicles_today(self) -> int:
         assert self.db is not None
@@ -728,58 +576,11 @@ class Station:
 
     def scales_without_reading(self) -> list[str]:
         """Scales with no good reading yet (systemd READY=1 waits for them, bounded)."""
-        return [
-            f"scale {s.id} (lane {lane})"
-            for lane, s in self._scales.items()
-            if s.health.last_good_at is None
-        ]
+        return health.scales_without_reading(self.scales)
 
     def dump_diag(self) -> None:
-        """Write ``diag/raw-{device}.log`` (raw frame tails) and ``diag/dump.json``.
-
-        Read by ``roadside-agent diag``; written on SIGUSR1 and at shutdown.
-        """
-        diag = self.data_dir / "diag"
-        for lane_no, scale in self._scales.items():
-            h = scale.health
-            lines = [
-                f"# device {scale.id} lane {lane_no} type {scale.config.type} state {h.state}"
-                f" errors {h.errors} last error: {h.last_error}",
-                *(frame.hex(" ") for frame in list(scale.raw_tail)),
-            ]
-            write_file_atomically(diag / f"raw-{scale.id}.log", ("\n".join(lines) + "\n").encode())
-        doc = self.health()
-        doc["written_at"] = self.clock.now().isoformat(timespec="seconds")
-        write_file_atomically(
-            diag / "dump.json", json.dumps(doc, ensure_ascii=False, indent=1).encode()
-        )
-
-    def _write_status(self) -> None:
-        """``status.json`` in the data dir: what ``roadside-agent status`` shows of the daemon."""
-        doc = self.health()
-        doc["written_at"] = self.clock.now().isoformat(timespec="seconds")
-        doc["pid"] = os.getpid()
-        doc["running"] = not self.stop_event.is_set()
-        doc["last_vehicles"] = self._recent
-        doc["diag_dump_signal"] = "SIGUSR1"
-        if self.uplink is not None:
-            try:
-                doc["uplink"] = self.uplink.stats()
-            except Exception as err:
-                doc["uplink"] = {"error": str(err)}
-        write_file_atomically(
-            self.data_dir / STATUS_FILE,
-            json.dumps(doc, ensure_ascii=False, indent=1).encode(),
-        )
-
-
-def _config_problems(text: str) -> list[str]:
-    """Every problem of a pushed config, as ``check-config`` words them (empty: valid)."""
-    try:
-        parse_config(text)
-    except ConfigError as err:
-        return [p.format("station.toml") for p in err.problems]
-    return []
+        """Write ``diag/`` for ``roadside-agent diag`` (on SIGUSR1 and at shutdown)."""
+        health.dump_diag(self)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

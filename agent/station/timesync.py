@@ -107,16 +107,6 @@ class SyncSource(Protocol):
     def __call__(self) -> bool | None: ...
 
 
-class FakeClockSync:
-    """A sync source for tests: returns :attr:`synchronized`, which the test sets."""
-
-    def __init__(self, synchronized: bool | None = True) -> None:
-        self.synchronized = synchronized
-
-    def __call__(self) -> bool | None:
-        return self.synchronized
-
-
 class ClockMonitor:
     """Polls a sync source and raises ``clock_unsynchronized`` alarms on the way down.
 

@@ -112,6 +112,7 @@ class EvidenceConfig(BaseModel):
         default="",
         description="Ed25519 private key (PEM). Empty: $CREDENTIALS_DIRECTORY/signing-key, "
         "else keys/station.key in the data directory (created on first run).",
+        json_schema_extra={"secret": True},
     )
     disk_budget_mb: int = Field(
         default=0,

@@ -9,20 +9,30 @@ MQTT 5 response topic with the request's correlation data (see ``docs/uplink.md`
 A malformed, oversized or unknown command gets an error reply and changes nothing: payloads are
 checked here before any handler runs, and a handler rejects with :class:`CommandError` before
 it touches state. The station injects the handlers for what it owns (permits, watch-list,
-cameras, config); ``ping`` and ``resend`` belong to the uplink. :func:`set_config` is the
-validate → back up → apply → probe → roll back sequence the station's ``set-config`` handler
-wraps around its own config loading.
+cameras, config); ``ping`` and ``resend`` belong to the uplink (:func:`builtin_handlers`).
+:class:`CommandRunner` runs them one at a time on the ``uplink-cmd`` thread. :func:`set_config`
+is the validate → back up → apply → probe → roll back sequence the station's ``set-config``
+handler wraps around its own config loading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import re
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from agent import __version__
+from agent.store import outbox
+from agent.store.db import Database
+from agent.uplink import messages
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,9 @@ KNOWN_COMMANDS = (
     "get-config",
     "set-config",
 )
+
+#: Platform commands waiting to run; more get an immediate ``busy`` reply.
+COMMAND_QUEUE = 16
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -137,6 +150,102 @@ class Dispatcher:
         else:
             reply.update(ok=True, result=result)
         return reply
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as it arrived on ``{root}/cmd/{name}``, with where its reply goes."""
+
+    name: str
+    payload: bytes
+    response_topic: str | None
+    correlation: bytes | None
+
+
+class CommandRunner:
+    """Runs platform commands one at a time, off paho's network thread (``uplink-cmd``).
+
+    A handler may block (``set-config`` probes the broker for up to 30 s); :meth:`submit`, called
+    from the network thread, never does: a command finding the queue full is not run and gets
+    the ``busy`` reply at once. ``publish`` sends a reply (it drops it while there is no client).
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        topics: messages.Topics,
+        publish: Callable[[messages.Message], None],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self._topics = topics
+        self._publish = publish
+        self._queue: queue.Queue[Command | None] = queue.Queue(COMMAND_QUEUE)
+        self.handled = 0  # commands taken from the queue and dispatched
+
+    def submit(self, cmd: Command) -> None:
+        try:
+            self._queue.put_nowait(cmd)
+        except queue.Full:
+            self._reply(cmd, messages.busy_reply(cmd.name))
+
+    def run(self, stop: threading.Event) -> None:
+        """The thread's loop: until ``stop`` is set and :meth:`close` has woken it."""
+        while not stop.is_set():
+            try:
+                cmd = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if cmd is None:
+                return
+            try:
+                self.handled += 1
+                self._reply(cmd, self.dispatcher.dispatch(cmd.name, cmd.payload))
+            except Exception:
+                log.exception("uplink: command %s failed", cmd.name)
+
+    def close(self) -> None:
+        """Wake the thread so it sees the stop event now, not at its next poll."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+
+    def _reply(self, cmd: Command, reply: dict[str, Any]) -> None:
+        self._publish(
+            messages.command_reply(
+                self._topics,
+                cmd.name,
+                reply,
+                response_topic=cmd.response_topic,
+                correlation=cmd.correlation,
+            )
+        )
+
+
+def builtin_handlers(
+    *, station_id: str, db: Database, now: Callable[[], datetime], wake: Callable[[], None]
+) -> dict[str, Handler]:
+    """The uplink's own commands: ``ping``, and ``resend`` (``{"from": …, "to": …}``, ISO 8601
+    with offsets), which sends the event records created in that range again, acked or not;
+    ``wake`` tells the sender."""
+
+    def ping(args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "station_id": station_id,
+            "time": now().isoformat(timespec="milliseconds"),
+            "software_version": __version__,
+        }
+
+    def resend(args: dict[str, Any]) -> dict[str, Any]:
+        since = parse_time(args, "from")
+        until = parse_time(args, "to")
+        if until < since:
+            raise CommandError("bad-argument", "'to' is before 'from'")
+        with db.write() as conn:
+            n = outbox.requeue_events(conn, since, until)
+        wake()
+        return {"requeued": n}
+
+    return {"ping": ping, "resend": resend}
 
 
 def set_config(

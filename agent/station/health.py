@@ -1,0 +1,183 @@
+"""What the running station says about itself: the heartbeat's station part, ``status.json``,
+systemd's ``STATUS=`` line and the ``diag/`` dumps.
+
+:func:`report` is the one picture (devices, stages, clock, disk, counters) that the heartbeat,
+``status.json`` (read by ``roadside-agent status``) and ``diag/dump.json`` (read by
+``roadside-agent diag``) carry. Nothing here changes the station; everything reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.station import sdnotify
+from agent.store.files import write_file_atomically
+from drivers.scale import Scale
+
+if TYPE_CHECKING:
+    from agent.station.supervisor import Station
+    from agent.store.retention import Retention
+
+
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class StageBeat:
+    """When a stage last showed it was alive (monotonic seconds)."""
+
+    name: str
+    last: float = 0.0
+
+
+@dataclass
+class Counters:
+    vehicles: int = 0
+    stored: int = 0
+    store_errors: int = 0
+    unmatched_plates: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def report(station: Station) -> dict[str, Any]:
+    """Devices, stages and counters: the heartbeat's and ``status``'s station part.
+
+    Safe before :meth:`Station.start` has finished (what is not there yet is left out).
+    """
+    now = station.clock.monotonic()
+    counters = station.counters
+    clock_monitor = getattr(station, "clock_monitor", None)
+    return {
+        "station_id": station.config.station.id,
+        "software_version": __version__,
+        "config_hash": station.config.digest,
+        "uptime_s": round(now - station.started_mono, 1),
+        "devices": devices(station),
+        "stages": {n: round(now - b.last, 1) for n, b in station.beats.items()},
+        "clock": {"synchronized": clock_monitor and clock_monitor.synchronized},
+        "legal_id": getattr(station, "legal_id", ""),
+        "disk": disk(station.data_dir, getattr(station, "retention", None)),
+        "vehicles": {
+            "seen": counters.vehicles,
+            "stored": counters.stored,
+            "store_errors": counters.store_errors,
+            "unmatched_plates": counters.unmatched_plates,
+            "by_status": dict(counters.by_status),
+        },
+    }
+
+
+def devices(station: Station) -> dict[str, Any]:
+    """Each scale's, camera's and the plate reader's state and last good read, by device id."""
+    out: dict[str, Any] = {}
+    for lane_no, scale in station.scales.items():
+        h = scale.health
+        out[scale.id] = {
+            "kind": "scale",
+            "lane": lane_no,
+            "state": h.state,
+            "errors": h.errors,
+            "last_good_at": h.last_good_at.isoformat() if h.last_good_at else None,
+            "last_error": h.last_error,
+        }
+    for lane_no, cams in station.cameras.items():
+        for cam in cams:
+            ch = cam.health
+            out[cam.id] = {
+                "kind": "camera",
+                "lane": lane_no,
+                "role": cam.role,
+                "state": ch.state,
+                "last_good_at": ch.last_good_at.isoformat() if ch.last_good_at else None,
+                "last_error": ch.last_error,
+            }
+    out["plate-reader"] = {
+        "kind": "plate_reader",
+        "type": station.config.plate.type,
+        "state": "ok" if station.plate_reader is not None else "fault",
+        "last_error": station.plate_error,
+    }
+    return out
+
+
+def disk(data_dir: Path, retention: Retention | None) -> dict[str, Any]:
+    """Free and total bytes of the data directory's file system, and what retention evicted."""
+    try:
+        usage = shutil.disk_usage(data_dir)
+    except OSError as err:
+        return {"error": str(err)}
+    out: dict[str, Any] = {"free_bytes": usage.free, "total_bytes": usage.total}
+    if retention is not None:
+        try:
+            out["evicted"] = retention.stats()
+        except Exception as err:
+            out["evicted"] = {"error": str(err)}
+    return out
+
+
+def status_line(station: Station, stale: list[str], vehicles_today: int) -> str:
+    """systemd's ``STATUS=``: vehicles today, the queue, the broker and what is wrong."""
+    problems = [f"stage {n} hung" for n in stale]
+    for dev_id, dev in devices(station).items():
+        if dev.get("state") == "fault":
+            problems.append(f"{dev_id} fault")
+    pending, broker = 0, "not configured"
+    if station.uplink is not None:
+        st = station.uplink.stats()
+        pending = int(st.get("pending", st.get("queue_depth", 0)) or 0)
+        broker = "connected" if st.get("connected") else "NOT connected"
+    return sdnotify.status_line(vehicles_today, pending, broker, problems)
+
+
+def scales_without_reading(scales: Mapping[int, Scale]) -> list[str]:
+    """Scales with no good reading yet (systemd READY=1 waits for them, bounded)."""
+    return [
+        f"scale {s.id} (lane {lane})" for lane, s in scales.items() if s.health.last_good_at is None
+    ]
+
+
+def write_status(station: Station) -> None:
+    """``status.json`` in the data dir: what ``roadside-agent status`` shows of the daemon."""
+    doc = report(station)
+    doc["written_at"] = station.clock.now().isoformat(timespec="seconds")
+    doc["pid"] = os.getpid()
+    doc["running"] = not station.stop_event.is_set()
+    doc["last_vehicles"] = station.recent
+    doc["diag_dump_signal"] = "SIGUSR1"
+    if station.uplink is not None:
+        try:
+            doc["uplink"] = station.uplink.stats()
+        except Exception as err:
+            doc["uplink"] = {"error": str(err)}
+    write_file_atomically(
+        station.data_dir / STATUS_FILE,
+        json.dumps(doc, ensure_ascii=False, indent=1).encode(),
+    )
+
+
+def dump_diag(station: Station) -> None:
+    """Write ``diag/raw-{device}.log`` (raw frame tails) and ``diag/dump.json``.
+
+    Read by ``roadside-agent diag``; written on SIGUSR1 and at shutdown.
+    """
+    diag = station.data_dir / "diag"
+    for lane_no, scale in station.scales.items():
+        h = scale.health
+        lines = [
+            f"# device {scale.id} lane {lane_no} type {scale.config.type} state {h.state}"
+            f" errors {h.errors} last error: {h.last_error}",
+            *(frame.hex(" ") for frame in list(scale.raw_tail)),
+        ]
+        write_file_atomically(diag / f"raw-{scale.id}.log", ("\n".join(lines) + "\n").encode())
+    doc = report(station)
+    doc["written_at"] = station.clock.now().isoformat(timespec="seconds")
+    write_file_atomically(
+        diag / "dump.json", json.dumps(doc, ensure_ascii=False, indent=1).encode()
+    )
