@@ -27,7 +27,6 @@ from drivers.scale.base import (
     Scale,
     ScaleConfig,
     ScaleError,
-    WeightSample,
 )
 from drivers.scale.modbus import ModbusDetector, ModbusDetectorConfig
 from drivers.scale.serial_line import LinkError, SerialStream
@@ -239,8 +238,3 @@ class Stability:
         values = [v for _, v in h]
         return max(values) - min(values) <= self.band_kg
 
-
-def weight_sample(
-    at_clock: Clock, kg: float, stable: bool, flags: frozenset[str], raw: bytes
-) -> WeightSample:
-    return WeightSample(at=at_clock.now(), gross_kg=kg, stable=stable, flags=flags, raw=raw)
