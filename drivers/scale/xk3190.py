@@ -27,7 +27,13 @@ from dataclasses import dataclass
 
 from drivers.clock import Clock
 from drivers.scale.base import Measurement, WeightSample
-from drivers.scale.stream import Reject, Stability, StreamScale, WeightStreamConfig
+from drivers.scale.stream import (
+    Reject,
+    Stability,
+    StreamScale,
+    WeightStreamConfig,
+    skip_to_start,
+)
 
 STX, ETX = 0x02, 0x03
 FRAME_LEN = 12
@@ -93,15 +99,11 @@ class Xk3190Framer:
         buf += data
         out: list[Xk3190Frame | Reject] = []
         while True:
-            start = buf.find(STX)
-            if start < 0:
-                if buf:
-                    out.append(Reject("no STX", bytes(buf)))
-                buf.clear()
+            junk = skip_to_start(buf, STX)
+            if junk is not None:
+                out.append(junk)
+            if not buf:
                 break
-            if start > 0:
-                out.append(Reject("no STX", bytes(buf[:start])))
-                del buf[:start]
             if len(buf) < FRAME_LEN:
                 # A frame is never longer than 12 bytes; an STX inside means a cut frame.
                 nxt = buf.find(STX, 1)
