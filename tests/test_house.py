@@ -209,10 +209,7 @@ LONG_FUNCTIONS_TO_SPLIT = {
     "agent/commands/export.py:export_one",
     "agent/commands/export.py:axle_chart_svg",
     "agent/commands/export.py:render_html",
-    "agent/commands/probe_camera.py:_probe",
-    "agent/commands/judge.py:run",
     "agent/commands/status.py:run",
-    "agent/commands/probe.py:probe_scale",
 }
 MAX_FUNCTION_LINES = 60
 WHY_LONG = "# long:"  # a comment saying why a function stays whole
