@@ -643,8 +643,6 @@ def _undetermined(
         rules,
         limit_kg=limit,
         tolerance_kg=tol,
-        over_kg=None,
-        over_pct=None,
         rule=rule,
         policy=policy,
         text=(
@@ -699,13 +697,15 @@ def _verdict(
     *,
     limit_kg: int | None,
     tolerance_kg: int | None,
-    over_kg: int | None,
-    over_pct: float | None,
     rule: str,
     policy: str,
     text: Text,
+    over_kg: int | None = None,
+    over_pct: float | None = None,
 ) -> Verdict:
-    """The verdict with what every status records alike (class, details, watch-list)."""
+    """The verdict with what every status records alike (class, details, watch-list);
+    ``text`` is (English, Chinese) before the watch-list note. No ``over_kg`` / ``over_pct``:
+    undetermined."""
     return Verdict(
         status,
         limit_kg=limit_kg,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -49,19 +50,32 @@ class Framer(Protocol[F]):
         """Frames (and rejects) completed by ``data``; keeps partial frames for the next call."""
 
 
-def skip_to_start(buf: bytearray, start: int) -> Reject | None:
-    """Cut what comes before the first ``start`` byte (STX) out of ``buf``, all of it when
-    there is none, and return it as a "no STX" reject (``None`` when nothing was cut).
+def cut_frames(
+    buf: bytearray, start: int, cut: Callable[[bytearray], F | Reject | None]
+) -> list[F | Reject]:
+    """The framers' loop over ``buf``: throw away what precedes the next ``start`` byte
+    (STX) as a "no STX" reject, then let ``cut`` take one frame or reject off the front of
+    ``buf`` (which begins with ``start``); ``cut`` returns ``None`` while the bytes of the
+    frame have not all come, and they wait in ``buf`` for the next read."""
+    out: list[F | Reject] = []
+    while True:
+        at = buf.find(start)
+        junk = len(buf) if at < 0 else at
+        if junk:
+            out.append(cut_reject(buf, junk, "no STX"))
+        if not buf:
+            return out
+        item = cut(buf)
+        if item is None:
+            return out
+        out.append(item)
 
-    Afterwards ``buf`` is empty or begins with ``start``: where a framer resynchronises.
-    """
-    at = buf.find(start)
-    cut = len(buf) if at < 0 else at
-    if cut == 0:
-        return None
-    junk = Reject("no STX", bytes(buf[:cut]))
-    del buf[:cut]
-    return junk
+
+def cut_reject(buf: bytearray, length: int, reason: str) -> Reject:
+    """The first ``length`` bytes of ``buf``, cut off as a reject."""
+    reject = Reject(reason, bytes(buf[:length]))
+    del buf[:length]
+    return reject
 
 
 class SerialScaleConfig(ScaleConfig):

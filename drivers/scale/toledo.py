@@ -34,7 +34,13 @@ from pydantic import Field
 
 from drivers.clock import Clock
 from drivers.scale.base import Measurement, WeightSample
-from drivers.scale.stream import Reject, SerialScaleConfig, StreamScale, skip_to_start
+from drivers.scale.stream import (
+    Reject,
+    SerialScaleConfig,
+    StreamScale,
+    cut_frames,
+    cut_reject,
+)
 
 STX, CR = 0x02, 0x0D
 BODY_LEN = 17  # STX .. CR
@@ -144,18 +150,7 @@ class ToledoFramer:
         module docstring); a partial frame waits in the buffer for the next call."""
         buf = self._buf
         buf += data.translate(_SEVEN_BITS)  # the protocol is 7-bit ASCII; bit 7 is parity
-        out: list[ToledoFrame | Reject] = []
-        while True:
-            junk = skip_to_start(buf, STX)
-            if junk is not None:
-                out.append(junk)
-            if not buf:
-                break
-            item = self._cut(buf)
-            if item is None:
-                break  # wait for more bytes
-            out.append(item)
-        return out
+        return cut_frames(buf, STX, self._cut)
 
     def _cut(self, buf: bytearray) -> ToledoFrame | Reject | None:
         """The frame (or reject) at the start of ``buf``, which begins with STX, removed from
@@ -163,11 +158,11 @@ class ToledoFramer:
         cr = buf.find(CR, 1)
         nxt = buf.find(STX, 1)
         if nxt > 0 and (cr < 0 or nxt < cr):
-            return _take(buf, nxt, "length")  # cut short by the next frame
+            return cut_reject(buf, nxt, "length")  # cut short by the next frame
         if cr < 0:
-            return _take(buf, len(buf), "length") if len(buf) > BODY_LEN else None
+            return cut_reject(buf, len(buf), "length") if len(buf) > BODY_LEN else None
         if cr + 1 != BODY_LEN:
-            return _take(buf, cr + 1, "length")
+            return cut_reject(buf, cr + 1, "length")
         decoded = self._parse_body(buf)
         if decoded is None:
             return None
@@ -201,13 +196,6 @@ class ToledoFramer:
         if not isinstance(result, Reject):
             self._checksummed = True  # a verified checksum: from now on, required
         return result, BODY_LEN + 1
-
-
-def _take(buf: bytearray, length: int, reason: str) -> Reject:
-    """The first ``length`` bytes of ``buf``, cut out as a reject."""
-    reject = Reject(reason, bytes(buf[:length]))
-    del buf[:length]
-    return reject
 
 
 class ToledoConfig(SerialScaleConfig):
