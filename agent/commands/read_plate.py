@@ -48,6 +48,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+#: The keys of a plate in ``--json`` (the module docstring's contract).
+PLATE_KEYS = ("text", "color", "confidence", "box", "double_row")
+
+
+def _plate(read: Any) -> dict[str, Any]:
+    """A read in the one JSON shape of a plate read, cut to :data:`PLATE_KEYS`."""
+    shape = read.to_dict(detail=True)
+    return {key: shape[key] for key in PLATE_KEYS}
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.domain import Frame
     from drivers.plate import PLATE_READERS, PlateReaderError
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"read-plate: {path}: {err}", file=sys.stderr)
                 status = EX_NOINPUT
                 continue
-            plates = [r.to_dict(detail=True) for r in reads]
+            plates = [_plate(r) for r in reads]
             out.append({"image": str(path), "plates": plates})
             if not args.json:
                 if not plates:
