@@ -82,8 +82,48 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
     return problems
 
 
-def _compile(schema: dict[str, Any]) -> _Check:  # noqa: C901, PLR0915 (to be split)
-    """One schema node as a function appending its problems."""
+def _compile(schema: dict[str, Any]) -> _Check:
+    """One schema node as a function appending its problems.
+
+    ``const`` / ``enum`` first, then ``type``; only a value that passes both is checked
+    against the keywords of its kind (object, array, string, number).
+    """
+    values = _value_checks(schema)
+    kinds = schema.get("type")
+    type_ok: Callable[[Any], bool] | None = None
+    if kinds is not None:
+        names = kinds if isinstance(kinds, list) else [kinds]
+        tests = [_TYPES[k] for k in names]
+        type_ok = (lambda v: any(t(v) for t in tests)) if len(tests) > 1 else tests[0]
+    label = "/".join(kinds) if isinstance(kinds, list) else str(kinds)
+    check_object = _object_check(schema)
+    check_array = _array_check(schema)
+    check_string = _string_check(schema)
+    check_number = _number_check(schema)
+
+    def check(v: Any, path: str, out: list[str]) -> None:
+        before = len(out)
+        for c in values:
+            c(v, path, out)
+        if len(out) > before:
+            return
+        if type_ok is not None and not type_ok(v):
+            out.append(f"{path}: expected {label}, got {type(v).__name__}")
+            return
+        if isinstance(v, dict):
+            check_object(v, path, out)
+        elif isinstance(v, list):
+            check_array(v, path, out)
+        elif isinstance(v, str):
+            check_string(v, path, out)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            check_number(v, path, out)
+
+    return check
+
+
+def _value_checks(schema: dict[str, Any]) -> list[_Check]:
+    """``const`` and ``enum``."""
     checks: list[_Check] = []
     if "const" in schema:
         const = schema["const"]
@@ -101,61 +141,71 @@ def _compile(schema: dict[str, Any]) -> _Check:  # noqa: C901, PLR0915 (to be sp
                 out.append(f"{path}: {v!r} is not one of {enum}")
 
         checks.append(check_enum)
-    kinds = schema.get("type")
-    type_ok: Callable[[Any], bool] | None = None
-    if kinds is not None:
-        names = kinds if isinstance(kinds, list) else [kinds]
-        tests = [_TYPES[k] for k in names]
-        type_ok = (lambda v: any(t(v) for t in tests)) if len(tests) > 1 else tests[0]
+    return checks
+
+
+def _object_check(schema: dict[str, Any]) -> _Check:
+    """``required``, ``properties`` and ``additionalProperties: false``."""
     required = list(schema.get("required", []))
     props = {k: _compile(v) for k, v in schema.get("properties", {}).items()}
     closed = schema.get("additionalProperties") is False
+
+    def check(v: dict[str, Any], path: str, out: list[str]) -> None:
+        for key in required:
+            if key not in v:
+                out.append(f"{path}: missing {key!r}")
+        for key, value in v.items():
+            sub = props.get(key)
+            if sub is not None:
+                sub(value, f"{path}.{key}", out)
+            elif closed:
+                out.append(f"{path}: unexpected {key!r}")
+
+    return check
+
+
+def _array_check(schema: dict[str, Any]) -> _Check:
+    """``minItems`` and ``items``."""
     items = _compile(schema["items"]) if "items" in schema else None
     min_items = schema.get("minItems", 0)
+
+    def check(v: list[Any], path: str, out: list[str]) -> None:
+        if len(v) < min_items:
+            out.append(f"{path}: fewer than {min_items} items")
+        if items is not None:
+            for i, item in enumerate(v):
+                items(item, f"{path}[{i}]", out)
+
+    return check
+
+
+def _string_check(schema: dict[str, Any]) -> _Check:
+    """``pattern``, ``minLength`` and ``maxLength``."""
     pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
     min_len = schema.get("minLength", 0)
     max_len = schema.get("maxLength")
+
+    def check(v: str, path: str, out: list[str]) -> None:
+        if pattern is not None and not pattern.search(v):
+            out.append(f"{path}: {v!r} does not match {pattern.pattern}")
+        if len(v) < min_len:
+            out.append(f"{path}: shorter than {min_len}")
+        if max_len is not None and len(v) > max_len:
+            out.append(f"{path}: longer than {max_len}")
+
+    return check
+
+
+def _number_check(schema: dict[str, Any]) -> _Check:
+    """``minimum`` and ``maximum``."""
     minimum = schema.get("minimum")
     maximum = schema.get("maximum")
-    label = "/".join(kinds) if isinstance(kinds, list) else str(kinds)
 
-    def check(v: Any, path: str, out: list[str]) -> None:  # noqa: C901, PLR0912 (to be split)
-        before = len(out)
-        for c in checks:
-            c(v, path, out)
-        if len(out) > before:
-            return
-        if type_ok is not None and not type_ok(v):
-            out.append(f"{path}: expected {label}, got {type(v).__name__}")
-            return
-        if isinstance(v, dict):
-            for key in required:
-                if key not in v:
-                    out.append(f"{path}: missing {key!r}")
-            for key, value in v.items():
-                sub = props.get(key)
-                if sub is not None:
-                    sub(value, f"{path}.{key}", out)
-                elif closed:
-                    out.append(f"{path}: unexpected {key!r}")
-        elif isinstance(v, list):
-            if len(v) < min_items:
-                out.append(f"{path}: fewer than {min_items} items")
-            if items is not None:
-                for i, item in enumerate(v):
-                    items(item, f"{path}[{i}]", out)
-        elif isinstance(v, str):
-            if pattern is not None and not pattern.search(v):
-                out.append(f"{path}: {v!r} does not match {pattern.pattern}")
-            if len(v) < min_len:
-                out.append(f"{path}: shorter than {min_len}")
-            if max_len is not None and len(v) > max_len:
-                out.append(f"{path}: longer than {max_len}")
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            if minimum is not None and v < minimum:
-                out.append(f"{path}: {v} below {minimum}")
-            if maximum is not None and v > maximum:
-                out.append(f"{path}: {v} above {maximum}")
+    def check(v: float, path: str, out: list[str]) -> None:
+        if minimum is not None and v < minimum:
+            out.append(f"{path}: {v} below {minimum}")
+        if maximum is not None and v > maximum:
+            out.append(f"{path}: {v} above {maximum}")
 
     return check
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,92 +157,107 @@ def _render(verdict: Any) -> str:
     return "\n".join(lines)
 
 
+PROG = "roadside-agent judge"
+
+
 def run(args: argparse.Namespace) -> int:
     import json
-    from datetime import datetime
 
-    from pydantic import ValidationError
+    from agent.legal import DeviceFacts, InvalidFactsError, judge
 
-    from agent.domain import VehicleClass
-    from agent.legal import (
-        DeviceFacts,
-        InvalidFactsError,
-        LegalRulesError,
-        VehicleFacts,
-        judge,
-        load_rules,
-    )
-    from drivers.clock import SystemClock
-
-    prog = "roadside-agent judge"
     try:
-        loads = _list(args.axles, "axle load")
-        if not loads:
-            raise BadInputError(
-                "--axles needs at least one axle load in kg, e.g. --axles 7000,11000"
-            )
-        spacings = _list(args.spacings_mm, "axle spacing", allow_zero=False)
-        gross = sum(loads) if args.gross_kg is None else _whole(args.gross_kg, "gross")
-        single_tyre = None
-        if args.single_tyre_axles is not None:
-            single_tyre = _whole(args.single_tyre_axles, "single-tyre axle count")
-        at = SystemClock().now()
-        if args.at is not None:
-            try:
-                at = datetime.fromisoformat(args.at)
-            except ValueError:
-                raise BadInputError(f"--at {args.at!r} is not an ISO 8601 time") from None
-            if at.tzinfo is None:
-                raise BadInputError(f"--at {args.at!r} needs a UTC offset, e.g. +08:00")
-        declared = VehicleClass(args.vehicle_class)
-        facts = VehicleFacts(
-            axle_loads_kg=loads,
-            gross_kg=gross,
-            axle_spacings_mm=spacings,
-            speed_kmh=_speed(args.speed_kmh),
-            declared_class=declared,
-            class_source="declared" if declared is not VehicleClass.UNKNOWN else "unknown",
-            single_drive_axle=args.single_drive_axle,
-            plate=args.plate,
-            single_tyre_non_drive_axles=single_tyre,
-            wide_tyres=args.wide_tyres,
-            dual_tyre_drive_axle=args.dual_tyre_drive_axle,
-            air_suspension=args.air_suspension,
-            articulated=args.articulated,
-        )
+        facts, at = _facts(args)
     except (BadInputError, InvalidFactsError) as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        print(f"{PROG}: {err}", file=sys.stderr)
         return EX_USAGE
-
-    try:
-        rules = load_rules(_legal_config(args.config))
-    except OSError as err:
-        print(f"{prog}: cannot read {args.config}: {err.strerror}", file=sys.stderr)
+    rules = _rules(args.config)
+    if rules is None:
         return EX_CONFIG
-    except ValidationError as err:
-        problems = "; ".join(
-            f"legal.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        print(f"{prog}: {args.config}: {problems}", file=sys.stderr)
-        return EX_CONFIG
-    except (LegalRulesError, ValueError) as err:  # TOML syntax errors are ValueErrors too
-        print(f"{prog}: {args.config or 'rule tables'}: {err}", file=sys.stderr)
-        return EX_CONFIG
-
+    problem = _accuracy_class_problem(rules, args.accuracy_class)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EX_USAGE
     device = DeviceFacts(accuracy_class=args.accuracy_class) if args.accuracy_class else None
-    if rules.tolerance.kind == "accuracy_class":
-        known = ", ".join(sorted(rules.accuracy_mpe_pct, key=float))
-        if device is None:
-            print(f"{prog}: tolerance_policy is accuracy_class: give --accuracy-class ({known})",
-                  file=sys.stderr)  # fmt: skip
-            return EX_USAGE
-        if args.accuracy_class.strip() not in rules.accuracy_mpe_pct:
-            print(f"{prog}: accuracy class {args.accuracy_class!r} is not in the rule table "
-                  f"(known: {known})", file=sys.stderr)  # fmt: skip
-            return EX_USAGE
     verdict = judge(facts, rules, at, device=device)
     if args.json:
         print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:
         print(_render(verdict))
     return 0
+
+
+def _facts(args: argparse.Namespace) -> tuple[Any, datetime]:
+    """The vehicle as typed and the measurement time (default now, +08:00).
+
+    Raises :class:`BadInputError` or ``InvalidFactsError`` saying what is wrong.
+    """
+    from agent.domain import VehicleClass
+    from agent.legal import VehicleFacts
+    from drivers.clock import SystemClock
+
+    loads = _list(args.axles, "axle load")
+    if not loads:
+        raise BadInputError("--axles needs at least one axle load in kg, e.g. --axles 7000,11000")
+    spacings = _list(args.spacings_mm, "axle spacing", allow_zero=False)
+    gross = sum(loads) if args.gross_kg is None else _whole(args.gross_kg, "gross")
+    single_tyre = None
+    if args.single_tyre_axles is not None:
+        single_tyre = _whole(args.single_tyre_axles, "single-tyre axle count")
+    at = SystemClock().now()
+    if args.at is not None:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            raise BadInputError(f"--at {args.at!r} is not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            raise BadInputError(f"--at {args.at!r} needs a UTC offset, e.g. +08:00")
+    declared = VehicleClass(args.vehicle_class)
+    facts = VehicleFacts(
+        axle_loads_kg=loads,
+        gross_kg=gross,
+        axle_spacings_mm=spacings,
+        speed_kmh=_speed(args.speed_kmh),
+        declared_class=declared,
+        class_source="declared" if declared is not VehicleClass.UNKNOWN else "unknown",
+        single_drive_axle=args.single_drive_axle,
+        plate=args.plate,
+        single_tyre_non_drive_axles=single_tyre,
+        wide_tyres=args.wide_tyres,
+        dual_tyre_drive_axle=args.dual_tyre_drive_axle,
+        air_suspension=args.air_suspension,
+        articulated=args.articulated,
+    )
+    return facts, at
+
+
+def _rules(config: str | None) -> Any:
+    """The rules of ``config``'s ``[legal]`` (or the shipped defaults); ``None`` after
+    saying why they cannot be loaded."""
+    from pydantic import ValidationError
+
+    from agent.legal import LegalRulesError, load_rules
+
+    try:
+        return load_rules(_legal_config(config))
+    except OSError as err:
+        print(f"{PROG}: cannot read {config}: {err.strerror}", file=sys.stderr)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"legal.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        print(f"{PROG}: {config}: {problems}", file=sys.stderr)
+    except (LegalRulesError, ValueError) as err:  # TOML syntax errors are ValueErrors too
+        print(f"{PROG}: {config or 'rule tables'}: {err}", file=sys.stderr)
+    return None
+
+
+def _accuracy_class_problem(rules: Any, accuracy_class: str | None) -> str:
+    """What is wrong with ``--accuracy-class`` for the rules' tolerance policy ('' if nothing)."""
+    if rules.tolerance.kind != "accuracy_class":
+        return ""
+    known = ", ".join(sorted(rules.accuracy_mpe_pct, key=float))
+    if not accuracy_class:
+        return f"tolerance_policy is accuracy_class: give --accuracy-class ({known})"
+    if accuracy_class.strip() not in rules.accuracy_mpe_pct:
+        return f"accuracy class {accuracy_class!r} is not in the rule table (known: {known})"
+    return ""

@@ -24,6 +24,7 @@ import re
 import sys
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,20 @@ def _line(r: dict[str, Any]) -> str:
     return f"{r['t_s']:7.2f} s  detector {'OCCUPIED' if r['occupied'] else 'free'}"
 
 
-def probe_scale(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to be split)
-    from pydantic import ValidationError
+@dataclass
+class _Readings:
+    """What a probe run collected."""
 
-    from drivers.registry import BackendError
-    from drivers.scale import SCALES, ScaleError
+    readings: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_READINGS
+    errors: dict[str, int] = field(default_factory=dict)  # message → count
+    last_stable: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    raw_tail: list[str] = field(default_factory=list)
+    rejects: dict[str, int] = field(default_factory=dict)
+
+
+def probe_scale(args: argparse.Namespace) -> int:
+    from drivers.scale import ScaleError
 
     try:
         settings = scale_settings(args)
@@ -206,25 +216,14 @@ def probe_scale(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR091
         except ValueError as err:
             print(f"probe: {err}", file=sys.stderr)
             return EX_USAGE
-    try:
-        cls = SCALES.get(str(settings["type"]))
-        config = cls.Config.model_validate(settings)
-    except BackendError as err:
-        print(f"probe: {err}", file=sys.stderr)
+    backend = _backend(settings)
+    if backend is None:
         return EX_CONFIG
-    except ValidationError as err:
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(scale)"
-            print(f"probe: {key} = {e.get('input')!r} → {e['msg']}", file=sys.stderr)
-        return EX_CONFIG
+    cls, config = backend
     # probe reports every error itself (counted, once each); the drivers' journal lines would
     # only repeat them on the terminal.
     for name in ("drivers", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    readings: list[dict[str, Any]] = []
-    errors: dict[str, int] = {}
-    last_stable: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
     t0 = time.monotonic()
     try:
         try:
@@ -234,55 +233,84 @@ def probe_scale(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR091
             return EX_CONFIG
         if not args.json:
             print(f"reading {settings['type']} {_where(settings)} for {args.seconds:g} s ...")
-        printed_at = -1.0
         try:
-            while (remaining := args.seconds - (time.monotonic() - t0)) > 0:
-                try:
-                    m = scale.recv(min(0.5, remaining))
-                except ScaleError as err:
-                    text = re.sub(
-                        r"; next attempt in [0-9.]+ s", "", str(err).split("; last raw")[0]
-                    )
-                    errors[text] = errors.get(text, 0) + 1
-                    if not args.json and errors[text] == 1:
-                        print(f"ERROR {text}")
-                    continue
-                if m is None:
-                    continue
-                r = _reading(m, t0)
-                last = r
-                if len(readings) < MAX_READINGS:
-                    readings.append(r)
-                if r["kind"] == "wim" or (r["kind"] == "weight" and r["stable"]):
-                    last_stable = r
-                if not args.json and (r["kind"] != "weight" or r["t_s"] - printed_at >= 0.2):
-                    printed_at = r["t_s"]
-                    print(_line(r))
-            raw_tail = [f.hex(" ") for f in list(scale.raw_tail)[-8:]]
-            rejects = dict(getattr(scale, "rejects", {}) or {})
+            got = _read(scale, args, t0)
         finally:
             scale.shutdown()
     finally:
         if sim is not None:
             sim.stop()
     elapsed = time.monotonic() - t0
+    last = got.last
     result: dict[str, Any] = {
         "type": settings["type"],
         "where": _where(settings),
-        "gross_kg": last_stable["gross_kg"] if last_stable else None,
+        "gross_kg": got.last_stable["gross_kg"] if got.last_stable else None,
         "stable": bool(last is not None and last.get("stable", last["kind"] == "wim")),
-        "readings": readings,
-        "reading_count": len(readings),
-        "rate_hz": round(len(readings) / elapsed, 1) if elapsed > 0 else 0.0,
-        "errors": [{"message": k, "count": v} for k, v in errors.items()],
-        "rejected_frames": rejects,
-        "raw_tail": raw_tail,
+        "readings": got.readings,
+        "reading_count": len(got.readings),
+        "rate_hz": round(len(got.readings) / elapsed, 1) if elapsed > 0 else 0.0,
+        "errors": [{"message": k, "count": v} for k, v in got.errors.items()],
+        "rejected_frames": got.rejects,
+        "raw_tail": got.raw_tail,
     }
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         _summary(result)
-    return EX_OK if readings else EX_UNAVAILABLE
+    return EX_OK if got.readings else EX_UNAVAILABLE
+
+
+def _backend(settings: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The scale class and its validated config; ``None`` (after saying why) when the type
+    is unknown or a setting is wrong."""
+    from pydantic import ValidationError
+
+    from drivers.registry import BackendError
+    from drivers.scale import SCALES
+
+    try:
+        cls = SCALES.get(str(settings["type"]))
+        return cls, cls.Config.model_validate(settings)
+    except BackendError as err:
+        print(f"probe: {err}", file=sys.stderr)
+    except ValidationError as err:
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(scale)"
+            print(f"probe: {key} = {e.get('input')!r} → {e['msg']}", file=sys.stderr)
+    return None
+
+
+def _read(scale: Any, args: argparse.Namespace, t0: float) -> _Readings:
+    """Read ``scale`` until ``args.seconds`` after ``t0``, printing as it goes (unless
+    ``--json``): readings at most five a second, each distinct error once."""
+    from drivers.scale import ScaleError
+
+    got = _Readings()
+    printed_at = -1.0
+    while (remaining := args.seconds - (time.monotonic() - t0)) > 0:
+        try:
+            m = scale.recv(min(0.5, remaining))
+        except ScaleError as err:
+            text = re.sub(r"; next attempt in [0-9.]+ s", "", str(err).split("; last raw")[0])
+            got.errors[text] = got.errors.get(text, 0) + 1
+            if not args.json and got.errors[text] == 1:
+                print(f"ERROR {text}")
+            continue
+        if m is None:
+            continue
+        r = _reading(m, t0)
+        got.last = r
+        if len(got.readings) < MAX_READINGS:
+            got.readings.append(r)
+        if r["kind"] == "wim" or (r["kind"] == "weight" and r["stable"]):
+            got.last_stable = r
+        if not args.json and (r["kind"] != "weight" or r["t_s"] - printed_at >= 0.2):
+            printed_at = r["t_s"]
+            print(_line(r))
+    got.raw_tail = [f.hex(" ") for f in list(scale.raw_tail)[-8:]]
+    got.rejects = dict(getattr(scale, "rejects", {}) or {})
+    return got
 
 
 def _where(settings: dict[str, Any]) -> str:

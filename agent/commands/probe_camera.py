@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -345,17 +346,78 @@ def probe_camera(args: argparse.Namespace) -> int:
         return err.code
 
 
-def _probe(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to be split)
-    from pydantic import ValidationError
+@dataclass(frozen=True)
+class _Grab:
+    """What a camera gave in the probe's run."""
 
-    from drivers.camera import CAMERAS, CameraError
-    from drivers.camera.live import LiveCamera, describe_source
-    from drivers.registry import BackendError
+    newest: Any  # the newest Frame, or None
+    first_s: float | None
+    count: int
+    reconnects: int
+    errors: dict[str, int]  # message → count
+    elapsed_s: float
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from drivers.camera.live import describe_source
 
     if args.seconds <= 0:
         raise ProbeError("--seconds must be more than 0", EX_USAGE)
     settings, lane, plate_config = camera_settings(args)
     kind = str(settings["type"])
+    cls, config, live = _backend(kind, settings, args.seconds)
+    gone = _source_missing(settings)
+    if gone:
+        raise ProbeError(gone, EX_FAILED)
+    where = describe_source(
+        settings.get(SOURCE_KEY.get(kind, "source"), settings.get("mode", "")) or "(default)"
+    )
+    if not args.json:
+        print(f"grabbing {kind} camera {config.id} ({where}) for {args.seconds:g} s ...")
+    grab = _grab(cls, config, lane, live, args.seconds)
+    result: dict[str, Any] = {
+        "type": kind,
+        "camera": config.id,
+        "source": where,
+        "seconds": round(grab.elapsed_s, 3),
+        "frames": grab.count,
+        "fps": round(grab.count / grab.elapsed_s, 1) if grab.elapsed_s > 0 else 0.0,
+        "width": None,
+        "height": None,
+        "first_frame_s": None if grab.first_s is None else round(grab.first_s, 3),
+        "errors": [{"message": k, "count": v} for k, v in grab.errors.items()],
+        "reconnects": grab.reconnects,
+        "saved": None,
+        "plates": None,
+    }
+    problems: list[str] = []
+    if grab.newest is not None:
+        problems = _look_at(grab.newest, args.out or Path(f"probe-{config.id}.jpg"), result)
+        if args.read_plate:
+            result["plates"], why = _read_plates(grab.newest, plate_config)
+            if why:
+                problems.append(why)
+    result["problems"] = problems
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _summary(result, args)
+    for p in problems if args.json else []:
+        print(f"probe: {p}", file=sys.stderr)
+    return EX_OK if grab.count else EX_FAILED
+
+
+def _backend(kind: str, settings: dict[str, Any], seconds: float) -> tuple[Any, Any, bool]:
+    """The camera class, its validated config and whether it is a live (streaming) camera.
+
+    Raises :class:`ProbeError`: unknown type or bad setting (2), library missing (69).
+    """
+    from pydantic import ValidationError
+
+    from drivers.camera import CAMERAS
+    from drivers.camera.live import LiveCamera
+    from drivers.registry import BackendError
+
     try:
         cls = CAMERAS.get(kind)
     except BackendError as err:
@@ -366,23 +428,24 @@ def _probe(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to
         raise ProbeError(f"camera {settings['id']}: {missing}", EX_UNAVAILABLE)
     live = issubclass(cls, LiveCamera)
     try:
-        config = cls.Config.model_validate(
-            _probe_tuning(settings, args.seconds) if live else settings
-        )
+        config = cls.Config.model_validate(_probe_tuning(settings, seconds) if live else settings)
     except ValidationError as err:
         lines = [
             f"{'.'.join(str(p) for p in e['loc']) or '(camera)'} = {e.get('input')!r} → {e['msg']}"
             for e in err.errors()
         ]
         raise ProbeError("\n       ".join(lines), EX_USAGE) from err
-    gone = _source_missing(settings)
-    if gone:
-        raise ProbeError(gone, EX_FAILED)
-    where = describe_source(
-        settings.get(SOURCE_KEY.get(kind, "source"), settings.get("mode", "")) or "(default)"
-    )
-    if not args.json:
-        print(f"grabbing {kind} camera {config.id} ({where}) for {args.seconds:g} s ...")
+    return cls, config, live
+
+
+def _grab(cls: Any, config: Any, lane: int, live: bool, seconds: float) -> _Grab:
+    """Open the camera, grab for ``seconds`` and shut it down, its error lines counted.
+
+    Raises :class:`ProbeError` when it cannot be opened (69 for a missing library, else 1).
+    """
+    from drivers.camera import CameraError
+    from drivers.camera.live import LiveCamera
+
     t0 = time.monotonic()
     with _collect_driver_errors() as errors:
         try:
@@ -392,11 +455,11 @@ def _probe(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to
             raise ProbeError(str(err), code) from err
         try:
             if live:
-                newest, first_s, count = _grab_live(camera, args.seconds)
+                newest, first_s, count = _grab_live(camera, seconds)
                 assert isinstance(camera, LiveCamera)
                 reconnects = max(0, camera.connects - 1)
             else:
-                newest, first_s, count = _grab_triggered(camera, args.seconds)
+                newest, first_s, count = _grab_triggered(camera, seconds)
                 reconnects = 0
             health_errors = camera.health.errors
             last_error = camera.health.last_error
@@ -406,46 +469,22 @@ def _probe(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 (to
     error_counts = dict(errors.counts)
     if health_errors and not error_counts and last_error:
         error_counts[last_error] = health_errors
-    result: dict[str, Any] = {
-        "type": kind,
-        "camera": config.id,
-        "source": where,
-        "seconds": round(elapsed, 3),
-        "frames": count,
-        "fps": round(count / elapsed, 1) if elapsed > 0 else 0.0,
-        "width": None,
-        "height": None,
-        "first_frame_s": None if first_s is None else round(first_s, 3),
-        "errors": [{"message": k, "count": v} for k, v in error_counts.items()],
-        "reconnects": reconnects,
-        "saved": None,
-        "plates": None,
-    }
-    problems: list[str] = []
-    if newest is not None:
-        image = _decode(newest.jpeg)
-        if image is not None:
-            result["height"], result["width"] = (int(n) for n in image.shape[:2])
-            out = args.out or Path(f"probe-{config.id}.jpg")
-            try:
-                _save_jpeg(newest.jpeg, image, out)
-                result["saved"] = str(out)
-            except OSError as err:
-                problems.append(f"cannot save the frame: {err}")
-        else:
-            problems.append("the newest frame cannot be decoded")
-        if args.read_plate:
-            result["plates"], why = _read_plates(newest, plate_config)
-            if why:
-                problems.append(why)
-    result["problems"] = problems
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        _summary(result, args)
-    for p in problems if args.json else []:
-        print(f"probe: {p}", file=sys.stderr)
-    return EX_OK if count else EX_FAILED
+    return _Grab(newest, first_s, count, reconnects, error_counts, elapsed)
+
+
+def _look_at(newest: Any, out: Path, result: dict[str, Any]) -> list[str]:
+    """Decode the newest frame, note its size in ``result`` and save it to ``out``; the
+    problems met on the way."""
+    image = _decode(newest.jpeg)
+    if image is None:
+        return ["the newest frame cannot be decoded"]
+    result["height"], result["width"] = (int(n) for n in image.shape[:2])
+    try:
+        _save_jpeg(newest.jpeg, image, out)
+        result["saved"] = str(out)
+    except OSError as err:
+        return [f"cannot save the frame: {err}"]
+    return []
 
 
 def _summary(r: dict[str, Any], args: argparse.Namespace) -> None:

@@ -495,7 +495,30 @@ def _decide(
     return status, (out_en, out_zh)
 
 
-def judge(  # noqa: PLR0915 (to be split)
+@dataclass(frozen=True)
+class _Vehicle:
+    """What every verdict on one vehicle says and records, whatever its status."""
+
+    cls: VehicleClass
+    class_source: str
+    head: Text  # "3-axle truck (why), gross N kg"
+    watch: Text  # the watch-list note; ("", "") when the plate is not on it
+    watch_hit: bool
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """Steps 3 and 4 for a vehicle of 2 axles or more."""
+
+    found: Limit
+    decisive: dict[str, Any]
+    limit_kg: int  # after the axle-sum cap
+    tolerance_kg: int | None
+    policy: str
+
+
+def judge(
     facts: VehicleFacts,
     rules: Rules,
     at: datetime,
@@ -514,110 +537,188 @@ def judge(  # noqa: PLR0915 (to be split)
     """
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidFactsError(f"measurement time {at.isoformat()} has no UTC offset")
-    axles = facts.axle_count
-    gross = facts.gross_kg
     plate_key = normalize_plate(facts.plate) if facts.plate else None
+    vehicle = _vehicle(facts, rules, plate_key, watchlist)
+    causes = _undetermined_causes(facts, at, device)
+    limits = None
+    if facts.axle_count >= 2:
+        limits = _limits(facts, rules, vehicle, device, causes)
+    if causes or limits is None or limits.tolerance_kg is None:
+        policy = tolerance(0, rules, device)[1] if limits is None else limits.policy
+        return _undetermined(vehicle, rules, limits, policy, causes)
+    mine = [p for p in permits if plate_key and p.key == plate_key]
+    return _judged(facts.gross_kg, vehicle, rules, limits, mine, at)
+
+
+def _vehicle(
+    facts: VehicleFacts, rules: Rules, plate_key: str | None, watchlist: Iterable[WatchEntry]
+) -> _Vehicle:
+    """Step 2 (the class) and the watch-list, both recorded in the details."""
     watch = next((w for w in watchlist if plate_key and w.key == plate_key), None)
     details: dict[str, Any] = {}
-    watch_en = watch_zh = ""
+    watch_text: Text = ("", "")
     if watch is not None:
         details["watchlist"] = watch.to_dict()
-        watch_en = f"; plate {facts.plate} is on the watch-list"
-        watch_zh = f"；车牌{facts.plate}在布控名单中"
+        watch_text = (
+            f"; plate {facts.plate} is on the watch-list",
+            f"；车牌{facts.plate}在布控名单中",
+        )
     cls, class_source, class_why = classify(facts, rules)
     details["class_reason"] = class_why[0]
-    causes = _undetermined_causes(facts, at, device)
+    axles, gross = facts.axle_count, facts.gross_kg
+    head = (
+        f"{axles}-axle {_CLASS_WORDS[cls][0]} ({class_why[0]}), gross {gross} kg",
+        f"{axles}轴{_CLASS_WORDS[cls][1]}（{class_why[1]}），总质量{gross}千克",
+    )
+    return _Vehicle(cls, class_source, head, watch_text, watch is not None, details)
 
-    limit = tol = None
-    policy = tolerance(0, rules, device)[1]  # recorded even when no limit can be found
-    head_en = f"{axles}-axle {_CLASS_WORDS[cls][0]} ({class_why[0]}), gross {gross} kg"
-    head_zh = f"{axles}轴{_CLASS_WORDS[cls][1]}（{class_why[1]}），总质量{gross}千克"
-    found: Limit | None = None
-    decisive: dict[str, Any] = {}
-    if axles >= 2:
-        found, decisive = gross_limit(facts, rules, cls)
-        limit = found.limit_kg
-        rule = found.row.id
-        details["source"] = found.row.source
-        if found.row is not found.base:
-            details["replaces"] = found.base.id
-        details["adjustments"] = [
-            {"id": a.id, "delta_kg": kg, "source": a.source} for a, kg in found.adjustments
-        ]
-        if decisive:
-            details["assumed"] = dict(decisive)
-        if rules.axle_table is not None:
-            cap, groups, cap_note = _axle_sum_cap(facts, rules.axle_table)
-            details["axle_groups"] = groups
-            if cap_note:
-                details["axle_sum_note"] = cap_note[0]
-            if cap is not None and cap < limit:
-                details["adjustments"].append(
-                    {
-                        "id": "order62-art3-p2-3-axle-sum",
-                        "delta_kg": cap - limit,
-                        "source": AXLE_SUM_SOURCE,
-                    }
-                )
-                limit = cap
-        if limit <= 0:
-            causes.append(("the adjusted limit is not positive", "核定限值不为正"))
-        tol, policy, tol_problem = tolerance(limit, rules, device)
-        if tol_problem:
-            causes.append(tol_problem)
-    else:
-        rule = "undetermined"
 
-    if causes:
-        cause_en = "; ".join(c[0] for c in causes)
-        cause_zh = "；".join(c[1] for c in causes)
-        details["undetermined_causes"] = [c[0] for c in causes]
-        limit_en = f", limit {limit} kg ({rule})" if limit else ""
-        limit_zh = f"，限值{limit}千克（{rule}）" if limit else ""
-        return Verdict(
-            VerdictStatus.UNDETERMINED,
-            limit_kg=limit,
-            tolerance_kg=tol,
-            over_kg=None,
-            over_pct=None,
-            rule=rule,
-            explanation=f"{head_en}{limit_en}: not judged: {cause_en}{watch_en}",
-            explanation_zh=f"{head_zh}{limit_zh}：不予认定：{cause_zh}{watch_zh}",
-            tolerance_policy=policy,
-            vehicle_class=cls,
-            class_source=class_source,
-            details=details,
-            watchlist_hit=watch is not None,
-            rules_version=rules.version,
-        )
-    assert limit is not None and tol is not None and found is not None
+def _limits(
+    facts: VehicleFacts,
+    rules: Rules,
+    vehicle: _Vehicle,
+    device: DeviceFacts | None,
+    causes: list[Text],
+) -> _Limits:
+    """Steps 3 and 4: the limit (with the axle-sum cap) and the tolerance, recorded in the
+    details; what makes them unusable is added to ``causes``."""
+    details = vehicle.details
+    found, decisive = gross_limit(facts, rules, vehicle.cls)
+    details["source"] = found.row.source
+    if found.row is not found.base:
+        details["replaces"] = found.base.id
+    details["adjustments"] = [
+        {"id": a.id, "delta_kg": kg, "source": a.source} for a, kg in found.adjustments
+    ]
+    if decisive:
+        details["assumed"] = dict(decisive)
+    limit = found.limit_kg
+    if rules.axle_table is not None:
+        limit = _apply_axle_sum_cap(facts, rules.axle_table, limit, details)
+    if limit <= 0:
+        causes.append(("the adjusted limit is not positive", "核定限值不为正"))
+    tol, policy, tol_problem = tolerance(limit, rules, device)
+    if tol_problem:
+        causes.append(tol_problem)
+    return _Limits(found, decisive, limit, tol, policy)
 
-    over = gross - limit
-    pct = _over_pct(over, limit)
+
+def _apply_axle_sum_cap(
+    facts: VehicleFacts, table: AxleTable, limit_kg: int, details: dict[str, Any]
+) -> int:
+    """The limit lowered to the sum of the axle limits where that is lower (recorded as an
+    adjustment); the axle groups and why the cap was not applied go into ``details``."""
+    cap, groups, cap_note = _axle_sum_cap(facts, table)
+    details["axle_groups"] = groups
+    if cap_note:
+        details["axle_sum_note"] = cap_note[0]
+    if cap is None or cap >= limit_kg:
+        return limit_kg
+    details["adjustments"].append(
+        {
+            "id": "order62-art3-p2-3-axle-sum",
+            "delta_kg": cap - limit_kg,
+            "source": AXLE_SUM_SOURCE,
+        }
+    )
+    return cap
+
+
+def _undetermined(
+    vehicle: _Vehicle, rules: Rules, limits: _Limits | None, policy: str, causes: list[Text]
+) -> Verdict:
+    """The verdict when the vehicle cannot be judged (step 1, or no usable limit/tolerance)."""
+    limit = limits.limit_kg if limits is not None else None
+    tol = limits.tolerance_kg if limits is not None else None
+    rule = limits.found.row.id if limits is not None else "undetermined"
+    cause_en = "; ".join(c[0] for c in causes)
+    cause_zh = "；".join(c[1] for c in causes)
+    vehicle.details["undetermined_causes"] = [c[0] for c in causes]
+    limit_en = f", limit {limit} kg ({rule})" if limit else ""
+    limit_zh = f"，限值{limit}千克（{rule}）" if limit else ""
+    head_en, head_zh = vehicle.head
+    return _verdict(
+        VerdictStatus.UNDETERMINED,
+        vehicle,
+        rules,
+        limit_kg=limit,
+        tolerance_kg=tol,
+        rule=rule,
+        policy=policy,
+        text=(
+            f"{head_en}{limit_en}: not judged: {cause_en}",
+            f"{head_zh}{limit_zh}：不予认定：{cause_zh}",
+        ),
+    )
+
+
+def _judged(
+    gross: int,
+    vehicle: _Vehicle,
+    rules: Rules,
+    limits: _Limits,
+    permits: list[Permit],
+    at: datetime,
+) -> Verdict:
+    """Step 5 and the verdict's words: limit, adjustments, tolerance, outcome, assumptions."""
+    limit, rule, policy = limits.limit_kg, limits.found.row.id, limits.policy
+    tol = limits.tolerance_kg
+    assert tol is not None
+    details = vehicle.details
     adj_en = "".join(f" {a['delta_kg']:+d} kg {a['id']}" for a in details["adjustments"])
     adj_zh = "".join(f" {a['delta_kg']:+d}千克 {a['id']}" for a in details["adjustments"])
     pol_en, pol_zh = _policy_words(policy)
+    head_en, head_zh = vehicle.head
     body_en = f"{head_en}, limit {limit} kg ({rule}{adj_en}), tolerance {tol} kg ({pol_en})"
     body_zh = f"{head_zh}，限值{limit}千克（{rule}{adj_zh}），容差{tol}千克（{pol_zh}）"
-
-    mine = [p for p in permits if plate_key and p.key == plate_key]
     status, (out_en, out_zh) = _decide(
-        gross, limit, tol, rules, permits=mine, at=at, details=details
+        gross, limit, tol, rules, permits=permits, at=at, details=details
     )
-    assume_en, assume_zh = _assumption_text(decisive)
-    return Verdict(
+    assume_en, assume_zh = _assumption_text(limits.decisive)
+    over = gross - limit
+    return _verdict(
         status,
+        vehicle,
+        rules,
         limit_kg=limit,
         tolerance_kg=tol,
         over_kg=over,
-        over_pct=pct,
+        over_pct=_over_pct(over, limit),
         rule=rule,
-        explanation=f"{body_en}: {out_en}{assume_en}{watch_en}",
-        explanation_zh=f"{body_zh}：{out_zh}{assume_zh}{watch_zh}",
+        policy=policy,
+        text=(f"{body_en}: {out_en}{assume_en}", f"{body_zh}：{out_zh}{assume_zh}"),
+    )
+
+
+def _verdict(
+    status: VerdictStatus,
+    vehicle: _Vehicle,
+    rules: Rules,
+    *,
+    limit_kg: int | None,
+    tolerance_kg: int | None,
+    rule: str,
+    policy: str,
+    text: Text,
+    over_kg: int | None = None,
+    over_pct: float | None = None,
+) -> Verdict:
+    """The verdict with what every status records alike (class, details, watch-list);
+    ``text`` is (English, Chinese) before the watch-list note. No ``over_kg`` / ``over_pct``:
+    undetermined."""
+    return Verdict(
+        status,
+        limit_kg=limit_kg,
+        tolerance_kg=tolerance_kg,
+        over_kg=over_kg,
+        over_pct=over_pct,
+        rule=rule,
+        explanation=f"{text[0]}{vehicle.watch[0]}",
+        explanation_zh=f"{text[1]}{vehicle.watch[1]}",
         tolerance_policy=policy,
-        vehicle_class=cls,
-        class_source=class_source,
-        details=details,
-        watchlist_hit=watch is not None,
+        vehicle_class=vehicle.cls,
+        class_source=vehicle.class_source,
+        details=vehicle.details,
+        watchlist_hit=vehicle.watch_hit,
         rules_version=rules.version,
     )

@@ -383,43 +383,13 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
     rules_dir = Path(cfg.rules_dir) if cfg.rules_dir else SHIPPED_RULES_DIR
     path = rules_dir / LIMITS_FILE
     data = _load_limits(path)
-    rows = [
-        LimitRow(
-            id=r.id,
-            min_axles=r.axles if r.axles is not None else r.min_axles or 0,
-            max_axles=r.axles,
-            vehicle_class=r.vehicle_class,
-            limit_kg=r.limit_kg,
-            source=r.source,
-            replaces=r.replaces,
-            when=tuple(sorted(r.when.items())),
-            min_semi_trailer_axle_spacing_mm=r.min_semi_trailer_axle_spacing_mm,
-        )
-        for r in data.gross_limit
-    ]
-    adjustments = [
-        Adjustment(
-            id=a.id,
-            delta_kg=a.delta_kg,
-            per=a.per,
-            axles=tuple(a.axles) if a.axles is not None else None,
-            vehicle_class=a.vehicle_class,
-            when=tuple(sorted(a.when.items())),
-            source=a.source,
-        )
-        for a in data.adjustment
-    ]
+    rows = [_limit_row(r) for r in data.gross_limit]
+    adjustments = [_adjustment(a) for a in data.adjustment]
     _check_table(path, rows, adjustments)
     mpe = {k: Decimal(str(v)) for k, v in data.accuracy_class_mpe.pct.items()}
     if any(v <= 0 for v in mpe.values()):
         raise LegalRulesError(f"{path}: accuracy_class_mpe.pct: every class needs an MPE > 0 %")
     inference = data.class_inference
-    if cfg.tolerance_policy == "percent":
-        tolerance = TolerancePolicy("percent", pct=Decimal(str(cfg.tolerance_pct)))
-    elif cfg.tolerance_policy == "absolute":
-        tolerance = TolerancePolicy("absolute", kg=cfg.tolerance_kg)
-    else:
-        tolerance = TolerancePolicy(cfg.tolerance_policy)
     return Rules(
         version=data.version,
         gross_limits=tuple(rows),
@@ -427,7 +397,7 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
         warning_band=WarningBand(
             data.warning_band.id, data.warning_band.max_excess_kg, data.warning_band.source
         ),
-        tolerance=tolerance,
+        tolerance=_tolerance_policy(cfg),
         accuracy_mpe_pct=mpe,
         accuracy_mpe_source=data.accuracy_class_mpe.source,
         class_inference=ClassInference(
@@ -438,3 +408,40 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
         ),
         axle_table=_load_axle_table(rules_dir / AXLE_LIMITS_FILE),
     )
+
+
+def _limit_row(r: _LimitRow) -> LimitRow:
+    """A ``[[gross_limit]]`` row as the engine uses it (``axles = N`` is min = max = N)."""
+    return LimitRow(
+        id=r.id,
+        min_axles=r.axles if r.axles is not None else r.min_axles or 0,
+        max_axles=r.axles,
+        vehicle_class=r.vehicle_class,
+        limit_kg=r.limit_kg,
+        source=r.source,
+        replaces=r.replaces,
+        when=tuple(sorted(r.when.items())),
+        min_semi_trailer_axle_spacing_mm=r.min_semi_trailer_axle_spacing_mm,
+    )
+
+
+def _adjustment(a: _Adjustment) -> Adjustment:
+    """An ``[[adjustment]]`` row as the engine uses it."""
+    return Adjustment(
+        id=a.id,
+        delta_kg=a.delta_kg,
+        per=a.per,
+        axles=tuple(a.axles) if a.axles is not None else None,
+        vehicle_class=a.vehicle_class,
+        when=tuple(sorted(a.when.items())),
+        source=a.source,
+    )
+
+
+def _tolerance_policy(cfg: LegalConfig) -> TolerancePolicy:
+    """``[legal] tolerance_policy`` with the value it uses."""
+    if cfg.tolerance_policy == "percent":
+        return TolerancePolicy("percent", pct=Decimal(str(cfg.tolerance_pct)))
+    if cfg.tolerance_policy == "absolute":
+        return TolerancePolicy("absolute", kg=cfg.tolerance_kg)
+    return TolerancePolicy(cfg.tolerance_policy)

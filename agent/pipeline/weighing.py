@@ -355,35 +355,12 @@ class WeighingStage:
             v.spikes += 1
             return
         values = [kg for _, kg in a.samples]
-        problems: list[str] = []
-        run = _plateau(a.samples, cfg.plateau_band_pct, cfg.min_plateau_s)
-        if run is None:
-            # No level held long enough: the median of the top band is the best estimate,
-            # and the axle says so.
-            ordered = sorted(values)
-            top = [kg for kg in values if kg >= 0.85 * _quantile(ordered, 0.9)]
-            level = statistics.median(top)
-            problems.append(f"no plateau of min_plateau_s={cfg.min_plateau_s} s (too fast?)")
-        else:
-            level = statistics.median(run)
-            ps = sorted(run)
-            spread = (_quantile(ps, 0.9) - _quantile(ps, 0.1)) / max(level, 1.0) * 100
-            if spread > cfg.plateau_spread_pct:
-                problems.append(f"plateau not settled (spread {spread:.0f} %)")
-        # A dip: after reaching the plateau, the weight falls well below it and comes back.
-        reached = False
-        dipped_at: float | None = None
-        for tt, kg in a.samples:
-            if kg >= 0.85 * level:
-                if dipped_at is not None and tt - dipped_at >= cfg.min_gap_s:
-                    problems.append(
-                        "weight dropped and came back inside one axle "
-                        "(reversing, creeping off, or two axles on the platform)"
-                    )
-                    break
-                reached, dipped_at = True, None
-            elif reached and kg < (1 - cfg.dip_pct / 100) * level and dipped_at is None:
-                dipped_at = tt
+        level, problems = _axle_level(a.samples, cfg)
+        if _dipped(a.samples, level, cfg):
+            problems.append(
+                "weight dropped and came back inside one axle "
+                "(reversing, creeping off, or two axles on the platform)"
+            )
         if level < cfg.min_axle_kg:
             problems.append(
                 f"axle of {level:.0f} kg lighter than min_axle_kg={cfg.min_axle_kg:.0f}"
@@ -557,6 +534,41 @@ def _device_flags(flags: frozenset[str]) -> set[WeighingFlag]:
     if "axles_truncated" in flags:
         out.add(WeighingFlag.INCOMPLETE)
     return out
+
+
+def _axle_level(samples: list[tuple[float, float]], cfg: WeighingConfig) -> tuple[float, list[str]]:
+    """An axle's load (kg): the median of its plateau, and what makes that level doubtful."""
+    run = _plateau(samples, cfg.plateau_band_pct, cfg.min_plateau_s)
+    if run is None:
+        # No level held long enough: the median of the top band is the best estimate,
+        # and the axle says so.
+        values = [kg for _, kg in samples]
+        ordered = sorted(values)
+        top = [kg for kg in values if kg >= 0.85 * _quantile(ordered, 0.9)]
+        return statistics.median(top), [
+            f"no plateau of min_plateau_s={cfg.min_plateau_s} s (too fast?)"
+        ]
+    level = statistics.median(run)
+    ps = sorted(run)
+    spread = (_quantile(ps, 0.9) - _quantile(ps, 0.1)) / max(level, 1.0) * 100
+    if spread > cfg.plateau_spread_pct:
+        return level, [f"plateau not settled (spread {spread:.0f} %)"]
+    return level, []
+
+
+def _dipped(samples: list[tuple[float, float]], level: float, cfg: WeighingConfig) -> bool:
+    """After reaching ``level``, the weight fell well below it (``dip_pct``) for at least
+    ``min_gap_s`` and came back: reversing, creeping off, or two axles on the platform."""
+    reached = False
+    dipped_at: float | None = None
+    for t, kg in samples:
+        if kg >= 0.85 * level:
+            if dipped_at is not None and t - dipped_at >= cfg.min_gap_s:
+                return True
+            reached, dipped_at = True, None
+        elif reached and kg < (1 - cfg.dip_pct / 100) * level and dipped_at is None:
+            dipped_at = t
+    return False
 
 
 def _plateau(

@@ -28,10 +28,8 @@ PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕�
 LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # no I, no O
 DIGITS = "0123456789"
 SUFFIXES = "挂学警领港澳"
-EMBASSY = "使"
 
 PlateColor = Literal["blue", "yellow", "green", "white", "black", "unknown"]
-COLORS: tuple[PlateColor, ...] = ("blue", "yellow", "green", "white", "black", "unknown")
 
 _P = f"[{PROVINCES}]"
 _L = f"[{LETTERS}]"

@@ -171,6 +171,19 @@ def _nms(boxes: F32, scores: F32, iou: float) -> list[int]:
     return keep
 
 
+def _in_picture(boxes: F32, corners: F32, new_w: int, new_h: int) -> npt.NDArray[np.bool_]:
+    """Which detections lie in the letterboxed picture (``new_w`` × ``new_h``): the box's
+    centre outside it is the detector firing on the padding edge."""
+    inside = ((boxes[:, 0] + boxes[:, 2]) / 2 < new_w) & ((boxes[:, 1] + boxes[:, 3]) / 2 < new_h)
+    # A plate whose corners lie well outside the picture is cut off by the frame edge (or
+    # is the detector firing on the edge itself): it cannot be read whole, so it is dropped.
+    plate_h = np.maximum(corners[:, 1::2].max(axis=1) - corners[:, 1::2].min(axis=1), 1.0)
+    tol = 0.25 * plate_h
+    inside &= (corners[:, 0::2].min(axis=1) > -tol) & (corners[:, 0::2].max(axis=1) < new_w + tol)
+    inside &= (corners[:, 1::2].min(axis=1) > -tol) & (corners[:, 1::2].max(axis=1) < new_h + tol)
+    return inside
+
+
 def decode_image(data: bytes) -> U8:
     """JPEG/PNG bytes to a BGR array; raises ValueError when they are not a picture."""
     import cv2
@@ -223,60 +236,15 @@ class PlatePipeline:
     # -- 1. detector -------------------------------------------------------------------------
     def detect(self, image: U8) -> list[Detection]:
         """Plates in a BGR picture, best first."""
-        import cv2
-
         h, w = image.shape[:2]
         scale = min(self._det_w / w, self._det_h / h)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        padded = cv2.copyMakeBorder(
-            resized,
-            0,
-            self._det_h - new_h,
-            0,
-            self._det_w - new_w,
-            cv2.BORDER_CONSTANT,
-            value=DET_MEAN_BGR,  # 0 after the mean is taken off
-        )
-
-        # OpenCV's saturating arithmetic with a float result: 1-2 ms where numpy's mixed-type
-        # subtraction takes 5-10 ms, a quarter of the detector's own time on a Pi. (The cv2
-        # stubs do not list the per-channel scalar form of the second operand.)
-        def fill(x: F32) -> None:
-            cv2.add(padded, self._det_offset, dst=x[0], dtype=cv2.CV_32F)  # type: ignore[call-overload]
-
-        outputs = self.detector.run_filled(fill)
-        self.calls.counts["detector"] += 1
-        by_dim = {o.shape[-1]: o.reshape(-1, o.shape[-1]) for o in outputs}
-        scores_all, landm, loc = by_dim[2][:, 1], by_dim[8], by_dim[4]
-        keep = np.nonzero(scores_all >= self.det_threshold)[0]
-        if keep.size == 0:
+        outputs = self._run_detector(image, new_w, new_h)
+        decoded = self._decode_detections(outputs)
+        if decoded is None:
             return []
-        pri = self._priors[keep]
-        loc, landm, scores = loc[keep], landm[keep], scores_all[keep]
-        v0, v1 = DET_VARIANCES
-        centre = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
-        size = pri[:, 2:] * np.exp(loc[:, 2:] * v1)
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-        corners = np.concatenate(
-            [pri[:, :2] + landm[:, 2 * k : 2 * k + 2] * v0 * pri[:, 2:] for k in range(4)], axis=1
-        )
-        norm = np.asarray([self._det_w, self._det_h], dtype=np.float32)
-        boxes = boxes * np.tile(norm, 2)
-        corners = corners * np.tile(norm, 4)
-        inside = ((boxes[:, 0] + boxes[:, 2]) / 2 < new_w) & (
-            (boxes[:, 1] + boxes[:, 3]) / 2 < new_h
-        )
-        # A plate whose corners lie well outside the picture is cut off by the frame edge (or
-        # is the detector firing on the edge itself): it cannot be read whole, so it is dropped.
-        plate_h = np.maximum(corners[:, 1::2].max(axis=1) - corners[:, 1::2].min(axis=1), 1.0)
-        tol = 0.25 * plate_h
-        inside &= (corners[:, 0::2].min(axis=1) > -tol) & (
-            corners[:, 0::2].max(axis=1) < new_w + tol
-        )
-        inside &= (corners[:, 1::2].min(axis=1) > -tol) & (
-            corners[:, 1::2].max(axis=1) < new_h + tol
-        )
+        boxes, corners, scores = decoded
+        inside = _in_picture(boxes, corners, new_w, new_h)
         boxes, corners, scores = boxes[inside], corners[inside], scores[inside]
         found: list[Detection] = []
         for i in _nms(boxes, scores, self.nms_iou):
@@ -296,6 +264,52 @@ class PlatePipeline:
                 )
             )
         return found
+
+    def _run_detector(self, image: U8, new_w: int, new_h: int) -> list[F32]:
+        """The detector's outputs for ``image`` letterboxed to ``new_w`` × ``new_h`` in the
+        top-left corner of its input, the rest padded at the mean."""
+        import cv2
+
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        padded = cv2.copyMakeBorder(
+            resized,
+            0,
+            self._det_h - new_h,
+            0,
+            self._det_w - new_w,
+            cv2.BORDER_CONSTANT,
+            value=DET_MEAN_BGR,  # 0 after the mean is taken off
+        )
+
+        # OpenCV's saturating arithmetic with a float result: 1-2 ms where numpy's mixed-type
+        # subtraction takes 5-10 ms, a quarter of the detector's own time on a Pi. (The cv2
+        # stubs do not list the per-channel scalar form of the second operand.)
+        def fill(x: F32) -> None:
+            cv2.add(padded, self._det_offset, dst=x[0], dtype=cv2.CV_32F)  # type: ignore[call-overload]
+
+        outputs = self.detector.run_filled(fill)
+        self.calls.counts["detector"] += 1
+        return outputs
+
+    def _decode_detections(self, outputs: list[F32]) -> tuple[F32, F32, F32] | None:
+        """Boxes (x0, y0, x1, y1) and the four landmarks, in detector-input pixels, and the
+        scores of the priors that scored at least ``det_threshold``; ``None``: none did."""
+        by_dim = {o.shape[-1]: o.reshape(-1, o.shape[-1]) for o in outputs}
+        scores_all, landm, loc = by_dim[2][:, 1], by_dim[8], by_dim[4]
+        keep = np.nonzero(scores_all >= self.det_threshold)[0]
+        if keep.size == 0:
+            return None
+        pri = self._priors[keep]
+        loc, landm, scores = loc[keep], landm[keep], scores_all[keep]
+        v0, v1 = DET_VARIANCES
+        centre = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
+        size = pri[:, 2:] * np.exp(loc[:, 2:] * v1)
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        corners = np.concatenate(
+            [pri[:, :2] + landm[:, 2 * k : 2 * k + 2] * v0 * pri[:, 2:] for k in range(4)], axis=1
+        )
+        norm = np.asarray([self._det_w, self._det_h], dtype=np.float32)
+        return boxes * np.tile(norm, 2), corners * np.tile(norm, 4), scores
 
     # -- 2. warp -----------------------------------------------------------------------------
     def warp(self, image: U8, detection: Detection) -> U8:
@@ -512,8 +526,6 @@ class PlatePipeline:
         none. If the text-line detector does not find two lines, the box may still be a
         single-row plate seen at a steep angle, which is tried last.
         """
-        import cv2
-
         lines = self.text_lines(plate)
         candidates: list[PlateResult] = []
         if len(lines) == 2:
@@ -526,12 +538,7 @@ class PlatePipeline:
             joined = LineRead(
                 "".join(r.text for r in reads), tuple(p for r in reads for p in r.char_probs)
             )
-            top = _crop_line(plate, lines[0], limits[0], self.line_margins[0])
-            bottom = _crop_line(plate, lines[1], limits[1], self.line_margins[0])
-            height = bottom.shape[0]
-            top_w = max(1, round(top.shape[1] * height / max(top.shape[0], 1)))
-            top_scaled = np.asarray(cv2.resize(top, (top_w, height)), dtype=np.uint8)
-            stitched = self.recognize_line(np.hstack([top_scaled, bottom]))
+            stitched = self._read_stitched(plate, lines, limits)
             joined_result = self._result(joined, color, True, detection, plate)
             if joined_result.valid and (len(reads[0].text), len(reads[1].text)) != (2, 5):
                 joined_result = _unread(
@@ -556,6 +563,23 @@ class PlatePipeline:
         if candidates:
             return _unread(candidates[0], candidates[0].reason)
         return _unread(single, f"double-row plate: {len(lines)} text lines found")
+
+    def _read_stitched(
+        self,
+        plate: U8,
+        lines: list[tuple[int, int, int, int]],
+        limits: tuple[tuple[int, int], tuple[int, int]],
+    ) -> LineRead:
+        """Reading (b) of a double-row plate: the top line scaled to the bottom line's height
+        and stitched to its left, read as one single-row plate."""
+        import cv2
+
+        top = _crop_line(plate, lines[0], limits[0], self.line_margins[0])
+        bottom = _crop_line(plate, lines[1], limits[1], self.line_margins[0])
+        height = bottom.shape[0]
+        top_w = max(1, round(top.shape[1] * height / max(top.shape[0], 1)))
+        top_scaled = np.asarray(cv2.resize(top, (top_w, height)), dtype=np.uint8)
+        return self.recognize_line(np.hstack([top_scaled, bottom]))
 
     def _read_row(
         self, plate: U8, box: tuple[int, int, int, int], rows: tuple[int, int], index: int

@@ -179,10 +179,6 @@ class SerialStream:
                 )
             _STREAM_OWNERS[url] = self
 
-    @property
-    def is_open(self) -> bool:
-        return self._port is not None
-
     def open(self) -> None:
         import serial
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -27,7 +28,6 @@ from drivers.scale.base import (
     Scale,
     ScaleConfig,
     ScaleError,
-    WeightSample,
 )
 from drivers.scale.modbus import ModbusDetector, ModbusDetectorConfig
 from drivers.scale.serial_line import LinkError, SerialStream
@@ -48,6 +48,34 @@ class Reject:
 class Framer(Protocol[F]):
     def feed(self, data: bytes) -> list[F | Reject]:
         """Frames (and rejects) completed by ``data``; keeps partial frames for the next call."""
+
+
+def cut_frames(
+    buf: bytearray, start: int, cut: Callable[[bytearray], F | Reject | None]
+) -> list[F | Reject]:
+    """The framers' loop over ``buf``: throw away what precedes the next ``start`` byte
+    (STX) as a "no STX" reject, then let ``cut`` take one frame or reject off the front of
+    ``buf`` (which begins with ``start``); ``cut`` returns ``None`` while the bytes of the
+    frame have not all come, and they wait in ``buf`` for the next read."""
+    out: list[F | Reject] = []
+    while True:
+        at = buf.find(start)
+        junk = len(buf) if at < 0 else at
+        if junk:
+            out.append(cut_reject(buf, junk, "no STX"))
+        if not buf:
+            return out
+        item = cut(buf)
+        if item is None:
+            return out
+        out.append(item)
+
+
+def cut_reject(buf: bytearray, length: int, reason: str) -> Reject:
+    """The first ``length`` bytes of ``buf``, cut off as a reject."""
+    reject = Reject(reason, bytes(buf[:length]))
+    del buf[:length]
+    return reject
 
 
 class SerialScaleConfig(ScaleConfig):
@@ -140,7 +168,7 @@ class StreamScale(Scale, Generic[F]):
             exc.__cause__ = err
         return exc
 
-    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:  # noqa: C901, PLR0912 (to be split)
+    def _recv_internal(self, timeout_s: float | None) -> Measurement | None:
         if self._pending:
             return self._pending.popleft()
         deadline = None if timeout_s is None else self.clock.monotonic() + timeout_s
@@ -149,59 +177,18 @@ class StreamScale(Scale, Generic[F]):
             remaining = None if deadline is None else deadline - now
             wait = self.backoff.wait_s()
             if wait > 0:
-                if remaining is not None and remaining < wait:
-                    if remaining > 0:
-                        self._closed.wait(remaining)
-                    return None
-                if self._closed.wait(wait):
+                if not self._sit_out_backoff(wait, remaining):
                     return None
                 continue
             if self.detector is not None:
                 edge = self.detector.poll()
                 if edge is not None:
                     return edge
-                slice_s = min(0.1, max(0.005, self.detector.config.poll_interval_s))
-            else:
-                slice_s = 0.1
-            if remaining is not None:
-                slice_s = max(0.0, min(slice_s, remaining))
-            try:
-                data = self.stream.read(slice_s)
-            except LinkError as err:
-                self._last_bytes_at = self.clock.monotonic()
-                raise self._fail(str(err), err) from err
+            data = self._read_slice(remaining)
             if data:
-                self._last_bytes_at = self.clock.monotonic()
-                self._note_raw(data)
-                for item in self.framer.feed(data):
-                    if isinstance(item, Reject):
-                        self.rejects[item.reason] += 1
-                        self._rejects_in_row += 1
-                        log.debug("%s: rejected %s: %s", self.device, item.reason, item.raw.hex())
-                        continue
-                    self._rejects_in_row = 0
-                    self.frames += 1
-                    try:
-                        m = self._measurement(item)
-                    except Exception as err:  # a frame must never kill the reader thread
-                        self.rejects["decode error"] += 1
-                        log.error("%s: cannot decode %r: %s", self.device, item, err)
-                        continue
-                    if m is not None:
-                        self._pending.append(m)
-                if self._rejects_in_row >= self.config.garbage_frames:
-                    self._rejects_in_row = 0
-                    reasons = ", ".join(f"{k} ×{v}" for k, v in self.rejects.most_common(3))
-                    raise self._fail(
-                        f"bytes arrive but no valid {self.config.type} frame ({reasons}): "
-                        f"check baud rate {self.config.baudrate}, data bits/parity "
-                        f"{self.config.bytesize}{self.config.parity}{self.config.stopbits} "
-                        "and the indicator's output mode"
-                    )
-                if self._pending:
-                    self.backoff.succeeded()
-                    self.fault_log.success()
-                    return self._pending.popleft()
+                m = self._take(data)
+                if m is not None:
+                    return m
             elif self.clock.monotonic() - self._last_bytes_at > self.config.silence_s:
                 self._last_bytes_at = self.clock.monotonic()
                 raise self._fail(
@@ -210,6 +197,72 @@ class StreamScale(Scale, Generic[F]):
                 )
             if deadline is not None and self.clock.monotonic() >= deadline:
                 return None
+
+    def _sit_out_backoff(self, wait_s: float, remaining_s: float | None) -> bool:
+        """Wait out the reconnect backoff; ``False`` when the timeout or the shutdown comes
+        first (the caller returns ``None``)."""
+        if remaining_s is not None and remaining_s < wait_s:
+            if remaining_s > 0:
+                self._closed.wait(remaining_s)
+            return False
+        return not self._closed.wait(wait_s)
+
+    def _read_slice(self, remaining_s: float | None) -> bytes:
+        """What the port gives within 0.1 s (shorter when a detector wants polling or the
+        timeout is near). Raises :class:`ScaleError` when the port fails."""
+        if self.detector is not None:
+            slice_s = min(0.1, max(0.005, self.detector.config.poll_interval_s))
+        else:
+            slice_s = 0.1
+        if remaining_s is not None:
+            slice_s = max(0.0, min(slice_s, remaining_s))
+        try:
+            return self.stream.read(slice_s)
+        except LinkError as err:
+            self._last_bytes_at = self.clock.monotonic()
+            raise self._fail(str(err), err) from err
+
+    def _take(self, data: bytes) -> Measurement | None:
+        """Feed ``data`` to the framer; the first measurement it completed (the others wait
+        in ``_pending``), or ``None``. Raises :class:`ScaleError` after ``garbage_frames``
+        rejects in a row."""
+        self._last_bytes_at = self.clock.monotonic()
+        self._note_raw(data)
+        for item in self.framer.feed(data):
+            self._queue(item)
+        if self._rejects_in_row >= self.config.garbage_frames:
+            self._rejects_in_row = 0
+            reasons = ", ".join(f"{k} ×{v}" for k, v in self.rejects.most_common(3))
+            raise self._fail(
+                f"bytes arrive but no valid {self.config.type} frame ({reasons}): "
+                f"check baud rate {self.config.baudrate}, data bits/parity "
+                f"{self.config.bytesize}{self.config.parity}{self.config.stopbits} "
+                "and the indicator's output mode"
+            )
+        if not self._pending:
+            return None
+        self.backoff.succeeded()
+        self.fault_log.success()
+        return self._pending.popleft()
+
+    def _queue(self, item: F | Reject) -> None:
+        """Count a reject, or queue the frame's measurement; never raises (a frame must
+        never kill the reader thread)."""
+        if isinstance(item, Reject):
+            self.rejects[item.reason] += 1
+            self._rejects_in_row += 1
+            log.debug("%s: rejected %s: %s", self.device, item.reason, item.raw.hex())
+            return
+        self._rejects_in_row = 0
+        self.frames += 1
+        try:
+            m = self._measurement(item)
+        except Exception as err:  # a frame must never kill the reader thread
+            self.rejects["decode error"] += 1
+            log.error("%s: cannot decode %r: %s", self.device, item, err)
+            return
+        if m is not None:
+            self._pending.append(m)
 
     def _shutdown_internal(self) -> None:
         self.stream.release()
@@ -238,9 +291,3 @@ class Stability:
             return False
         values = [v for _, v in h]
         return max(values) - min(values) <= self.band_kg
-
-
-def weight_sample(
-    at_clock: Clock, kg: float, stable: bool, flags: frozenset[str], raw: bytes
-) -> WeightSample:
-    return WeightSample(at=at_clock.now(), gross_kg=kg, stable=stable, flags=flags, raw=raw)

@@ -34,7 +34,13 @@ from pydantic import Field
 
 from drivers.clock import Clock
 from drivers.scale.base import Measurement, WeightSample
-from drivers.scale.stream import Reject, SerialScaleConfig, StreamScale
+from drivers.scale.stream import (
+    Reject,
+    SerialScaleConfig,
+    StreamScale,
+    cut_frames,
+    cut_reject,
+)
 
 STX, CR = 0x02, 0x0D
 BODY_LEN = 17  # STX .. CR
@@ -139,63 +145,57 @@ class ToledoFramer:
         self._checksummed = False
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[ToledoFrame | Reject]:  # noqa: C901, PLR0912 (to be split)
+    def feed(self, data: bytes) -> list[ToledoFrame | Reject]:
+        """Frames and rejects completed by ``data`` (layout and checksum rules: see the
+        module docstring); a partial frame waits in the buffer for the next call."""
         buf = self._buf
         buf += data.translate(_SEVEN_BITS)  # the protocol is 7-bit ASCII; bit 7 is parity
-        out: list[ToledoFrame | Reject] = []
-        while True:
-            start = buf.find(STX)
-            if start < 0:
-                if buf:
-                    out.append(Reject("no STX", bytes(buf)))
-                buf.clear()
-                break
-            if start > 0:
-                out.append(Reject("no STX", bytes(buf[:start])))
-                del buf[:start]
-            cr = buf.find(CR, 1)
-            nxt = buf.find(STX, 1)
-            if nxt > 0 and (cr < 0 or nxt < cr):
-                out.append(Reject("length", bytes(buf[:nxt])))
-                del buf[:nxt]
-                continue
-            if cr < 0:
-                if len(buf) > BODY_LEN:
-                    out.append(Reject("length", bytes(buf)))
-                    buf.clear()
-                break
-            if cr + 1 != BODY_LEN:
-                out.append(Reject("length", bytes(buf[: cr + 1])))
-                del buf[: cr + 1]
-                continue
-            body = bytes(buf[:BODY_LEN])
-            if self.mode == "off":
-                result = parse(body, None)
-                used = BODY_LEN
-            elif self.mode == "on" or self._checksummed:
-                if len(buf) < BODY_LEN + 1:
-                    break  # wait for the checksum byte
-                result, used = parse(body, buf[BODY_LEN]), BODY_LEN + 1
-            else:
-                # auto: the byte after CR is a checksum unless it starts the next frame. A
-                # checksum can itself be 02, so "no checksum" needs the whole next frame to be
-                # valid right there (one frame of latency, only until a checksum is seen).
-                if len(buf) < 2 * BODY_LEN:
-                    break
-                after = buf[BODY_LEN]
-                following = bytes(buf[BODY_LEN : 2 * BODY_LEN])
-                if after == STX and not isinstance(parse(following, None), Reject):
-                    result, used = parse(body, None), BODY_LEN
-                else:
-                    result, used = parse(body, after), BODY_LEN + 1
-                    if not isinstance(result, Reject):
-                        self._checksummed = True  # a verified checksum: from now on, required
-            out.append(result)
-            if isinstance(result, Reject):
-                del buf[:1]  # resynchronise on the next STX
-            else:
-                del buf[:used]
-        return out
+        return cut_frames(buf, STX, self._cut)
+
+    def _cut(self, buf: bytearray) -> ToledoFrame | Reject | None:
+        """The frame (or reject) at the start of ``buf``, which begins with STX, removed from
+        ``buf``; ``None`` while its bytes have not all come."""
+        cr = buf.find(CR, 1)
+        nxt = buf.find(STX, 1)
+        if nxt > 0 and (cr < 0 or nxt < cr):
+            return cut_reject(buf, nxt, "length")  # cut short by the next frame
+        if cr < 0:
+            return cut_reject(buf, len(buf), "length") if len(buf) > BODY_LEN else None
+        if cr + 1 != BODY_LEN:
+            return cut_reject(buf, cr + 1, "length")
+        decoded = self._parse_body(buf)
+        if decoded is None:
+            return None
+        result, used = decoded
+        if isinstance(result, Reject):
+            del buf[:1]  # resynchronise on the next STX
+        else:
+            del buf[:used]
+        return result
+
+    def _parse_body(self, buf: bytearray) -> tuple[ToledoFrame | Reject, int] | None:
+        """Decode the STX..CR body at the start of ``buf`` by the checksum mode: the result
+        and how many bytes it used (17, or 18 with the checksum); ``None``: wait for more."""
+        body = bytes(buf[:BODY_LEN])
+        if self.mode == "off":
+            return parse(body, None), BODY_LEN
+        if self.mode == "on" or self._checksummed:
+            if len(buf) < BODY_LEN + 1:
+                return None  # wait for the checksum byte
+            return parse(body, buf[BODY_LEN]), BODY_LEN + 1
+        # auto: the byte after CR is a checksum unless it starts the next frame. A checksum
+        # can itself be 02, so "no checksum" needs the whole next frame to be valid right
+        # there (one frame of latency, only until a checksum is seen).
+        if len(buf) < 2 * BODY_LEN:
+            return None
+        after = buf[BODY_LEN]
+        following = bytes(buf[BODY_LEN : 2 * BODY_LEN])
+        if after == STX and not isinstance(parse(following, None), Reject):
+            return parse(body, None), BODY_LEN
+        result = parse(body, after)
+        if not isinstance(result, Reject):
+            self._checksummed = True  # a verified checksum: from now on, required
+        return result, BODY_LEN + 1
 
 
 class ToledoConfig(SerialScaleConfig):

@@ -40,6 +40,40 @@ def _coverage(x: float, platform_m: float, contact_m: float) -> float:
     return max(0.0, min(1.0, on / contact_m))
 
 
+@dataclass
+class _FrontAxle:
+    """The truck's front axle playing its script: position in m from the platform's entry
+    edge, moving at ``speed_ms``, stopping at ``stops``, backing up once at ``reverse``."""
+
+    position_m: float
+    speed_ms: float
+    stops: list[tuple[float, float]]  # (position m, seconds stopped), in order
+    reverse: tuple[float, float] | None  # (position m, metres backwards)
+    backing_to: float | None = None
+    stopped_until: float | None = None
+
+    def move(self, t: float, dt: float) -> bool:
+        """One step of ``dt`` seconds, ending at time ``t``; ``True`` when it went forward."""
+        if self.stopped_until is not None:
+            if t >= self.stopped_until:
+                self.stopped_until = None
+            return False
+        if self.stops and self.position_m >= self.stops[0][0]:
+            self.stopped_until = t + self.stops.pop(0)[1]
+            return False
+        if self.backing_to is not None:
+            self.position_m -= self.speed_ms * dt
+            if self.position_m <= self.backing_to:
+                self.backing_to = None
+            return False
+        if self.reverse is not None and self.position_m >= self.reverse[0]:
+            self.backing_to = self.reverse[0] - self.reverse[1]
+            self.reverse = None
+            return False
+        self.position_m += self.speed_ms * dt
+        return True
+
+
 def axle_scale_trace(
     truck: TruckPass,
     *,
@@ -57,14 +91,9 @@ def axle_scale_trace(
     offsets = [0.0]
     for s in truck.axle_spacings_mm:
         offsets.append(offsets[-1] + s / 1000.0)
-    speed = truck.speed_kmh / 3.6
     dt = 1.0 / rate_hz
     end_x = offsets[-1] + platform_m + contact_m
-    front = -truck.approach_m
-    pending_stops = sorted(truck.stops)
-    reverse = truck.reverse
-    backing_to: float | None = None
-    stopped_until: float | None = None
+    front = _FrontAxle(-truck.approach_m, truck.speed_kmh / 3.6, sorted(truck.stops), truck.reverse)
     phase = rng.uniform(0, 2 * math.pi)
     bounce_hz = rng.uniform(2.0, 3.0)
     out: list[tuple[float, float]] = []
@@ -73,31 +102,15 @@ def axle_scale_trace(
     while True:
         weight = 0.0
         for load, off in zip(truck.axle_loads_kg, offsets, strict=True):
-            weight += load * _coverage(front - off, platform_m, contact_m)
+            weight += load * _coverage(front.position_m - off, platform_m, contact_m)
         if weight > 0:
             weight *= 1.0 + bounce_pct / 100.0 * math.sin(2 * math.pi * bounce_hz * t + phase)
         weight += rng.gauss(0.0, noise_kg)
         out.append((start_s + t, weight))
         t += dt
-        # Move the truck.
-        if stopped_until is not None:
-            if t >= stopped_until:
-                stopped_until = None
+        if not front.move(t, dt):
             continue
-        if pending_stops and front >= pending_stops[0][0]:
-            stopped_until = t + pending_stops.pop(0)[1]
-            continue
-        if backing_to is not None:
-            front -= speed * dt
-            if front <= backing_to:
-                backing_to = None
-            continue
-        if reverse is not None and front >= reverse[0]:
-            backing_to = reverse[0] - reverse[1]
-            reverse = None
-            continue
-        front += speed * dt
-        if front - end_x > 0 and finished_at is None:
+        if front.position_m - end_x > 0 and finished_at is None:
             finished_at = t
         if finished_at is not None and t - finished_at >= tail_s:
             return out

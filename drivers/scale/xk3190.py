@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 from drivers.clock import Clock
 from drivers.scale.base import Measurement, WeightSample
-from drivers.scale.stream import Reject, Stability, StreamScale, WeightStreamConfig
+from drivers.scale.stream import (
+    Reject,
+    Stability,
+    StreamScale,
+    WeightStreamConfig,
+    cut_frames,
+    cut_reject,
+)
 
 STX, ETX = 0x02, 0x03
 FRAME_LEN = 12
@@ -91,35 +98,22 @@ class Xk3190Framer:
     def feed(self, data: bytes) -> list[Xk3190Frame | Reject]:
         buf = self._buf
         buf += data
-        out: list[Xk3190Frame | Reject] = []
-        while True:
-            start = buf.find(STX)
-            if start < 0:
-                if buf:
-                    out.append(Reject("no STX", bytes(buf)))
-                buf.clear()
-                break
-            if start > 0:
-                out.append(Reject("no STX", bytes(buf[:start])))
-                del buf[:start]
-            if len(buf) < FRAME_LEN:
-                # A frame is never longer than 12 bytes; an STX inside means a cut frame.
-                nxt = buf.find(STX, 1)
-                if nxt > 0:
-                    out.append(Reject("length", bytes(buf[:nxt])))
-                    del buf[:nxt]
-                    continue
-                break
-            result = parse(bytes(buf[:FRAME_LEN]))
-            if isinstance(result, Reject):
-                out.append(result)
-                del buf[:1]  # resynchronise on the next STX
-            else:
-                out.append(result)
-                del buf[:FRAME_LEN]
+        out = cut_frames(buf, STX, _cut)
         if len(buf) > 4 * FRAME_LEN:  # cannot happen, but a framer must stay bounded
             del buf[:-FRAME_LEN]
         return out
+
+
+def _cut(buf: bytearray) -> Xk3190Frame | Reject | None:
+    """The frame (or reject) at the start of ``buf``, which begins with STX, cut off;
+    ``None`` while its 12 bytes have not all come."""
+    if len(buf) < FRAME_LEN:
+        # A frame is never longer than 12 bytes; an STX inside means a cut frame.
+        nxt = buf.find(STX, 1)
+        return cut_reject(buf, nxt, "length") if nxt > 0 else None
+    result = parse(bytes(buf[:FRAME_LEN]))
+    del buf[: 1 if isinstance(result, Reject) else FRAME_LEN]  # a reject: resync on next STX
+    return result
 
 
 class Xk3190Config(WeightStreamConfig):
