@@ -37,7 +37,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 
 from agent.store.integrity import canonical_json, chain_hash
-from agent.uplink.client import UplinkConfig, make_client, mqtt_properties, set_nodelay
+from agent.uplink.client import (
+    UplinkConfig,
+    connect_in_background,
+    make_client,
+    mqtt_properties,
+    set_nodelay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -314,14 +320,7 @@ class PlatformSim:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        client.connect_async(
-            self.config.host,
-            self.config.port,
-            self.config.keepalive_s,
-            clean_start=False,
-            properties=props,
-        )
-        client.loop_start()
+        connect_in_background(client, self.config, props)
         self._ack_thread = threading.Thread(target=self._ack_loop, name="sim-ack", daemon=True)
         self._ack_thread.start()
         if not self._connected.wait(timeout_s):

@@ -68,22 +68,10 @@ class StationCommands:
         return handlers
 
     def set_permits(self, args: dict[str, Any]) -> dict[str, Any]:
-        entries = require(args, "permits", list)
-        try:
-            count = self.permits.replace_permits(entries)
-        except PermitListError as err:
-            raise CommandError("invalid", str(err)) from err
-        log.warning("permits replaced by the platform: %d permit(s)", count)
-        return {"permits": count}
+        return _replace_list(args, "permits", self.permits.replace_permits, "permit(s)")
 
     def set_watchlist(self, args: dict[str, Any]) -> dict[str, Any]:
-        entries = require(args, "watchlist", list)
-        try:
-            count = self.permits.replace_watchlist(entries)
-        except PermitListError as err:
-            raise CommandError("invalid", str(err)) from err
-        log.warning("watch-list replaced by the platform: %d plate(s)", count)
-        return {"watchlist": count}
+        return _replace_list(args, "watchlist", self.permits.replace_watchlist, "plate(s)")
 
     def capture_test(self, args: dict[str, Any]) -> dict[str, Any]:
         """Photograph a lane now and read its plates (a technician checks aim and focus)."""
@@ -140,3 +128,16 @@ def config_problems(text: str) -> list[str]:
     except ConfigError as err:
         return [p.format("station.toml") for p in err.problems]
     return []
+
+
+def _replace_list(
+    args: dict[str, Any], key: str, replace: Callable[[list[Any]], int], what: str
+) -> dict[str, Any]:
+    """A platform-pushed list replaces the station's whole list, or (invalid) changes nothing."""
+    entries = require(args, key, list)
+    try:
+        count = replace(entries)
+    except PermitListError as err:
+        raise CommandError("invalid", str(err)) from err
+    log.warning("%s replaced by the platform: %d %s", key, count, what)
+    return {key: count}

@@ -74,30 +74,29 @@ def report(station: Station) -> dict[str, Any]:
     }
 
 
+def _health(h: Any) -> dict[str, Any]:
+    """A device's state, last good read and last error (scales and cameras alike)."""
+    return {
+        "state": h.state,
+        "last_good_at": h.last_good_at.isoformat() if h.last_good_at else None,
+        "last_error": h.last_error,
+    }
+
+
 def devices(station: Station) -> dict[str, Any]:
     """Each scale's, camera's and the plate reader's state and last good read, by device id."""
     out: dict[str, Any] = {}
     for lane_no, scale in station.scales.items():
-        h = scale.health
         out[scale.id] = {
             "kind": "scale",
             "lane": lane_no,
-            "state": h.state,
-            "errors": h.errors,
-            "last_good_at": h.last_good_at.isoformat() if h.last_good_at else None,
-            "last_error": h.last_error,
+            **_health(scale.health),
+            "errors": scale.health.errors,
         }
     for lane_no, cams in station.cameras.items():
         for cam in cams:
-            ch = cam.health
-            out[cam.id] = {
-                "kind": "camera",
-                "lane": lane_no,
-                "role": cam.role,
-                "state": ch.state,
-                "last_good_at": ch.last_good_at.isoformat() if ch.last_good_at else None,
-                "last_error": ch.last_error,
-            }
+            out[cam.id] = {"kind": "camera", "lane": lane_no, "role": cam.role}
+            out[cam.id].update(_health(cam.health))
     out["plate-reader"] = {
         "kind": "plate_reader",
         "type": station.config.plate.type,

@@ -227,6 +227,16 @@ def set_nodelay(client: mqtt.Client) -> None:
         log.debug("uplink: TCP_NODELAY not set: %s", err)
 
 
+def connect_in_background(
+    client: mqtt.Client, config: UplinkConfig, props: Properties, *, clean_start: bool = False
+) -> None:
+    """Start connecting to ``config``'s broker and paho's network thread (which reconnects)."""
+    client.connect_async(
+        config.host, config.port, config.keepalive_s, clean_start=clean_start, properties=props
+    )
+    client.loop_start()
+
+
 def probe_broker(config: UplinkConfig, station_id: str, timeout_s: float) -> bool:
     """Whether a connection with ``config`` is accepted within ``timeout_s`` (for set-config).
 
@@ -245,10 +255,7 @@ def probe_broker(config: UplinkConfig, station_id: str, timeout_s: float) -> boo
             config, f"{config.client_id_for(station_id)}-probe", clean_start=True
         )
         client.on_connect = on_connect
-        client.connect_async(
-            config.host, config.port, config.keepalive_s, clean_start=True, properties=props
-        )
-        client.loop_start()
+        connect_in_background(client, config, props, clean_start=True)
     except Exception as err:
         log.warning("broker probe %s:%d failed: %s", config.host, config.port, err)
         return False

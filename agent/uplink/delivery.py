@@ -44,7 +44,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.store import outbox
 from agent.store.db import Database
 from agent.uplink import messages
-from agent.uplink.client import UplinkConfig, UplinkError, guarded, make_client, set_nodelay
+from agent.uplink.client import (
+    UplinkConfig,
+    UplinkError,
+    connect_in_background,
+    guarded,
+    make_client,
+    set_nodelay,
+)
 from agent.uplink.commands import Command, CommandRunner, Dispatcher, Handler, builtin_handlers
 from agent.uplink.messages import Message, Topics
 from drivers.clock import Clock, SystemClock
@@ -529,14 +536,7 @@ class Uplink:
             self._trouble.note(str(err))
             return
         self._link.attach(client)
-        client.connect_async(
-            self.config.host,
-            self.config.port,
-            self.config.keepalive_s,
-            clean_start=False,
-            properties=props,
-        )
-        client.loop_start()
+        connect_in_background(client, self.config, props)
         self._client = client
 
     def _publish(self, message: Message) -> None:
