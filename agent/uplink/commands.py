@@ -170,20 +170,7 @@ def set_config(
         raise CommandError(
             "invalid", f"config rejected: {len(problems)} problem(s)", {"problems": problems}
         )
-    try:  # a station that cannot keep the old config does not take the new one
-        backup_dir.mkdir(parents=True, exist_ok=True)
-        backup = backup_dir / f"config-{stamp}.toml"
-        n = 1
-        while backup.exists():
-            backup = backup_dir / f"config-{stamp}-{n}.toml"
-            n += 1
-        backup.write_text(current_text, encoding="utf-8")
-        for old in sorted(backup_dir.glob("config-*.toml"))[:-keep_backups]:
-            old.unlink(missing_ok=True)
-    except OSError as err:
-        raise CommandError(
-            "apply-failed", f"could not back up the current config, nothing changed: {err}"
-        ) from err
+    backup = _back_up(current_text, backup_dir, stamp, keep_backups)
     try:
         apply(text)
     except Exception as err:
@@ -207,6 +194,27 @@ def set_config(
         )
     log.warning("set-config: new config applied; previous one kept as %s", backup.name)
     return {"applied": True, "backup": backup.name}
+
+
+def _back_up(current_text: str, backup_dir: Path, stamp: str, keep: int) -> Path:
+    """``backup_dir/config-{stamp}.toml`` (``-1``, ``-2`` … when taken), the newest ``keep``
+    kept. A station that cannot keep its old config does not take a new one:
+    ``CommandError("apply-failed")``, nothing changed."""
+    try:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        backup = backup_dir / f"config-{stamp}.toml"
+        n = 1
+        while backup.exists():
+            backup = backup_dir / f"config-{stamp}-{n}.toml"
+            n += 1
+        backup.write_text(current_text, encoding="utf-8")
+        for old in sorted(backup_dir.glob("config-*.toml"))[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        raise CommandError(
+            "apply-failed", f"could not back up the current config, nothing changed: {err}"
+        ) from err
+    return backup
 
 
 def set_config_handler(
