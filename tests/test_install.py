@@ -82,9 +82,12 @@ def test_first_boot_gives_the_service_user_its_config(tmp_path: Path) -> None:
     (tmp_path / "etc/group").write_text("root:x:0:\nroadside-agent:x:990:\n")
     result = _run("systemd-tmpfiles", f"--root={tmp_path}", "--create", "roadside-agent.conf")
     assert result.returncode == 0, result.stderr
-    for path, mode in (("", 0o750), ("station.toml", 0o640)):
+    # the folder is the service's to write (set-config replaces station.toml, keeps backups/)
+    for path, mode in (("", 0o770), ("station.toml", 0o640)):
         st = (tmp_path / ETC / path).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 990, mode), path
+    backups = (tmp_path / ETC / "backups").stat()
+    assert (backups.st_uid, backups.st_gid, backups.st_mode & 0o777) == (990, 990, 0o700)
     creds = (tmp_path / ETC / "credentials").stat()
     assert (creds.st_uid, creds.st_gid, creds.st_mode & 0o777) == (0, 0, 0o700)
 

@@ -255,6 +255,48 @@ def test_invalid_config_changes_nothing(tmp_path: Path) -> None:
     assert cfg.applied == [] and not (tmp_path / "backups").exists()
 
 
+def test_set_config_that_cannot_keep_a_backup_is_apply_failed_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A backup folder the station cannot write (here: a file in the way) is the station's
+    failure to apply, not a bug: ``apply-failed``, and the running config stays."""
+    cfg = ConfigFile(tmp_path / "station.json")
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(CommandError) as err:
+        set_config(
+            _config_text(1883),
+            current_text=_config_text(1884),
+            validate=cfg.validate,
+            apply=cfg.apply,
+            can_connect=lambda t, s: True,
+            backup_dir=tmp_path / "not-a-dir" / "backups",
+            stamp="s",
+        )
+    assert err.value.code == "apply-failed"
+    assert "back up" in err.value.message
+    assert cfg.applied == []
+
+
+def test_set_config_whose_write_fails_is_apply_failed_even_when_the_restore_fails(
+    tmp_path: Path,
+) -> None:
+    def unwritable(text: str) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "station.json"))
+
+    with pytest.raises(CommandError) as err:
+        set_config(
+            _config_text(1883),
+            current_text=_config_text(1884),
+            validate=ConfigFile(tmp_path / "station.json").validate,
+            apply=unwritable,
+            can_connect=lambda t, s: True,
+            backup_dir=tmp_path / "backups",
+            stamp="s",
+        )
+    assert err.value.code == "apply-failed"
+    assert "restoring the previous one failed too" in err.value.message
+
+
 def test_set_config_over_mqtt_rolls_back_and_replies(
     broker: Mosquitto,
     station: StationData,

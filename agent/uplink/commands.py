@@ -265,8 +265,10 @@ def set_config(
     1. ``validate(text)`` returns the problems (empty: valid); any → ``CommandError("invalid")``,
        nothing changed.
     2. ``current_text`` is written to ``backup_dir/config-{stamp}.toml`` (the newest
-       ``keep_backups`` are kept).
-    3. ``apply(text)`` installs it (writes the file, reconfigures).
+       ``keep_backups`` are kept); if it cannot be, ``CommandError("apply-failed")``, nothing
+       changed.
+    3. ``apply(text)`` installs it (writes the file, reconfigures); if that raises, the old
+       config is put back and ``CommandError("apply-failed")``.
     4. ``can_connect(text, timeout_s)`` must reach the broker with the new settings, else
        ``apply(current_text)`` restores the old config and ``CommandError("rolled-back")``.
 
@@ -277,19 +279,18 @@ def set_config(
         raise CommandError(
             "invalid", f"config rejected: {len(problems)} problem(s)", {"problems": problems}
         )
-    backup_dir.mkdir(parents=True, exist_ok=True)
-    backup = backup_dir / f"config-{stamp}.toml"
-    n = 1
-    while backup.exists():
-        backup = backup_dir / f"config-{stamp}-{n}.toml"
-        n += 1
-    backup.write_text(current_text, encoding="utf-8")
-    for old in sorted(backup_dir.glob("config-*.toml"))[:-keep_backups]:
-        old.unlink(missing_ok=True)
+    backup = _back_up(current_text, backup_dir, stamp, keep_backups)
     try:
         apply(text)
     except Exception as err:
-        apply(current_text)
+        try:
+            apply(current_text)
+        except Exception as restore_err:
+            raise CommandError(
+                "apply-failed",
+                f"could not apply the config: {err}; restoring the previous one failed too:"
+                f" {restore_err}",
+            ) from err
         raise CommandError("apply-failed", f"could not apply the config: {err}") from err
     if not can_connect(text, timeout_s):
         log.error("set-config: broker unreachable with the new config; rolling back")
@@ -302,6 +303,27 @@ def set_config(
         )
     log.warning("set-config: new config applied; previous one kept as %s", backup.name)
     return {"applied": True, "backup": backup.name}
+
+
+def _back_up(current_text: str, backup_dir: Path, stamp: str, keep: int) -> Path:
+    """``backup_dir/config-{stamp}.toml`` (``-1``, ``-2`` … when taken), the newest ``keep``
+    kept. A station that cannot keep its old config does not take a new one:
+    ``CommandError("apply-failed")``, nothing changed."""
+    try:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        backup = backup_dir / f"config-{stamp}.toml"
+        n = 1
+        while backup.exists():
+            backup = backup_dir / f"config-{stamp}-{n}.toml"
+            n += 1
+        backup.write_text(current_text, encoding="utf-8")
+        for old in sorted(backup_dir.glob("config-*.toml"))[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        raise CommandError(
+            "apply-failed", f"could not back up the current config, nothing changed: {err}"
+        ) from err
+    return backup
 
 
 def set_config_handler(
