@@ -287,22 +287,18 @@ def test_rtu_dead_device_on_the_bus_does_not_stall_the_other(tmp_path: Path) -> 
     good, dead = ModbusRtuScale(config(1)), ModbusRtuScale(config(5))
     assert good.link is dead.link
 
-    def good_rate(seconds: float, with_dead: bool) -> float:
-        n, t0 = 0, time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            if with_dead:
-                with contextlib.suppress(ScaleError):
-                    dead.recv(0.0)
-            n += isinstance(good.recv(0.5), WeightSample)
-        return n / seconds
-
     try:
         next_sample(good)
-        alone = good_rate(1.0, with_dead=False)
-        shared = good_rate(2.0, with_dead=True)
+        # Counted, not timed (the machine may be busy): every poll of the good device between
+        # two failing polls of the dead one still answers within its own read timeout.
+        answered = 0
+        for _ in range(10):
+            with contextlib.suppress(ScaleError):
+                dead.recv(0.0)
+            answered += isinstance(good.recv(0.5), WeightSample)
         assert dead.health.state == "fault"
         assert "no answer" in dead.health.last_error
-        assert shared >= 0.5 * alone, (alone, shared)
+        assert answered == 10
     finally:
         good.shutdown()
         dead.shutdown()
