@@ -360,11 +360,20 @@ class _StreamSim:
         self.dir = tempfile.TemporaryDirectory(prefix="probe-sim-")
         self.pty = PtyPair(Path(self.dir.name) / "ttySIM0")
         kind = settings["type"]
+        unit = str(settings.get("unit", "kg"))
+        fmt = str(settings.get("format", "tf0"))
+        self.talker: Any
         if kind == "wim_lines":
             self.talker = stream_sim.wim_controller(self.pty.write)
+        elif kind == "xk3190" and fmt == "tf1":
+            self.talker = stream_sim.CommandResponder(
+                self.pty,
+                stream_sim.playback(stream_sim.axle_scale_trace(stream_sim.SIX_AXLE)),
+                str(settings.get("address", "A")),
+                unit,
+            )
         else:
-            unit = str(settings.get("unit", "kg"))
-            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit)
+            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit, format=fmt)
         self.talker.start()
         settings["port"] = str(self.pty.path)
 
