@@ -154,7 +154,7 @@ def test_probe_warns_on_an_implausible_float32_and_shows_every_word_order(
 ) -> None:
     """A float32 served CDAB and read ABCD: 31 460 kg reads as about −131 355.8 kg, not
     absurd enough to see at a glance; probe names the plausible order."""
-    base = (Path(__file__).parent.parent / "firmware_config" / "registermaps" / "generic.toml")
+    base = Path(__file__).parent.parent / "firmware_config" / "registermaps" / "generic.toml"
     text = base.read_text().replace('type = "int32"', 'type = "float32"')
     served = tmp_path / "served_cdab.toml"
     served.write_text(text.replace('word_order = "big"', 'word_order = "little"'))
@@ -163,8 +163,20 @@ def test_probe_warns_on_an_implausible_float32_and_shows_every_word_order(
     sim = ModbusDeviceSimulator(str(served), constant(31460.0)).start()
     try:
         code = run_probe(
-            ["scale", "--type", "modbus_tcp", "--port", f"127.0.0.1:{sim.port}",
-             "--option", f"map={read}", "--seconds", "0.5", "--capacity-kg", "60000", "--json"]
+            [
+                "scale",
+                "--type",
+                "modbus_tcp",
+                "--port",
+                f"127.0.0.1:{sim.port}",
+                "--option",
+                f"map={read}",
+                "--seconds",
+                "0.5",
+                "--capacity-kg",
+                "60000",
+                "--json",
+            ]
         )
     finally:
         sim.stop()
@@ -181,6 +193,14 @@ def test_probe_type_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         run_probe(["scale", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in ("wim_lines", "xk3190", "a12", "reversed", "in_order", "tf1", "dialect=liden",
-                 "stx=false"):
+    for name in (
+        "wim_lines",
+        "xk3190",
+        "a12",
+        "reversed",
+        "in_order",
+        "tf1",
+        "dialect=liden",
+        "stx=false",
+    ):
         assert name in text

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,8 +57,20 @@ def test_probe_names_refused_settings_without_a_traceback(
     pty: PtyPair, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = run_probe(
-        ["scale", "--type", "toledo", "--port", f"no7e1://{pty.path}", "--option", "bytesize=7",
-         "--option", "parity=E", "--seconds", "0.5", "--json"]
+        [
+            "scale",
+            "--type",
+            "toledo",
+            "--port",
+            f"no7e1://{pty.path}",
+            "--option",
+            "bytesize=7",
+            "--option",
+            "parity=E",
+            "--seconds",
+            "0.5",
+            "--json",
+        ]
     )
     out = last_json(capsys.readouterr().out)
     assert code == 69
@@ -91,33 +102,20 @@ def test_overlong_line_in_one_read_is_dropped_whole() -> None:
     assert [type(g) for g in got] == [Reject, Line]
 
 
-class OneLineServer:
-    def __init__(self, payload: bytes) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.payload = payload
-        self.conn: socket.socket | None = None
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        self.conn, _ = self.sock.accept()
-        self.conn.sendall(self.payload)
-
-    def close(self) -> None:
-        if self.conn:
-            self.conn.close()
-        self.sock.close()
-
-
 def test_socket_reads_come_in_chunks() -> None:
     """Regression (15.5): socket:// in_waiting is 0/1, so every read returned 2 bytes."""
-    line = b"1,42.0,2,18000,6000;12000,4000\r\n" * 4
-    server = OneLineServer(line)
-    scale = WimLinesScale(WimLinesConfig(type="wim_lines", port=f"socket://127.0.0.1:{server.port}"))
+    server = socket.create_server(("127.0.0.1", 0))
+    scale = WimLinesScale(
+        WimLinesConfig(type="wim_lines", port=f"socket://127.0.0.1:{server.getsockname()[1]}")
+    )
     try:
+        assert scale.recv(0.2) is None  # connects (pyserial drops what came during open)
+        conn, _ = server.accept()
+        conn.sendall(b"1,42.0,2,18000,6000;12000,4000\r\n" * 4)
         records = [scale.recv(2.0) for _ in range(4)]
-        assert all(isinstance(r, WimRecord) and r.gross_kg == 18000 for r in records)
+        assert all(isinstance(r, WimRecord) and r.gross_kg == 18000 for r in records), records
         assert max(len(f) for f in scale.raw_tail) > 2
+        conn.close()
     finally:
         scale.shutdown()
         server.close()
@@ -134,8 +132,9 @@ def test_non_finite_numbers_are_refused(bad: str, fmt: str) -> None:
     lines = {
         "csv": f"1,{bad},2,18000,6000;12000,4000",
         "kv": f"lane=1 speed_kmh={bad} axle_count=2 gross_kg=18000 axle_loads_kg=6000;12000",
-        "json": json.dumps({"lane": 1, "speed_kmh": float(bad), "gross_kg": 18000,
-                            "axle_loads_kg": [6000, 12000]}),
+        "json": json.dumps(
+            {"lane": 1, "speed_kmh": float(bad), "gross_kg": 18000, "axle_loads_kg": [6000, 12000]}
+        ),
     }
     scale = WimLinesScale(cfg)
     try:
@@ -151,3 +150,43 @@ def test_canonical_json_refuses_non_finite_numbers() -> None:
     with pytest.raises(NotCanonicalError):
         canonical_json([math.inf])
     assert canonical_json({"b": 1.5, "a": "苏"}) == '{"a":"苏","b":1.5}'.encode()
+
+
+# --- issue 17.8: a babbling device must not flood the journal ----------------------------------
+
+
+def test_device_garbage_is_rate_limited_and_summarised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Garbage interleaved with good frames (fault, recovery, fault, ...) for minutes: a few
+    capped lines per interval and one summary, while the ring buffer keeps the bytes."""
+    from drivers.clock import ManualClock
+    from drivers.scale import toledo
+    from drivers.scale.base import MAX_LOG_CHARS
+
+    clock = ManualClock()
+    cfg = ToledoConfig(type="toledo", port="loop://", garbage_frames=1)
+    scale = ToledoScale(cfg, clock=clock)
+    good = toledo.encode(31460)
+    junk = bytes(range(0x80, 0x100)) * 200  # 25 600 bytes without an STX
+    caplog.set_level("DEBUG", logger="drivers")
+    try:
+        for _ in range(300):
+            with pytest.raises(ScaleError):
+                scale._take(junk)
+            scale._take(good + good)
+            clock.advance(0.1)  # 30 s of flapping
+        assert len(scale.raw_tail) == scale.RAW_TAIL and junk[-1:] in scale.raw_tail[-2]
+        during = list(caplog.records)
+        clock.advance(31)
+        scale._take(good + good)
+        with pytest.raises(ScaleError):
+            scale._take(junk)
+    finally:
+        scale.shutdown()
+    assert len(during) <= 6, [r.getMessage()[:80] for r in during]
+    assert max(len(r.getMessage()) for r in caplog.records) <= MAX_LOG_CHARS + 200
+    summary = [r for r in caplog.records if "not logged one by one" in r.getMessage()]
+    assert len(summary) == 1
+    text = summary[0].getMessage()
+    assert "faults ×" in text and "recoveries ×" in text

@@ -116,9 +116,7 @@ def test_net_reading_is_stored_as_net_and_never_judged(pty: PtyPair) -> None:
     talker = indicator("xk3190", pty.write, constant(0.0))  # replaced below: the manual frame
     talker.frame = lambda _t: raw(net)
     talker.start()
-    cfg = Xk3190Config(
-        type="xk3190", port=str(pty.path), format="a12", stable_window_s=0.1
-    )
+    cfg = Xk3190Config(type="xk3190", port=str(pty.path), format="a12", stable_window_s=0.1)
     scale = Xk3190Scale(cfg)
     try:
         got = samples(scale, 8)
@@ -127,7 +125,9 @@ def test_net_reading_is_stored_as_net_and_never_judged(pty: PtyPair) -> None:
         talker.stop()
     assert got and all("net" in s.flags and s.gross_kg == 36540.0 for s in got)
     stage = WeighingStage(1, cfg, WeighingConfig(mode="static", static_stable_s=0.05))
-    off = [WeightSample(at=got[-1].at + timedelta(seconds=0.1 * i), gross_kg=0.0) for i in (1, 2, 3)]
+    off = [
+        WeightSample(at=got[-1].at + timedelta(seconds=0.1 * i), gross_kg=0.0) for i in (1, 2, 3)
+    ]
     out = [w for s in [*got, *off] for w in stage.feed(s)]
     assert len(out) == 1 and WeighingFlag.NET_WEIGHT in out[0].flags
     facts = VehicleFacts.from_weighing(out[0])
@@ -160,8 +160,11 @@ def _feed_in_cuts(framer: Any, stream: bytes, cuts: list[int]) -> list[Any]:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(st.tuples(weights, st.integers(0, 3), st.binary(max_size=12), st.booleans()),
-             min_size=1, max_size=8),
+    st.lists(
+        st.tuples(weights, st.integers(0, 3), st.binary(max_size=12), st.booleans()),
+        min_size=1,
+        max_size=8,
+    ),
     st.sampled_from(["a12", "reversed", "in_order"]),
     st.lists(st.integers(1, 30), min_size=1, max_size=6),
     st.integers(0, 63),
@@ -212,7 +215,11 @@ def test_toledo_manual_layout_frames(entry: dict[str, Any]) -> None:
     assert len(got) == 1 and isinstance(got[0], ToledoFrame), got
     f = got[0]
     assert (f.weight, f.tare, f.unit, f.net, f.motion) == (
-        entry["weight"], entry["tare"], entry["unit"], entry["net"], entry["motion"]
+        entry["weight"],
+        entry["tare"],
+        entry["unit"],
+        entry["net"],
+        entry["motion"],
     )
     if entry["dialect"] == "liden":
         other = ToledoFramer("on", dialect="mettler").feed(data)
@@ -222,7 +229,9 @@ def test_toledo_manual_layout_frames(entry: dict[str, Any]) -> None:
 def test_toledo_without_stx() -> None:
     """The STX switched off (F3.1.6 = 0): frames are cut at CR; checksum off and on (the
     manual's sum runs from the first byte sent, so without STX it is 2 higher)."""
-    frames = [raw(e) for e in FRAMES["toledo"] if e["dialect"] == "mettler" and e["hex"][:2] == "02"]
+    frames = [
+        raw(e) for e in FRAMES["toledo"] if e["dialect"] == "mettler" and e["hex"][:2] == "02"
+    ]
     off = b"".join(f[1:-1] for f in frames)
     on = b"".join(f[1:-1] + bytes([(f[-1] + 2) & 0x7F]) for f in frames)
     expect = [-12.5, 1234.5, 36540.0]
@@ -251,8 +260,11 @@ def test_toledo_parity_bit_error_is_not_a_wrong_weight() -> None:
 def test_toledo_auto_checksum_does_not_lock_itself() -> None:
     """Regression (15.4): a checksum-less stream, a frame whose checksum happens to be 02,
     then one damaged frame: auto switched to "checksummed" for good and rejected the rest."""
-    w = next(w for w in range(10000, 99999, 10) if toledo.checksum(
-        b"\x0220 " + f"{w:6d}".encode() + b"     0\r") == 0x02)
+    w = next(
+        w
+        for w in range(10000, 99999, 10)
+        if toledo.checksum(b"\x0220 " + f"{w:6d}".encode() + b"     0\r") == 0x02
+    )
     a = b"\x0220 " + f"{w:6d}".encode() + b"     0\r"
     damaged = b"\x0220 " + b" 12X45" + b"     0\r"
     later = [b"\x0220 " + f"{v:6d}".encode() + b"     0\r" for v in (20000, 20020, 20040, 20060)]

@@ -244,8 +244,12 @@ def test_wim_modbus_undecodable_record_is_reported_missed(tmp_path: Path) -> Non
     sim = ModbusDeviceSimulator(str(wim_map)).start()
     try:
         cfg = WimModbusConfig(
-            type="wim_modbus", host="127.0.0.1", port=sim.port, map=str(wim_map),
-            poll_interval_s=0.01, reconnect_max_s=0.2,
+            type="wim_modbus",
+            host="127.0.0.1",
+            port=sim.port,
+            map=str(wim_map),
+            poll_interval_s=0.01,
+            reconnect_max_s=0.2,
         )
         with WimModbusScale(cfg) as scale:
             assert scale.recv(0.2) is None

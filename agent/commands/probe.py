@@ -263,9 +263,21 @@ def probe_scale(args: argparse.Namespace) -> int:
     finally:
         if sim is not None:
             sim.stop()
-    elapsed = time.monotonic() - t0
+    result = _result(settings, got, time.monotonic() - t0)
+    check = _word_order_check(scale, got, args.capacity_kg)
+    if check is not None:
+        result["word_order_check"] = check
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _summary(result)
+    return EX_OK if got.readings else EX_UNAVAILABLE
+
+
+def _result(settings: dict[str, Any], got: _Readings, elapsed: float) -> dict[str, Any]:
+    """The summary of a probe run (what ``--json`` prints)."""
     last = got.last
-    result: dict[str, Any] = {
+    return {
         "type": settings["type"],
         "where": _where(settings),
         "gross_kg": got.last_stable["gross_kg"] if got.last_stable else None,
@@ -277,14 +289,6 @@ def probe_scale(args: argparse.Namespace) -> int:
         "rejected_frames": got.rejects,
         "raw_tail": got.raw_tail,
     }
-    check = _word_order_check(scale, got, args.capacity_kg)
-    if check is not None:
-        result["word_order_check"] = check
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        _summary(result)
-    return EX_OK if got.readings else EX_UNAVAILABLE
 
 
 def _backend(settings: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -434,9 +438,12 @@ class _StreamSim:
         if kind == "wim_lines":
             self.talker = stream_sim.wim_controller(self.pty.write)
         elif kind == "xk3190" and fmt == "tf1":
+            from drivers.scale.modbus_sim import playback
+            from drivers.scale.trace import axle_scale_trace
+
             self.talker = stream_sim.CommandResponder(
                 self.pty,
-                stream_sim.playback(stream_sim.axle_scale_trace(stream_sim.SIX_AXLE)),
+                playback(axle_scale_trace(stream_sim.SIX_AXLE)),
                 str(settings.get("address", "A")),
                 unit,
             )

@@ -142,7 +142,7 @@ class StreamScale(Scale, Generic[F]):
         )
         self.framer: Framer[F] = self._make_framer()
         self.backoff = Backoff(self.clock, first_s=0.2, max_s=config.reconnect_max_s)
-        self.fault_log = FaultLog(log, self.device)
+        self.fault_log = FaultLog(log, self.device, self.clock)
         self._pending: collections.deque[Measurement] = collections.deque()
         self._last_bytes_at = self.clock.monotonic()
         self._rejects_in_row = 0
@@ -274,7 +274,9 @@ class StreamScale(Scale, Generic[F]):
         if isinstance(item, Reject):
             self.rejects[item.reason] += 1
             self._rejects_in_row += 1
-            log.debug("%s: rejected %s: %s", self.device, item.reason, item.raw.hex())
+            # An over-long record line is a lost vehicle record: worth a WARNING.
+            level = logging.WARNING if item.reason.startswith("line too long") else logging.DEBUG
+            self.fault_log.rejected(item.reason, item.raw, level)
             return
         self._rejects_in_row = 0
         self.frames += 1
@@ -282,7 +284,7 @@ class StreamScale(Scale, Generic[F]):
             m = self._measurement(item)
         except Exception as err:  # a frame must never kill the reader thread
             self.rejects["decode error"] += 1
-            log.error("%s: cannot decode %r: %s", self.device, item, err)
+            self.fault_log.failure(f"cannot decode {item!r}: {err}")
             return
         if m is not None:
             self._pending.append(m)

@@ -311,8 +311,11 @@ class ToledoScale(StreamScale[ToledoFrame]):
                 log.warning(
                     "%s: opened %d%s%d, the parity is not checked and %s: a bit error becomes "
                     "a wrong weight; read the line 8N1 (parity checked here) or set "
-                    "checksum = \"on\"",
-                    cfg.port, cfg.bytesize, cfg.parity, cfg.stopbits,
+                    'checksum = "on"',
+                    cfg.port,
+                    cfg.bytesize,
+                    cfg.parity,
+                    cfg.stopbits,
                     "the checksum may be absent" if cfg.checksum == "auto" else "no checksum",
                 )
         return ToledoFramer(cfg.checksum, stx=cfg.stx, dialect=cfg.dialect, parity=parity)
