@@ -213,9 +213,14 @@ class StreamScale(Scale, Generic[F]):
         try:
             self.stream.write(self.poll_request)
         except LinkError as err:
-            self._last_bytes_at = self.clock.monotonic()
-            self.framer = self._make_framer()
-            raise self._fail(str(err), err) from err
+            raise self._link_failed(err) from err
+
+    def _link_failed(self, err: LinkError) -> ScaleError:
+        """The error to raise for a failed port; bytes from before the failure must never
+        join bytes after the reopen, so the framer starts afresh."""
+        self._last_bytes_at = self.clock.monotonic()
+        self.framer = self._make_framer()
+        return self._fail(str(err), err)
 
     def _sit_out_backoff(self, wait_s: float, remaining_s: float | None) -> bool:
         """Wait out the reconnect backoff; ``False`` when the timeout or the shutdown comes
@@ -240,10 +245,7 @@ class StreamScale(Scale, Generic[F]):
         try:
             return self.stream.read(slice_s)
         except LinkError as err:
-            self._last_bytes_at = self.clock.monotonic()
-            # Bytes from before the failure must never join bytes after the reopen.
-            self.framer = self._make_framer()
-            raise self._fail(str(err), err) from err
+            raise self._link_failed(err) from err
 
     def _take(self, data: bytes) -> Measurement | None:
         """Feed ``data`` to the framer; the first measurement it completed (the others wait
