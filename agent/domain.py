@@ -64,6 +64,7 @@ class WeighingFlag(StrEnum):
     INCONSISTENT = "inconsistent"  # gross differs from the sum of axles, axle count mismatch
     CALIBRATION_EXPIRED = "calibration_expired"
     MOTION = "motion"  # static weighbridge: no stable window found
+    NET_WEIGHT = "net_weight"  # the indicator showed a net (tared) weight, not the gross
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ LEGALLY_RELEVANT = (
     "drivers/scale/modbus.py",
     "drivers/scale/stream.py",
     "drivers/scale/xk3190.py",
+    "drivers/scale/yaohua.py",
     "drivers/scale/toledo.py",
     "drivers/scale/wim_modbus.py",
     "drivers/scale/wim_lines.py",

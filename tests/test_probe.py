@@ -147,3 +147,60 @@ def test_probe_simulate(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     result = last_json(capsys.readouterr().out)
     assert result["reading_count"]
+
+
+def test_probe_warns_on_an_implausible_float32_and_shows_every_word_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A float32 served CDAB and read ABCD: 31 460 kg reads as about −131 355.8 kg, not
+    absurd enough to see at a glance; probe names the plausible order."""
+    base = Path(__file__).parent.parent / "firmware_config" / "registermaps" / "generic.toml"
+    text = base.read_text().replace('type = "int32"', 'type = "float32"')
+    served = tmp_path / "served_cdab.toml"
+    served.write_text(text.replace('word_order = "big"', 'word_order = "little"'))
+    read = tmp_path / "read_abcd.toml"
+    read.write_text(text)
+    sim = ModbusDeviceSimulator(str(served), constant(31460.0)).start()
+    try:
+        code = run_probe(
+            [
+                "scale",
+                "--type",
+                "modbus_tcp",
+                "--port",
+                f"127.0.0.1:{sim.port}",
+                "--option",
+                f"map={read}",
+                "--seconds",
+                "0.5",
+                "--capacity-kg",
+                "60000",
+                "--json",
+            ]
+        )
+    finally:
+        sim.stop()
+    out = last_json(capsys.readouterr().out)
+    assert code == 0
+    check = out["word_order_check"]
+    assert isinstance(check, dict)
+    assert check["map_order"] == "ABCD" and check["plausible"] == ["CDAB"]
+    assert check["values_kg"]["CDAB"] == pytest.approx(31460.0)
+    assert check["values_kg"]["ABCD"] == pytest.approx(-131355.8, abs=0.1)
+
+
+def test_probe_type_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_probe(["scale", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (
+        "wim_lines",
+        "xk3190",
+        "a12",
+        "reversed",
+        "in_order",
+        "tf1",
+        "dialect=liden",
+        "stx=false",
+    ):
+        assert name in text

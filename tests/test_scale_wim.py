@@ -6,11 +6,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from drivers.scale import ScaleError, WimRecord
 from drivers.scale.modbus_sim import ModbusDeviceSimulator
+from drivers.scale.registermap import MAPS_DIR as MAPS
+from drivers.scale.registermap import load_map
 from drivers.scale.wim_lines import WimLinesConfig, WimLinesScale, format_csv
 from drivers.scale.wim_modbus import WimModbusConfig, WimModbusScale
 
@@ -196,3 +199,74 @@ def test_wim_lines_captured_kv_stream() -> None:
     assert records[1].lane == 2
     assert records[2].flags == {"straddling"}
     assert not records[0].flags
+
+
+def test_wim_modbus_failed_record_read_is_read_again(wim_sim: ModbusDeviceSimulator) -> None:
+    """Regression (issue 15.1): the counter was stored before the block was read, so a
+    vehicle whose block read failed once was never delivered and nobody knew."""
+    cfg = WimModbusConfig(
+        type="wim_modbus", host="127.0.0.1", port=wim_sim.port, poll_interval_s=0.01
+    )
+    with WimModbusScale(cfg) as scale:
+        assert scale.recv(0.2) is None
+        start, _count = scale._block
+        wim_sim.fail_reads(start, times=1)  # exception 04 on the block read
+        wim_sim.push_record(SIX_AXLES, axle_spacings_mm=SIX_SPACINGS)
+        errors: list[str] = []
+        deadline = time.monotonic() + 5
+        rec = None
+        while rec is None and time.monotonic() < deadline:
+            try:
+                m = scale.recv(0.3)
+            except ScaleError as err:
+                errors.append(str(err))
+                continue
+            if isinstance(m, WimRecord):
+                rec = m
+        assert errors and "exception" in errors[0]
+        assert rec is not None, "the vehicle was dropped"
+        assert rec.axle_loads_kg == tuple(SIX_AXLES)
+        assert "records_missed" not in rec.flags
+
+
+def test_wim_modbus_undecodable_record_is_reported_missed(tmp_path: Path) -> None:
+    """A record block that never decodes (float32 NaN) is given up after three reads and
+    the next record carries records_missed: never a silent drop, never a wedge."""
+    wim_map = tmp_path / "float_wim.toml"
+    wim_map.write_text(
+        (MAPS / "generic_wim.toml")
+        .read_text()
+        .replace(
+            'gross_kg = { address = 102, type = "uint32", scale = 10.0 }',
+            'gross_kg = { address = 102, type = "float32" }',
+        )
+    )
+    sim = ModbusDeviceSimulator(str(wim_map)).start()
+    try:
+        cfg = WimModbusConfig(
+            type="wim_modbus",
+            host="127.0.0.1",
+            port=sim.port,
+            map=str(wim_map),
+            poll_interval_s=0.01,
+            reconnect_max_s=0.2,
+        )
+        with WimModbusScale(cfg) as scale:
+            assert scale.recv(0.2) is None
+            sim.push_record([7000, 8000], gross_kg=15000)
+            spec = load_map(str(wim_map)).record.gross_kg  # type: ignore[union-attr]
+            sim.registers[spec.address : spec.address + 2] = [0x7FC0, 0x0000]  # NaN
+            errors: list[str] = []
+            deadline = time.monotonic() + 5
+            while len(errors) < 3 and time.monotonic() < deadline:
+                try:
+                    scale.recv(0.3)
+                except ScaleError as err:
+                    errors.append(str(err))
+            assert len(errors) == 3 and "given up" in errors[-1]
+            sim.push_record([6000, 9000], gross_kg=15000)
+            rec = next_record(scale)
+            assert rec.gross_kg == 15000 and rec.axle_loads_kg == (6000, 9000)
+            assert "records_missed" in rec.flags and rec.raw["missed"] == 1
+    finally:
+        sim.stop()

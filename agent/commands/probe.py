@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -53,7 +54,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "  roadside-agent probe scale --config /etc/roadside-agent/station.toml --lane 1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("--type", dest="scale_type", help="backend: modbus_tcp, xk3190, ...")
+    s.add_argument("--type", dest="scale_type", help=_types_help())
+    s.add_argument(
+        "--capacity-kg",
+        type=float,
+        default=100000.0,
+        help="the scale's capacity (Max); a float32 reading outside -5 %%..120 %% of it is "
+        "shown under every word order (default 100000)",
+    )
     s.add_argument(
         "--port",
         help="serial port or pyserial URL; for Modbus TCP host[:port] (default port 502)",
@@ -85,6 +93,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     ports.set_defaults(func=run)
     p.set_defaults(func=run, probe_what=None)
     return p
+
+
+#: The output formats a backend reads besides its default, for ``--type``'s help.
+FORMATS = {
+    "xk3190": "--option format=tf0|a12|reversed|in_order|tf1",
+    "toledo": "--option stx=false, --option dialect=liden",
+}
+
+
+def _types_help() -> str:
+    from drivers.scale import SCALES
+
+    names = [f"{n} ({FORMATS[n]})" if n in FORMATS else n for n in SCALES.names()]
+    return "backend: " + ", ".join(names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,6 +221,7 @@ class _Readings:
     last: dict[str, Any] | None = None
     raw_tail: list[str] = field(default_factory=list)
     rejects: dict[str, int] = field(default_factory=dict)
+    last_registers: bytes | None = None  # the last Modbus weight block read
 
 
 def probe_scale(args: argparse.Namespace) -> int:
@@ -240,9 +263,21 @@ def probe_scale(args: argparse.Namespace) -> int:
     finally:
         if sim is not None:
             sim.stop()
-    elapsed = time.monotonic() - t0
+    result = _result(settings, got, time.monotonic() - t0)
+    check = _word_order_check(scale, got, args.capacity_kg)
+    if check is not None:
+        result["word_order_check"] = check
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        _summary(result)
+    return EX_OK if got.readings else EX_UNAVAILABLE
+
+
+def _result(settings: dict[str, Any], got: _Readings, elapsed: float) -> dict[str, Any]:
+    """The summary of a probe run (what ``--json`` prints)."""
     last = got.last
-    result: dict[str, Any] = {
+    return {
         "type": settings["type"],
         "where": _where(settings),
         "gross_kg": got.last_stable["gross_kg"] if got.last_stable else None,
@@ -254,11 +289,6 @@ def probe_scale(args: argparse.Namespace) -> int:
         "rejected_frames": got.rejects,
         "raw_tail": got.raw_tail,
     }
-    if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        _summary(result)
-    return EX_OK if got.readings else EX_UNAVAILABLE
 
 
 def _backend(settings: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -301,6 +331,8 @@ def _read(scale: Any, args: argparse.Namespace, t0: float) -> _Readings:
             continue
         r = _reading(m, t0)
         got.last = r
+        if r["kind"] == "weight" and hasattr(scale, "map"):
+            got.last_registers = m.raw
         if len(got.readings) < MAX_READINGS:
             got.readings.append(r)
         if r["kind"] == "wim" or (r["kind"] == "weight" and r["stable"]):
@@ -311,6 +343,33 @@ def _read(scale: Any, args: argparse.Namespace, t0: float) -> _Readings:
     got.raw_tail = [f.hex(" ") for f in list(scale.raw_tail)[-8:]]
     got.rejects = dict(getattr(scale, "rejects", {}) or {})
     return got
+
+
+def _word_order_check(scale: Any, got: _Readings, capacity_kg: float) -> dict[str, Any] | None:
+    """For a float32 weight: the last reading under every word order when it is implausible
+    for ``capacity_kg`` (a wrong order is not always absurd: 31 460 kg served CDAB and read
+    ABCD is −131 355.8 kg); ``None`` when it is plausible or not float32."""
+    from drivers.scale.registermap import WORD_ORDERS, every_word_order, plausible_kg
+
+    spec = getattr(getattr(scale, "map", None), "weight", None)
+    if spec is None or spec.type != "float32" or not got.last_registers:
+        return None
+    block = getattr(scale, "_block", (spec.address, 0))[0]
+    data = got.last_registers
+    registers = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    factor = 1000.0 if scale.map.unit == "t" else 1.0
+    values = {k: v * factor for k, v in every_word_order(spec, registers, block).items()}
+    current = next(
+        k for k, (w, b) in WORD_ORDERS.items() if (w, b) == (spec.word_order, spec.byte_order)
+    )
+    if plausible_kg(values[current], capacity_kg):
+        return None
+    return {
+        "map_order": current,
+        "capacity_kg": capacity_kg,
+        "values_kg": {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()},
+        "plausible": [k for k, v in values.items() if plausible_kg(v, capacity_kg)],
+    }
 
 
 def _where(settings: dict[str, Any]) -> str:
@@ -330,6 +389,17 @@ def _summary(r: dict[str, Any]) -> None:
         print(f"error ×{e['count']}: {e['message']}")
     if r["rejected_frames"]:
         print("rejected frames: " + ", ".join(f"{k} ×{v}" for k, v in r["rejected_frames"].items()))
+    check = r.get("word_order_check")
+    if check:
+        print(
+            f"WARNING: the float32 weight read {check['map_order']} is implausible for a "
+            f"{check['capacity_kg']:,.0f} kg scale. The last reading under each word order:"
+        )
+        for order, kg in check["values_kg"].items():
+            mark = "  <- plausible" if order in check["plausible"] else ""
+            shown = f"{kg:>16,.1f}" if isinstance(kg, float) else f"{kg:>16}"
+            print(f"  {order}: {shown} kg{mark}")
+        print("  Set word_order / byte_order in the map to the one the display shows.")
     print("last raw frames (hex):")
     for frame in r["raw_tail"] or ["(none)"]:
         print(f"  {frame}")
@@ -344,6 +414,8 @@ def _summary(r: dict[str, Any]) -> None:
         )
     elif r["errors"]:
         print("verdict: readings arrive, with errors: see above.")
+    elif check:
+        print("verdict: WRONG WORD ORDER likely: see the warning above.")
     else:
         print("verdict: OK. Compare the gross with the indicator's display (unit and decimals).")
 
@@ -360,11 +432,23 @@ class _StreamSim:
         self.dir = tempfile.TemporaryDirectory(prefix="probe-sim-")
         self.pty = PtyPair(Path(self.dir.name) / "ttySIM0")
         kind = settings["type"]
+        unit = str(settings.get("unit", "kg"))
+        fmt = str(settings.get("format", "tf0"))
+        self.talker: Any
         if kind == "wim_lines":
             self.talker = stream_sim.wim_controller(self.pty.write)
+        elif kind == "xk3190" and fmt == "tf1":
+            from drivers.scale.modbus_sim import playback
+            from drivers.scale.trace import axle_scale_trace
+
+            self.talker = stream_sim.CommandResponder(
+                self.pty,
+                playback(axle_scale_trace(stream_sim.SIX_AXLE)),
+                str(settings.get("address", "A")),
+                unit,
+            )
         else:
-            unit = str(settings.get("unit", "kg"))
-            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit)
+            self.talker = stream_sim.indicator(kind, self.pty.write, unit=unit, format=fmt)
         self.talker.start()
         settings["port"] = str(self.pty.path)
 

@@ -69,6 +69,7 @@ _FLAG_WORDS: dict[WeighingFlag, tuple[str, str]] = {
     WeighingFlag.INCONSISTENT: ("gross and axle loads disagree", "总重与轴重不一致"),
     WeighingFlag.CALIBRATION_EXPIRED: ("calibration expired", "检定过期"),
     WeighingFlag.MOTION: ("no stable weight", "未获得稳定读数"),
+    WeighingFlag.NET_WEIGHT: ("net weight read, not the gross", "读数为净重，非毛重"),
 }
 
 Text = tuple[str, str]  # (English, Chinese)

@@ -28,8 +28,10 @@ Three modes (DESIGN §2):
   ``static_stable_s`` in which the indicator said "stable" and the readings stayed within
   ``static_band_kg``; without one the vehicle carries :attr:`WeighingFlag.MOTION`.
 
-The scale's own flags carry over: ``fault`` → SCALE_FAULT, ``overload`` → OUT_OF_RANGE; an
-expired verification certificate (``certificate_valid_until``) → CALIBRATION_EXPIRED.
+The scale's own flags carry over: ``fault`` → SCALE_FAULT, ``overload`` → OUT_OF_RANGE,
+``net`` (the indicator showed a net, tared weight) → NET_WEIGHT, which the legal engine treats
+like every weighing flag: the verdict is ``undetermined``, a net reading is never judged as a
+gross; an expired verification certificate (``certificate_valid_until``) → CALIBRATION_EXPIRED.
 """
 
 from __future__ import annotations
@@ -533,6 +535,9 @@ def _device_flags(flags: frozenset[str]) -> set[WeighingFlag]:
         out.add(WeighingFlag.STRADDLING)
     if "axles_truncated" in flags:
         out.add(WeighingFlag.INCOMPLETE)
+    if "net" in flags:
+        # A tared indicator's net weight is not the vehicle's gross: kept, never judged.
+        out.add(WeighingFlag.NET_WEIGHT)
     return out
 
 

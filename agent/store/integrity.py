@@ -37,9 +37,24 @@ class SigningKeyError(Exception):
     """The signing key is missing, unreadable or not an Ed25519 key."""
 
 
+class NotCanonicalError(ValueError):
+    """The object holds a value canonical JSON cannot carry (NaN, infinity)."""
+
+
 def canonical_json(obj: Any) -> bytes:
-    """Sorted keys, UTF-8, no spaces: the bytes that are hashed and signed."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    """Sorted keys, UTF-8, no spaces: the bytes that are hashed and signed.
+
+    Raises :class:`NotCanonicalError` for NaN or infinity anywhere in ``obj``: ``NaN`` is not
+    JSON, and a signed record must parse on the platform exactly as it was hashed."""
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError as err:
+        raise NotCanonicalError(
+            f"canonical JSON refuses a non-finite number (NaN or infinity): {err}"
+        ) from err
+    return text.encode()
 
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:

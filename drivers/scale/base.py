@@ -34,10 +34,37 @@ class ScaleConfigError(ScaleError):
     """The scale's settings cannot work (unknown register map, bad field mapping)."""
 
 
-def hex_tail(frames: Iterable[bytes], limit: int = 8) -> str:
-    """The last ``limit`` raw frames as space-separated hex, oldest first, for log lines."""
+#: The longest log line a device may write, and the raw bytes one may carry (issue 17.8: a
+#: babbling device wrote 68 MB in 8 minutes, lines of 98 590 characters). The bytes
+#: themselves stay in the scale's raw ring buffer, which ``probe`` and diag dumps show.
+MAX_LOG_CHARS = 600
+MAX_LOG_RAW_BYTES = 96
+
+
+def hex_tail(frames: Iterable[bytes], limit: int = 8, max_bytes: int = MAX_LOG_RAW_BYTES) -> str:
+    """The last ``limit`` raw frames as space-separated hex, oldest first, for log lines;
+    at most ``max_bytes`` bytes in all (the newest), the cut marked with the bytes left out."""
     tail = list(frames)[-limit:]
-    return " | ".join(f.hex(" ") for f in tail) if tail else "(no bytes)"
+    if not tail:
+        return "(no bytes)"
+    kept: list[str] = []
+    budget = max_bytes
+    for f in reversed(tail):
+        if budget <= 0:
+            break
+        part = f[-budget:]
+        cut = len(f) - len(part)
+        kept.append((f"(+{cut} bytes) " if cut else "") + part.hex(" "))
+        budget -= len(part)
+    left = len(tail) - len(kept)
+    return (f"({left} older frames) | " if left else "") + " | ".join(reversed(kept))
+
+
+def cap_line(text: str, limit: int = MAX_LOG_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}… ({len(text) - limit + 30} chars cut)"
 
 
 class Backoff:
@@ -73,35 +100,90 @@ class Backoff:
 
 
 class FaultLog:
-    """Log a device fault once at ERROR, repeats at DEBUG, the recovery at WARNING.
+    """One device's journal lines: a fault once at ERROR, repeats at DEBUG, the recovery at
+    WARNING; rejected frames at DEBUG.
 
-    A dead indicator polled ten times a second must not flood the journal, but its first
-    failure and its return must be there with the bytes that came.
+    Bounded whatever the device does: every line is capped (:data:`MAX_LOG_CHARS`, raw bytes
+    :data:`MAX_LOG_RAW_BYTES`), and within one ``interval_s`` at most ``burst`` ERROR/WARNING
+    lines and ``burst`` DEBUG lines are written; what was held back is counted and written as
+    one summary line per interval (faults, recoveries, rejected frames by reason). A device
+    flapping between garbage and good frames costs a few lines a minute, not megabytes.
     """
 
-    def __init__(self, logger: logging.Logger, device: str) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        device: str,
+        clock: Clock | None = None,
+        interval_s: float = 60.0,
+        burst: int = 3,
+    ) -> None:
         self.logger = logger
         self.device = device
+        self.clock: Clock = clock or SystemClock()
+        self.interval_s = interval_s
+        self.burst = burst
         self.failing = False
         self.repeats = 0
+        self._window_start = self.clock.monotonic()
+        self._loud = 0
+        self._quiet = 0
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def _tick(self) -> None:
+        now = self.clock.monotonic()
+        if now - self._window_start < self.interval_s:
+            return
+        if self._held:
+            parts = ", ".join(f"{k} ×{v}" for k, v in self._held.most_common(6))
+            self.logger.warning(
+                "%s: in the last %.0f s, not logged one by one: %s (raw bytes: the ring "
+                "buffer, `roadside-agent probe scale`)",
+                self.device,
+                now - self._window_start,
+                parts,
+            )
+        self._window_start = now
+        self._loud = self._quiet = 0
+        self._held.clear()
+
+    def _emit(self, level: int, text: str, what: str) -> None:
+        self._tick()
+        loud = level >= logging.WARNING
+        used = self._loud if loud else self._quiet
+        if used >= self.burst:
+            self._held[what] += 1
+            return
+        if loud:
+            self._loud += 1
+        else:
+            self._quiet += 1
+        self.logger.log(level, "%s", cap_line(text))
 
     def failure(self, message: str, raw: str = "") -> None:
         text = f"{self.device}: {message}" + (f"; last raw frames: {raw}" if raw else "")
         if self.failing:
             self.repeats += 1
-            self.logger.debug("%s (repeat %d)", text, self.repeats)
+            self._emit(logging.DEBUG, f"{text} (repeat {self.repeats})", "repeated faults")
         else:
             self.failing = True
             self.repeats = 0
-            self.logger.error("%s", text)
+            self._emit(logging.ERROR, text, "faults")
 
     def success(self) -> None:
         if self.failing:
-            self.logger.warning(
-                "%s: working again after %d repeated failures", self.device, self.repeats + 1
+            self._emit(
+                logging.WARNING,
+                f"{self.device}: working again after {self.repeats + 1} repeated failures",
+                "recoveries",
             )
         self.failing = False
         self.repeats = 0
+
+    def rejected(self, reason: str, raw: bytes, level: int = logging.DEBUG) -> None:
+        """A frame or line the framer threw away (its bytes stay in the ring buffer)."""
+        text = f"{self.device}: rejected {reason}: {hex_tail([raw])}"
+        self._emit(level, text, f"rejected ({reason.split(' (', maxsplit=1)[0]})")
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ class ModbusPoller(Scale):
         self.map: RegisterMap = load_map(config.map)
         self.device = f"scale {config.id} ({config.type} {link_key} unit {config.device_id})"
         self.backoff = Backoff(self.clock, first_s=0.2, max_s=config.reconnect_max_s)
-        self.fault_log = FaultLog(log, self.device)
+        self.fault_log = FaultLog(log, self.device, self.clock)
         self.link: ModbusLink = acquire_link(link_key, factory, self.device)
         self._pending: collections.deque[Measurement] = collections.deque()
         self._next_poll = 0.0
@@ -336,7 +336,7 @@ class ModbusDetector:
         self.device = f"{owner} detector ({key} unit {config.device_id} input {config.address})"
         self.link = acquire_link(key, factory, self.device)
         self.backoff = Backoff(clock, first_s=0.2, max_s=2.0)
-        self.fault_log = FaultLog(log, self.device)
+        self.fault_log = FaultLog(log, self.device, clock)
         self.occupied: bool | None = None
         self._next = 0.0
         self.last_error = ""

@@ -73,6 +73,7 @@ class ModbusDeviceSimulator:
         self.registers: list[int] = [0] * REGISTERS
         self.detector_occupied = False
         self.silent_ids: set[int] = set()
+        self.failing_reads: dict[int, int] = {}  # start address → reads still to fail
         self.requests = 0
         self._t0 = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +99,12 @@ class ModbusDeviceSimulator:
             self.silent_ids.add(device_id)
         else:
             self.silent_ids.discard(device_id)
+
+    def fail_reads(self, start_address: int, times: int = 1) -> None:
+        """Answer the next ``times`` register reads starting at ``start_address`` with
+        exception 04 (device failure), as a WIM controller does while it is still writing
+        the record block."""
+        self.failing_reads[start_address] = times
 
     def write(self, spec: ValueSpec, values: Sequence[float]) -> None:
         for i, value in enumerate(values):
@@ -192,6 +199,9 @@ class ModbusDeviceSimulator:
                 mask = 1 << (address % 16)
                 current_registers[reg] = (current_registers[reg] & ~mask) | (mask if level else 0)
             return None
+        if function_code in (3, 4) and self.failing_reads.get(address, 0) > 0:
+            self.failing_reads[address] -= 1
+            return ExcCodes.DEVICE_FAILURE
         if function_code in (3, 4):
             self._refresh()
             current_registers[:] = self.registers[: len(current_registers)]

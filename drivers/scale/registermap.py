@@ -276,6 +276,35 @@ class RegisterMap(_Strict):
         return decode
 
 
+WORD_ORDERS = {
+    "ABCD": ("big", "big"),
+    "CDAB": ("little", "big"),
+    "BADC": ("big", "little"),
+    "DCBA": ("little", "little"),
+}
+
+
+def every_word_order(spec: ValueSpec, registers: list[int], start: int) -> dict[str, float]:
+    """The first element of ``spec`` decoded under each of the four orders (scaled, maybe
+    NaN): what ``probe`` shows a technician when a reading looks wrong."""
+    out: dict[str, float] = {}
+    for name, (word, byte) in WORD_ORDERS.items():
+        other = spec.model_copy(update={"word_order": word, "byte_order": byte, "count": 1})
+        out[name] = float(other.raw_values(list(registers), start)[0]) * spec.scale
+    return out
+
+
+def plausible_kg(value: float, capacity_kg: float) -> bool:
+    """Whether ``value`` can be a reading of a scale of ``capacity_kg``: finite, within
+    −5 % .. 120 % of the capacity, and not a denormal-sized crumb (a float32 read in the wrong
+    word order often gives 1e-38 or −131 355.8 for 31 460)."""
+    if not math.isfinite(value):
+        return False
+    if value != 0 and abs(value) < 1e-3:
+        return False
+    return -0.05 * capacity_kg <= value <= 1.2 * capacity_kg
+
+
 def _cover(spans: list[tuple[int, int]]) -> tuple[int, int]:
     start = min(a for a, _ in spans)
     end = max(a + n for a, n in spans)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,20 @@ from typing import Any
 from drivers.scale.base import ScaleConfigError, ScaleError
 
 log = logging.getLogger(__name__)
+
+#: What a serial port may raise. ``termios.error`` is not an ``OSError``: pyserial lets it
+#: through from ``tcsetattr`` when the adapter's driver refuses the settings (7E1 on an
+#: adapter that cannot do it), on open and on a later reconfiguration.
+PORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    termios.error,
+)
+#: Bytes taken from the port at once after the first one arrived. A ``socket://`` port's
+#: ``in_waiting`` only says "readable" (1), which made reads of two bytes.
+READ_CHUNK = 4096
 
 
 class LinkError(ScaleError):
@@ -92,7 +107,7 @@ class ModbusLink:
                 raise DeviceError(f"no answer to {what} ({err})") from err
             except ModbusException as err:
                 raise DeviceError(f"{what} failed ({err})") from err
-            except (OSError, ValueError, TypeError) as err:
+            except PORT_ERRORS as err:
                 # pyserial raises SerialException (an OSError), termios.error, and on a
                 # vanished USB adapter TypeError/ValueError from a half-closed port.
                 self._close_quietly()
@@ -184,9 +199,21 @@ class SerialStream:
 
         try:
             port = serial.serial_for_url(url=self.url, timeout=0.05, **self.settings)
-        except (OSError, ValueError) as err:
-            raise LinkError(f"cannot open serial port {self.url}: {err}") from err
+        except PORT_ERRORS as err:
+            # pyserial closes the descriptor itself when configuring fails on open.
+            raise LinkError(f"cannot open serial port {self.url}{self._refused(err)}") from err
         self._port = port
+
+    def _refused(self, err: BaseException) -> str:
+        """The error for a person: settings the adapter refused are named as such."""
+        if isinstance(err, termios.error):
+            s = self.settings
+            return (
+                f": the adapter refused the settings {s['baudrate']} "
+                f"{s['bytesize']}{s['parity']}{s['stopbits']} ({err}); "
+                "for a 7E1 protocol read the line as 8N1 (see docs/weighing.md)"
+            )
+        return f": {err}"
 
     def read(self, timeout_s: float) -> bytes:
         if self._port is None:
@@ -197,9 +224,9 @@ class SerialStream:
             first = port.read(1)
             if not first:
                 return b""
-            waiting = port.in_waiting
-            return bytes(first + (port.read(waiting) if waiting else b""))
-        except (OSError, ValueError, TypeError, AttributeError) as err:
+            port.timeout = 0  # what has come already, in one chunk
+            return bytes(first + port.read(READ_CHUNK))
+        except PORT_ERRORS as err:
             # Unplugged USB adapter: SerialException "device reports readiness to read but
             # returned no data", or EIO; a pty whose other side closed: EIO.
             self.close_port()
@@ -210,7 +237,7 @@ class SerialStream:
             self.open()
         try:
             self._port.write(data)
-        except (OSError, ValueError, TypeError, AttributeError) as err:
+        except PORT_ERRORS as err:
             self.close_port()
             raise LinkError(f"serial port {self.url} failed on write: {err}") from err
 

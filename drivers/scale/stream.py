@@ -119,9 +119,14 @@ class WeightStreamConfig(SerialScaleConfig):
 
 
 class StreamScale(Scale, Generic[F]):
-    """A scale that reads a continuous stream; subclasses give the framer and the decoding."""
+    """A scale that reads a continuous stream; subclasses give the framer and the decoding.
+
+    A device that talks only when asked (XK3190 tF=1) sets ``poll_request``: it is written
+    every ``poll_interval_s`` before reading."""
 
     config: SerialScaleConfig
+    poll_request: bytes = b""
+    poll_interval_s = 0.1
 
     def __init__(self, config: SerialScaleConfig, clock: Clock | None = None, lane: int = 1):
         super().__init__(config, clock)
@@ -137,10 +142,11 @@ class StreamScale(Scale, Generic[F]):
         )
         self.framer: Framer[F] = self._make_framer()
         self.backoff = Backoff(self.clock, first_s=0.2, max_s=config.reconnect_max_s)
-        self.fault_log = FaultLog(log, self.device)
+        self.fault_log = FaultLog(log, self.device, self.clock)
         self._pending: collections.deque[Measurement] = collections.deque()
         self._last_bytes_at = self.clock.monotonic()
         self._rejects_in_row = 0
+        self._next_request = 0.0
         self.rejects: collections.Counter[str] = collections.Counter()
         self.frames = 0
         self.detector: ModbusDetector | None = None
@@ -184,6 +190,7 @@ class StreamScale(Scale, Generic[F]):
                 edge = self.detector.poll()
                 if edge is not None:
                     return edge
+            self._ask()
             data = self._read_slice(remaining)
             if data:
                 m = self._take(data)
@@ -197,6 +204,23 @@ class StreamScale(Scale, Generic[F]):
                 )
             if deadline is not None and self.clock.monotonic() >= deadline:
                 return None
+
+    def _ask(self) -> None:
+        """Write ``poll_request`` when it is due (devices in command mode)."""
+        if not self.poll_request or self.clock.monotonic() < self._next_request:
+            return
+        self._next_request = self.clock.monotonic() + self.poll_interval_s
+        try:
+            self.stream.write(self.poll_request)
+        except LinkError as err:
+            raise self._link_failed(err) from err
+
+    def _link_failed(self, err: LinkError) -> ScaleError:
+        """The error to raise for a failed port; bytes from before the failure must never
+        join bytes after the reopen, so the framer starts afresh."""
+        self._last_bytes_at = self.clock.monotonic()
+        self.framer = self._make_framer()
+        return self._fail(str(err), err)
 
     def _sit_out_backoff(self, wait_s: float, remaining_s: float | None) -> bool:
         """Wait out the reconnect backoff; ``False`` when the timeout or the shutdown comes
@@ -214,13 +238,14 @@ class StreamScale(Scale, Generic[F]):
             slice_s = min(0.1, max(0.005, self.detector.config.poll_interval_s))
         else:
             slice_s = 0.1
+        if self.poll_request:
+            slice_s = min(slice_s, self.poll_interval_s)
         if remaining_s is not None:
             slice_s = max(0.0, min(slice_s, remaining_s))
         try:
             return self.stream.read(slice_s)
         except LinkError as err:
-            self._last_bytes_at = self.clock.monotonic()
-            raise self._fail(str(err), err) from err
+            raise self._link_failed(err) from err
 
     def _take(self, data: bytes) -> Measurement | None:
         """Feed ``data`` to the framer; the first measurement it completed (the others wait
@@ -251,7 +276,9 @@ class StreamScale(Scale, Generic[F]):
         if isinstance(item, Reject):
             self.rejects[item.reason] += 1
             self._rejects_in_row += 1
-            log.debug("%s: rejected %s: %s", self.device, item.reason, item.raw.hex())
+            # An over-long record line is a lost vehicle record: worth a WARNING.
+            level = logging.WARNING if item.reason.startswith("line too long") else logging.DEBUG
+            self.fault_log.rejected(item.reason, item.raw, level)
             return
         self._rejects_in_row = 0
         self.frames += 1
@@ -259,7 +286,7 @@ class StreamScale(Scale, Generic[F]):
             m = self._measurement(item)
         except Exception as err:  # a frame must never kill the reader thread
             self.rejects["decode error"] += 1
-            log.error("%s: cannot decode %r: %s", self.device, item, err)
+            self.fault_log.failure(f"cannot decode {item!r}: {err}")
             return
         if m is not None:
             self._pending.append(m)

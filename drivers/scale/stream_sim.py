@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from drivers.scale import toledo, xk3190
+from drivers.scale import toledo, xk3190, yaohua
 from drivers.scale.modbus_sim import WeightScript, constant, playback
 from drivers.scale.pty import PtyPair
 from drivers.scale.trace import TruckPass, axle_scale_trace
@@ -24,8 +24,17 @@ from drivers.scale.wim_lines import format_csv
 SIX_AXLE = TruckPass((7100, 9800, 9700, 11800, 11900, 11700), (3400, 1350, 7100, 1310, 1310))
 
 
-def frame_maker(protocol: str, unit: str = "kg") -> Callable[[float, bool], bytes]:
-    """``(kg, stable) -> frame`` for ``xk3190`` (display in ``unit``) or ``toledo`` (kg)."""
+def frame_maker(
+    protocol: str, unit: str = "kg", fmt: str = "tf0"
+) -> Callable[[float, bool], bytes]:
+    """``(kg, stable) -> frame`` for ``xk3190`` (display in ``unit``, output ``fmt``: tf0,
+    a12, reversed, in_order) or ``toledo`` (kg)."""
+    if protocol == "xk3190" and fmt != "tf0":
+        t = unit == "t"
+        if fmt == "a12":
+            return lambda kg, _s: yaohua.encode_a12(kg / 1000 if t else kg, 2 if t else 0)
+        rev = fmt == "reversed"
+        return lambda kg, _s: yaohua.encode_eq(kg / 1000 if t else kg, 2 if t else 0, rev) * 2
     if protocol == "xk3190":
         if unit == "t":
             return lambda kg, _stable: xk3190.encode(round(kg / 1000, 2), 2)
@@ -68,12 +77,64 @@ class StreamTalker:
             self._thread.join(2)
 
 
+class CommandResponder:
+    """An XK3190 in tF=1 command mode on a pty: answers each "read gross" request (``02 addr
+    B XH XL 03``) with the weight of ``script``; other addresses are silent, like on RS-485."""
+
+    def __init__(
+        self, pty: PtyPair, script: WeightScript, address: str = "A", unit: str = "kg"
+    ) -> None:
+        self.pty = pty
+        self.script = script
+        self.address = address
+        self.unit = unit
+        self.requests = 0
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="xk3190-tf1-sim", daemon=True)
+
+    def start(self) -> CommandResponder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import select
+
+        want = yaohua.command(self.address, "B")
+        buf = b""
+        while not self._stop.is_set():
+            fd = self.pty.master
+            if fd is None:
+                self._stop.wait(0.05)
+                continue
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.05)
+                if not ready:
+                    continue
+                buf = (buf + self.pty.read())[-64:]
+            except OSError:
+                continue
+            while want in buf:
+                buf = buf[buf.index(want) + len(want) :]
+                self.requests += 1
+                kg, _stable, _flags = self.script(time.monotonic() - self._t0)
+                if self.unit == "t":
+                    self.pty.write(yaohua.encode_reply(self.address, round(kg / 1000, 2), 2))
+                else:
+                    self.pty.write(yaohua.encode_reply(self.address, round(kg), 0))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+
 def indicator(
     protocol: str, write: Callable[[bytes], object], script: WeightScript | None = None, **kw: str
 ) -> StreamTalker:
     """An XK3190 / Toledo twin playing ``script`` (default: a 6-axle truck, looping)."""
     script = script or playback(axle_scale_trace(SIX_AXLE))
-    make = frame_maker(protocol, kw.get("unit", "kg"))
+    make = frame_maker(protocol, kw.get("unit", "kg"), kw.get("format", "tf0"))
 
     def frame(t: float) -> bytes:
         kg, stable, _flags = script(t)

@@ -22,6 +22,7 @@ on TCP is ``socket://192.168.1.60:4001``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ OUR_FIELDS = (
     "flags",
 )
 MAX_LINE = 4096
+RAW_KEPT = 256  # bytes of an over-long line kept for the log and the ring buffer
 
 
 class WimLinesConfig(SerialScaleConfig):
@@ -89,11 +91,15 @@ class Line:
 
 
 class LineFramer:
-    """Bytes → lines (CR, LF or CRLF); overlong lines are rejected, not buffered forever."""
+    """Bytes → lines (CR, LF or CRLF). A line longer than ``MAX_LINE`` is dropped *whole*:
+    everything up to its end of line is one reject (its first bytes kept as raw), never a
+    tail parsed as a record."""
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._buf = bytearray()
+        self._overlong = 0  # bytes of an over-long line dropped so far (0: not in one)
+        self._overlong_head = b""
 
     def feed(self, data: bytes) -> list[Line | Reject]:
         buf = self._buf
@@ -102,6 +108,13 @@ class LineFramer:
         while (nl := buf.find(b"\n")) >= 0:
             raw = bytes(buf[:nl])
             del buf[: nl + 1]
+            if self._overlong:
+                out.append(self._drop_overlong(len(raw)))
+                continue
+            if len(raw) > MAX_LINE:
+                self._overlong_head = raw[:RAW_KEPT]
+                out.append(self._drop_overlong(len(raw)))
+                continue
             if not raw.strip():
                 continue
             try:
@@ -109,9 +122,17 @@ class LineFramer:
             except UnicodeDecodeError:
                 out.append(Reject("encoding", raw))
         if len(buf) > MAX_LINE:
-            out.append(Reject("line too long", bytes(buf[:64])))
+            if not self._overlong:
+                self._overlong_head = bytes(buf[:RAW_KEPT])
+            self._overlong += len(buf)
             buf.clear()
         return out
+
+    def _drop_overlong(self, tail: int) -> Reject:
+        total = self._overlong + tail
+        self._overlong = 0
+        head, self._overlong_head = self._overlong_head, b""
+        return Reject(f"line too long ({total} bytes > {MAX_LINE})", head)
 
 
 class RecordError(ValueError):
@@ -158,10 +179,17 @@ def parse_record(cfg: WimLinesConfig, text: str) -> dict[str, Any]:
 
 
 def _number(value: Any, what: str) -> float:
+    """A finite number; "nan", "inf", "1e999" and booleans are refused (a signed record must
+    never carry a value that is not JSON)."""
+    if isinstance(value, bool):
+        raise RecordError(f"{what} {value!r} is not a number")
     try:
-        return float(value)
-    except (TypeError, ValueError) as err:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as err:
         raise RecordError(f"{what} {value!r} is not a number") from err
+    if not math.isfinite(number):
+        raise RecordError(f"{what} {value!r} is not a finite number")
+    return number
 
 
 def _list(value: Any, sep: str, what: str) -> list[float]:

@@ -8,12 +8,16 @@ exactly as the controller sent them (``raw["registers"]`` keeps the block).
 The counter seen at start-up is taken as "already delivered" (the agent may have restarted;
 the central platform de-duplicates by id, but a station must not invent a second passage).
 A jump of more than one means records were missed while polling was down: the record is
-flagged ``records_missed`` and a warning names how many.
+flagged ``records_missed`` and a warning names how many. The counter is stored only once its
+record has been read: a failed block read is repeated on the next poll, so a vehicle is read
+until it is read, or (overwritten by the next one, or undecodable three times) reported
+missing on the next record; never silently dropped.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -24,6 +28,10 @@ from drivers.scale.modbus import ModbusPoller, ModbusScaleConfig, rtu_link_facto
 from drivers.scale.modbus import ModbusRtuConfig as _Rtu
 
 log = logging.getLogger(__name__)
+
+#: Reads of one record whose block cannot be decoded (NaN, a value outside the block) before
+#: it is given up and reported as missed on the next record.
+MAX_RECORD_ATTEMPTS = 3
 
 
 class WimModbusConfig(ModbusScaleConfig):
@@ -70,7 +78,9 @@ class WimModbusScale(ModbusPoller):
             raise ScaleConfigError(f"register map {self.map.name!r} has no [record] section")
         self.record_spec = self.map.record
         self._block = self.map.record_block()
-        self._counter: int | None = None
+        self._counter: int | None = None  # the last record read (or given up)
+        self._bad_attempts = 0  # reads of the current record that could not be decoded
+        self._given_up = 0  # records given up since the last one delivered
 
     def _poll(self) -> Measurement | None:
         spec = self.record_spec.counter
@@ -81,27 +91,37 @@ class WimModbusScale(ModbusPoller):
             return None
         if counter == self._counter:
             return None
+        # The counter is taken as read only once its record is: a block read that fails
+        # (exception 04, no answer) is repeated on the next poll, and a record that can never
+        # be decoded is given up after MAX_RECORD_ATTEMPTS and counted as missed.
         missed = (counter - self._counter) % (1 << (16 * spec.width)) - 1
-        self._counter = counter
         start, count = self._block
         block = self._read_registers(start, count, "record")
+        self._note_raw(b"".join(r.to_bytes(2, "big") for r in block))
         try:
             record = self._decode(block, start, counter)
         except ValueError as err:
-            raise ScaleError(f"record {counter}: {err}") from err
+            self._bad_attempts += 1
+            if self._bad_attempts < MAX_RECORD_ATTEMPTS:
+                raise ScaleError(f"record {counter}: {err}") from err
+            self._bad_attempts = 0
+            self._counter = counter
+            self._given_up += missed + 1
+            raise ScaleError(
+                f"record {counter}: {err}; given up after {MAX_RECORD_ATTEMPTS} reads, "
+                "counted as missed"
+            ) from err
+        self._bad_attempts = 0
+        self._counter = counter
+        missed += self._given_up
+        self._given_up = 0
         if missed > 0:
             log.warning("%s: %d record(s) missed before record %d", self.device, missed, counter)
-            record = WimRecord(
-                lane=record.lane,
-                at=record.at,
-                axle_loads_kg=record.axle_loads_kg,
-                gross_kg=record.gross_kg,
-                axle_spacings_mm=record.axle_spacings_mm,
-                speed_kmh=record.speed_kmh,
+            record = replace(
+                record,
                 flags=record.flags | {"records_missed"},
                 raw=record.raw | {"missed": missed},
             )
-        self._note_raw(b"".join(r.to_bytes(2, "big") for r in block))
         return record
 
     def _decode(self, block: list[int], start: int, counter: int) -> WimRecord:

@@ -1,4 +1,6 @@
-"""Yaohua XK3190 indicators (A9, A12, D2...) in continuous output mode ("tf" mode 0).
+"""Yaohua XK3190 indicators (A9, A12, D2...) in continuous output mode ("tf" mode 0), and,
+by ``format``, the other Yaohua outputs of :mod:`drivers.scale.yaohua` (A12(E) ``WG/WN``
+frames, the A23P/A26 "=" formats, tF=1 command mode where the host polls).
 
 Frame, 12 bytes, repeated continuously::
 
@@ -24,8 +26,12 @@ from some firmware.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
 
 from drivers.clock import Clock
+from drivers.scale import yaohua
 from drivers.scale.base import Measurement, WeightSample
 from drivers.scale.stream import (
     Reject,
@@ -116,12 +122,26 @@ def _cut(buf: bytearray) -> Xk3190Frame | Reject | None:
     return result
 
 
+Format = Literal["tf0", "a12", "reversed", "in_order", "tf1"]
+
+
 class Xk3190Config(WeightStreamConfig):
-    pass
+    format: Format = Field(
+        default="tf0",
+        description="tf0: 12-byte 02..03 frame; a12: A12(E) 15-byte WG/WN..kg frame; "
+        "reversed / in_order: the A23P/A26 '=' formats; tf1: command mode, the agent asks "
+        "for the gross every poll_interval_s",
+    )
+    address: str = Field(
+        default="A", pattern="^[A-Z]$", description="tf1: the indicator's address letter (A = 1)"
+    )
+    poll_interval_s: float = Field(
+        default=0.1, gt=0, description="tf1: time between two 'read gross' requests"
+    )
 
 
-class Xk3190Scale(StreamScale[Xk3190Frame]):
-    """A Yaohua XK3190 indicator in continuous mode on a serial port."""
+class Xk3190Scale(StreamScale[Any]):
+    """A Yaohua XK3190 indicator on a serial port, in the output format of ``format``."""
 
     Config = Xk3190Config
     config: Xk3190Config
@@ -129,16 +149,43 @@ class Xk3190Scale(StreamScale[Xk3190Frame]):
     def __init__(self, config: Xk3190Config, clock: Clock | None = None, lane: int = 1):
         super().__init__(config, clock, lane)
         self.stability = Stability(config.stable_window_s, config.stable_band_kg)
+        self._last_kg = 0.0
+        if config.format == "tf1":
+            self.poll_request = yaohua.command(config.address, "B")
+            self.poll_interval_s = config.poll_interval_s
 
-    def _make_framer(self) -> Xk3190Framer:
+    def _make_framer(self) -> Any:
+        fmt = self.config.format
+        if fmt == "a12":
+            return yaohua.A12Framer()
+        if fmt in ("reversed", "in_order"):
+            return yaohua.EqFramer(reversed_digits=fmt == "reversed")
+        if fmt == "tf1":
+            return yaohua.ReplyFramer(self.config.address)
         return Xk3190Framer()
 
-    def _measurement(self, frame: Xk3190Frame) -> Measurement:
+    def _measurement(self, frame: Xk3190Frame | yaohua.YaohuaFrame) -> Measurement:
+        flags: set[str] = set()
+        if isinstance(frame, yaohua.YaohuaFrame) and frame.value is None:
+            # OL / LO carry no weight: the last one is repeated, flagged, never judged.
+            flags |= {"overload" if frame.state == "overload" else "out_of_range", "motion"}
+            return WeightSample(
+                at=self.clock.now(),
+                gross_kg=self._last_kg,
+                stable=False,
+                flags=frozenset(flags),
+                raw=frame.raw,
+            )
+        assert frame.value is not None
         kg = frame.value * (1000.0 if self.config.unit == "t" else 1.0)
+        self._last_kg = kg
         stable = self.stability.update(self.clock.monotonic(), kg)
-        flags = set() if stable else {"motion"}
+        if not stable:
+            flags.add("motion")
         if kg < 0:
             flags.add("negative")
+        if isinstance(frame, yaohua.YaohuaFrame) and frame.net:
+            flags.add("net")  # a tared indicator's net weight: stored, never judged as gross
         return WeightSample(
             at=self.clock.now(), gross_kg=kg, stable=stable, flags=frozenset(flags), raw=frame.raw
         )
