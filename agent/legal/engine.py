@@ -706,9 +706,14 @@ def _with_registry(
     """The facts with the registry entry's build facts, where it has one that fits the weighing;
     the facts source (registry | lane | declared | assumed) and what the verdict says of it."""
     if entry is None or entry.axle_count != facts.axle_count:
-        source = {"lane": "lane", "declared": "declared", "registry": "registry"}.get(
-            facts.class_source, "assumed"
-        )
+        source = "assumed"
+        if facts.declared_class is not VehicleClass.UNKNOWN:
+            source = facts.class_source if facts.class_source in _WHO else "declared"
+        elif facts.class_source == "declared" and any(
+            getattr(facts, name) is not None
+            for name in (*BUILD_FACTS, "single_tyre_non_drive_axles")
+        ):
+            source = "declared"
         if entry is None:
             return facts, source, ("", "")
         return (

@@ -3,8 +3,8 @@
 Start-up order (and reverse shut-down) in one readable place, :meth:`Station.start`:
 
 1. database, signing key, evidence store (stray files from a crash removed);
-2. legal rules, permits, the vehicle registry, the audit of the legally relevant parameters, clock monitoring,
-   retention; the plate reader (a missing model degrades to "no plate" records);
+2. legal rules, permits, the vehicle registry, the audit of the legally relevant parameters,
+   clock monitoring, retention; the plate reader (a missing model degrades to "no plate" records);
 3. uplink (MQTT; records wait in the outbox while the broker is unreachable), with the
    station's command handlers (:mod:`agent.station.handlers`);
 4. per lane: cameras, then the scale and its reader thread;
