@@ -141,8 +141,13 @@ def test_page_is_chinese_first_and_cites_the_regulation_by_name_and_item(
     html_text, page = _export_judged(tmp_path, capsys, 1.0)
     text = " ".join(page.text)
     # headings and labels: Chinese first, English second
-    for zh, en in [("车辆检测证据记录", "Vehicle evidence record"), ("照片", "Photos"),
-                   ("法律依据", "Legal basis"), ("超限", "Over the limit"), ("允差", "tolerance")]:
+    for zh, en in [
+        ("车辆检测证据记录", "Vehicle evidence record"),
+        ("照片", "Photos"),
+        ("法律依据", "Legal basis"),
+        ("超限", "Over the limit"),
+        ("允差", "tolerance"),
+    ]:
         assert zh in text and en in text and text.index(zh) < text.index(en), (zh, en)  # fmt: skip
     assert "《超限运输车辆行驶公路管理规定》第三条第一款第（八）项" in text
     assert "初判超限，待审核" in text  # the verdict is a preliminary finding for review
@@ -164,7 +169,7 @@ def test_limit_lines_only_over_the_gross_bar(tmp_path: Path, capsys) -> None:
 
 
 def test_a_passing_truck_shows_no_negative_excess(tmp_path: Path, capsys) -> None:
-    html_text, page = _export_judged(tmp_path, capsys, 0.5)
+    _html, page = _export_judged(tmp_path, capsys, 0.5)
     text = " ".join(page.text)
     assert "未超限 within the limit" in text
     row = text[text.index("超限 Over the limit") :][:80]

@@ -163,3 +163,22 @@ def test_set_vehicles_through_the_platform_changes_a_trucks_verdict(
     without = judge(facts, st.rules, datetime.fromisoformat(record["measured_at"]))
     assert without.limit_kg == 49000
     assert not sim.count("SELECT count(*) FROM rejected")
+
+
+def test_the_documented_example_and_the_schema_agree_with_the_store(tmp_path: Path) -> None:
+    import re
+
+    from platform_sim import load_schema, validate
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "uplink.md").read_text("utf-8")
+    section = doc[doc.index("### `set-vehicles`") :]
+    block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert block is not None
+    example = json.loads(block.group(1))
+    schema = load_schema("set-vehicles.v1")
+    assert validate(example, schema) == []
+    assert VehicleRegistry(tmp_path).replace(example["vehicles"], example["version"]) == 1
+    typo = {**example, "vehicles": [{**example["vehicles"][0], "air_suspensoin": True}]}
+    assert validate(typo, schema)  # the schema refuses an unknown key, and so does the station
+    with pytest.raises(VehicleListError, match="air_suspensoin"):
+        VehicleRegistry(tmp_path).replace(typo["vehicles"], "x")

@@ -603,6 +603,7 @@ def _decide(
     if special is not None:
         en_kind, zh_kind = GB1589_SPECIAL[special]
         art_en, art_zh = cite(rules.registry_rules.gb1589_special_source)
+        details["exempt_rule"] = rules.registry_rules.gb1589_special_id
         return VerdictStatus.EXEMPT, (
             f"{over_en}; registered as a GB 1589-compliant {en_kind}: not an over-limit "
             f"transport vehicle ({art_en}), for review",
