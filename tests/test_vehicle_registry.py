@@ -16,16 +16,13 @@ from typing import Any
 import pytest
 from platform_sim import PlatformSim
 
-from agent.config import load_config
 from agent.legal import VehicleFacts, judge, load_rules
 from agent.legal.registry import VehicleListError
-from agent.station.supervisor import Station
 from agent.store.permits import PermitStoreError
 from agent.store.vehicles import VEHICLES_FILE, VehicleRegistry
-from drivers import traffic
 
-from .conftest import Mosquitto, uplink_config, wait_until
-from .test_station_commands import STATION, write_config
+from .conftest import Mosquitto, wait_until
+from .test_station_commands import STATION, simulated_station
 
 TRUCK: dict[str, Any] = {"plate": "苏L12345", "axle_count": 6, "vehicle_class": "combination",
                          "tractor_drive_axles": 1, "articulated": True}  # fmt: skip
@@ -127,15 +124,9 @@ def test_registry_version_and_facts_reach_the_verdict_and_art3_p2(tmp_path: Path
 def test_set_vehicles_through_the_platform_changes_a_trucks_verdict(
     tmp_path: Path, broker: Mosquitto, make_sim: Callable[..., PlatformSim]
 ) -> None:
-    path = write_config(tmp_path, broker, trucks=10, per_min=30)
-    sim = make_sim(uplink_config(broker))
-    traffic.forget_roads()
-    cfg = load_config(path)
-    road = traffic.road("default", Path(cfg.lanes[0].scale.photos))  # type: ignore[attr-defined]
-    plates = sorted({p.plate for p in road.photos.photos})
+    st, sim, plates = simulated_station(tmp_path, broker, make_sim, trucks=10, per_min=30)
     # every plate the road can show: a 6-axle tractor with a single drive axle (46 t, not 49 t)
     vehicles = [{**TRUCK, "plate": p} for p in plates]
-    st = Station(cfg, data_dir=tmp_path / "data")
     st.start()
     try:
         wait_until(lambda: bool(st.uplink and st.uplink.connected), 20, "the station online")

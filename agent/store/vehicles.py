@@ -12,7 +12,6 @@ Storage: ``vehicles.json`` in the data directory, written like the permit book's
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,8 +19,7 @@ from typing import Any
 
 from agent.legal.facts import normalize_plate
 from agent.legal.registry import RegisteredVehicle, VehicleListError, parse_vehicle
-from agent.store.files import write_file_atomically
-from agent.store.permits import PermitStoreError
+from agent.store.permits import PermitStoreError, read_list_file, store_list_file
 
 __all__ = ["RegisteredVehicle", "VehicleListError", "VehicleRegistry"]
 
@@ -74,39 +72,24 @@ class VehicleRegistry:
             raise VehicleListError('set-vehicles needs a version (text), e.g. "2026-11-26.1"')
         if len(version) > MAX_VERSION_CHARS:
             raise VehicleListError(f"version is longer than {MAX_VERSION_CHARS} characters")
-        entries = list(entries)
-        index = _index(entries)
+        index = _index(list(entries))
         with self._lock:
             payload = {
                 "schema": VEHICLES_SCHEMA,
                 "version": version,
                 "entries": [v.to_dict() for v in index.values()],
             }
-            data = json.dumps(payload, ensure_ascii=False, sort_keys=True, indent=1)
-            try:
-                write_file_atomically(self._path, data.encode("utf-8"))
-            except OSError as err:
-                raise PermitStoreError(f"{self._path}: cannot store the list: {err}") from err
+            store_list_file(self._path, payload)
             self._snapshot = (version, index)
         return len(index)
 
     def _load(self) -> tuple[str, list[Any]]:
-        try:
-            raw = self._path.read_bytes()
-        except FileNotFoundError:
+        data = read_list_file(self._path, VEHICLES_SCHEMA)
+        if data is None:
             return "", []
-        except OSError as err:
-            raise PermitStoreError(f"{self._path}: cannot read: {err}") from err
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise PermitStoreError(f"{self._path}: not valid JSON: {err}") from err
-        if not isinstance(data, dict) or data.get("schema") != VEHICLES_SCHEMA:
-            raise PermitStoreError(f"{self._path}: expected schema {VEHICLES_SCHEMA!r}")
-        entries, version = data.get("entries"), data.get("version")
-        if not isinstance(entries, list) or not isinstance(version, str):
-            raise PermitStoreError(f"{self._path}: needs 'entries' (a list) and 'version'")
-        return version, entries
+        if not isinstance(data.get("version"), str):
+            raise PermitStoreError(f"{self._path}: needs a 'version' (text)")
+        return data["version"], data["entries"]
 
 
 def _index(entries: list[Any]) -> dict[str, RegisteredVehicle]:
