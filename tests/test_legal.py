@@ -572,3 +572,22 @@ def test_watchlist_hit_is_flagged_whatever_the_status(rules: Rules) -> None:
 def test_impossible_facts_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VehicleFacts(**kwargs)
+
+
+def test_the_verdict_is_a_preliminary_finding_in_one_terminology(rules: Rules) -> None:
+    # issue 12: the station decides (认定) nothing and imposes no 警告; one term (允差) for the
+    # tolerance; percentages with two decimals; the excess beyond limit + tolerance stated.
+    warning = judge(vehicle(2, 18901, T), rules, AT)
+    assert warning.status is S.WARNING
+    assert "超出限值与允差之和1千克，未超过1000千克：属第四十三条第一款第（二）项警告情形，待审核" \
+        in warning.explanation_zh  # fmt: skip
+    assert "a warning case of Order 62 Art. 43 ¶1 item (2)" in warning.explanation
+    within = judge(vehicle(2, 18900, T), rules, AT)
+    assert "超出限值900千克（5.00%），在允差内，暂不认定超限" in within.explanation_zh
+    over = judge(vehicle(2, 19001, T), rules, AT)
+    assert "允差900千克（限值的5.00%）" in over.explanation_zh
+    assert "tolerance 900 kg (5.00 % of the limit)" in over.explanation
+    assert "1001 kg (5.56 %) over the limit, 101 kg beyond limit + tolerance" in over.explanation
+    for v in (warning, within, over):
+        assert "容差" not in v.explanation_zh and "认定超限运输" not in v.explanation_zh
+        assert "予以警告" not in v.explanation_zh

@@ -553,6 +553,53 @@ def _pct(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _within_words(over: int, pct: str) -> Text:
+    """The words of a ``within_limit`` verdict."""
+    if over < 0:
+        return f"{-over} kg under the limit: within the limit", "未超限"
+    if over == 0:
+        return "at the limit: within the limit", "恰为限值，未超限"
+    return (
+        f"{over} kg ({pct} %) over the limit, within the tolerance: not found over the limit "
+        "for now",
+        f"超出限值{over}千克（{pct}%），在允差内，暂不认定超限",
+    )
+
+
+def _exemption(
+    over_text: Text,
+    gross: int,
+    tol: int,
+    rules: Rules,
+    permits: list[Permit],
+    at: datetime,
+    details: dict[str, Any],
+) -> Text | None:
+    """The words of an ``exempt`` verdict (a covering permit, or a registry-marked Art. 3 ¶2 (五)
+    vehicle), recorded in ``details``; ``None`` when nothing exempts it."""
+    over_en, over_zh = over_text
+    covering = [p for p in permits if p.covers(at, gross, tol)]
+    permit = max(covering, key=lambda p: (p.max_gross_kg, p.permit_id), default=None)
+    if permit is not None:
+        details["permit"] = permit.to_dict()
+        pid = permit.permit_id or permit.plate
+        return (
+            f"{over_en}, covered by permit {pid} (max {permit.max_gross_kg} kg): exempt",
+            f"{over_zh}，持有效超限运输许可{pid}（最大{permit.max_gross_kg}千克），免于认定",
+        )
+    special = details.get("gb1589_special")
+    if special is None:
+        return None
+    en_kind, zh_kind = GB1589_SPECIAL[special]
+    art_en, art_zh = cite(rules.registry_rules.gb1589_special_source)
+    details["exempt_rule"] = rules.registry_rules.gb1589_special_id
+    return (
+        f"{over_en}; registered as a GB 1589-compliant {en_kind}: not an over-limit "
+        f"transport vehicle ({art_en}), for review",
+        f"{over_zh}；登记为符合GB1589的{zh_kind}，依{art_zh}不认定为超限运输车辆，待审核",
+    )
+
+
 def _decide(
     gross: int,
     limit: int,
@@ -570,45 +617,15 @@ def _decide(
     """
     over = gross - limit
     pct = _pct(_over_pct(over, limit))
-    band = rules.warning_band.max_excess_kg
     if gross <= limit + tol:
-        if over < 0:
-            return VerdictStatus.WITHIN_LIMIT, (
-                f"{-over} kg under the limit: within the limit",
-                "未超限",
-            )
-        if over == 0:
-            return VerdictStatus.WITHIN_LIMIT, (
-                "at the limit: within the limit",
-                "恰为限值，未超限",
-            )
-        return VerdictStatus.WITHIN_LIMIT, (
-            f"{over} kg ({pct} %) over the limit, within the tolerance: not found over the "
-            "limit for now",
-            f"超出限值{over}千克（{pct}%），在允差内，暂不认定超限",
-        )
+        return VerdictStatus.WITHIN_LIMIT, _within_words(over, pct)
     beyond = gross - limit - tol
     over_en = f"{over} kg ({pct} %) over the limit, {beyond} kg beyond limit + tolerance"
     over_zh = f"超出限值{over}千克（{pct}%），超出限值与允差之和{beyond}千克"
-    covering = [p for p in permits if p.covers(at, gross, tol)]
-    permit = max(covering, key=lambda p: (p.max_gross_kg, p.permit_id), default=None)
-    if permit is not None:
-        details["permit"] = permit.to_dict()
-        pid = permit.permit_id or permit.plate
-        return VerdictStatus.EXEMPT, (
-            f"{over_en}, covered by permit {pid} (max {permit.max_gross_kg} kg): exempt",
-            f"{over_zh}，持有效超限运输许可{pid}（最大{permit.max_gross_kg}千克），免于认定",
-        )
-    special = details.get("gb1589_special")
-    if special is not None:
-        en_kind, zh_kind = GB1589_SPECIAL[special]
-        art_en, art_zh = cite(rules.registry_rules.gb1589_special_source)
-        details["exempt_rule"] = rules.registry_rules.gb1589_special_id
-        return VerdictStatus.EXEMPT, (
-            f"{over_en}; registered as a GB 1589-compliant {en_kind}: not an over-limit "
-            f"transport vehicle ({art_en}), for review",
-            f"{over_zh}；登记为符合GB1589的{zh_kind}，依{art_zh}不认定为超限运输车辆，待审核",
-        )
+    exempt = _exemption((over_en, over_zh), gross, tol, rules, permits, at, details)
+    if exempt is not None:
+        return VerdictStatus.EXEMPT, exempt
+    band = rules.warning_band.max_excess_kg
     if over <= band:
         status = VerdictStatus.WARNING
         art_en, art_zh = cite(rules.warning_band.source)
@@ -616,9 +633,9 @@ def _decide(
             f"{over_en}, not more than {band} kg: preliminary finding: a warning case of "
             f"{art_en} ({rules.warning_band.id}), for review"
         )
-        out_zh = f"{over_zh}，未超过{band}千克：属第四十三条第一款第（二）项警告情形，待审核"
-        if "第四十三条第一款第（二）项" not in art_zh:  # a changed table names its own article
-            out_zh = f"{over_zh}，未超过{band}千克：属{art_zh}警告情形，待审核"
+        out_zh = (
+            f"{over_zh}，未超过{band}千克：属{art_zh.removeprefix(ORDER62_NAME)}警告情形，待审核"
+        )
     else:
         status = VerdictStatus.OVERLOADED
         out_en = f"{over_en}: preliminary finding: over the limit, for review"
