@@ -108,6 +108,7 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     watchlist_hit: bool = False  # the plate is on the platform's watch-list: raise an alarm
     rules_version: str = ""  # `version` of the legal rule table that gave this verdict
+    facts_source: str = "assumed"  # registry | lane | declared | assumed (DESIGN §4a)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -124,6 +125,7 @@ class Verdict:
             "class_source": self.class_source,
             "watchlist_hit": self.watchlist_hit,
             "rules_version": self.rules_version,
+            "facts_source": self.facts_source,
         }
         if self.details:
             out["details"] = dict(self.details)

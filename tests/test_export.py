@@ -107,3 +107,70 @@ def test_unknown_event_id_fails_and_says_why(tmp_path: Path, capsys) -> None:
                  "--data-dir", str(data_dir)])  # fmt: skip
     assert code == 1
     assert "no such record" in capsys.readouterr().out
+
+
+def _export_judged(tmp_path: Path, capsys, gross_scale: float) -> tuple[str, Page]:
+    """A record judged by the station's own code (6 axles, loads scaled), exported."""
+    from dataclasses import replace
+    from datetime import datetime
+
+    from agent.legal import VehicleFacts, judge, load_rules
+
+    data_dir = tmp_path / "data"
+    _db, store = open_store(data_dir)
+    event = make_event(5)
+    w = event.weighing
+    loads = tuple(int(a * gross_scale) for a in w.axle_loads_kg)
+    event = replace(event, weighing=replace(w, axle_loads_kg=loads, gross_kg=sum(loads)))
+    w = event.weighing
+    facts = VehicleFacts(loads, w.gross_kg, tuple(w.axle_spacings_mm), plate="苏L00005")
+    verdict = judge(facts, load_rules(), datetime.fromisoformat("2026-11-26T10:30:15+08:00"))
+    event_id = store.commit(event, verdict, CTX).event_id
+    out = tmp_path / "out"
+    main(["export", event_id, "--out", str(out), "--data-dir", str(data_dir), "--json"])
+    capsys.readouterr()
+    text = (out / event_id / "index.html").read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    return text, page
+
+
+def test_page_is_chinese_first_and_cites_the_regulation_by_name_and_item(
+    tmp_path: Path, capsys
+) -> None:
+    html_text, page = _export_judged(tmp_path, capsys, 1.0)
+    text = " ".join(page.text)
+    # headings and labels: Chinese first, English second
+    for zh, en in [
+        ("车辆检测证据记录", "Vehicle evidence record"),
+        ("照片", "Photos"),
+        ("法律依据", "Legal basis"),
+        ("超限", "Over the limit"),
+        ("允差", "tolerance"),
+    ]:
+        assert zh in text and en in text and text.index(zh) < text.index(en), (zh, en)  # fmt: skip
+    assert "《超限运输车辆行驶公路管理规定》第三条第一款第（八）项" in text
+    assert "初判超限，待审核" in text  # the verdict is a preliminary finding for review
+    assert "容差" not in html_text  # one term for the tolerance: 允差
+    assert "超出限值与允差之和" in text
+
+
+def test_limit_lines_only_over_the_gross_bar(tmp_path: Path, capsys) -> None:
+    import re
+
+    html_text, _ = _export_judged(tmp_path, capsys, 1.0)
+    svg = html_text[html_text.index("<svg") : html_text.index("</svg>")]
+    rects = [float(x) for x in re.findall(r'<rect x="([\d.]+)"', svg)]
+    gross_x = rects[-1]
+    dashed = re.findall(r'<line x1="([\d.]+)" x2="([\d.]+)"[^>]*stroke-dasharray', svg)
+    assert len(dashed) == 2  # limit and limit + tolerance
+    for x1, x2 in dashed:
+        assert float(x1) > rects[-2] and float(x1) <= gross_x < float(x2)
+
+
+def test_a_passing_truck_shows_no_negative_excess(tmp_path: Path, capsys) -> None:
+    _html, page = _export_judged(tmp_path, capsys, 0.5)
+    text = " ".join(page.text)
+    assert "未超限 within the limit" in text
+    row = text[text.index("超限 Over the limit") :][:80]
+    assert "-" not in row.split("under")[0].replace("Over the limit", "")

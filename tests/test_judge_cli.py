@@ -20,7 +20,8 @@ AT = "2026-11-26T10:30:15+08:00"
 SIX_AXLE = ["--axles", "7100,9800,9700,11200,11300,11000", "--spacings-mm",
             "3400,1350,7100,1310,1310"]  # fmt: skip
 FIELDS = {"status", "limit_kg", "tolerance_kg", "over_kg", "over_pct", "rule", "explanation",
-          "explanation_zh", "tolerance_policy", "vehicle_class", "class_source"}  # fmt: skip
+          "explanation_zh", "tolerance_policy", "vehicle_class", "class_source",
+          "facts_source"}  # fmt: skip
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -213,3 +214,73 @@ def test_config_rules_dir_resolves_against_the_config_folder(
 
     assert main(["judge", "--axles", "6000,11500", "--config", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["limit_kg"] == 17000
+
+
+def test_six_axles_with_a_single_drive_axle_is_a_46t_combination(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # issue 12: a tractor with one drive axle makes the vehicle a combination (Art. 3 ¶1 (八),
+    # 46 000 kg), not a 49 000 kg "assumed truck". 48 301 − 46 000 = 2 301 kg over;
+    # 5 % tolerance 2 300 kg, so 1 kg beyond limit + tolerance.
+    argv = ["--axles", "7000,11000,7000,7800,7800,7701", "--single-drive-axle", "--at", AT]
+    code, out, _ = cli([*argv, "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert (data["status"], data["limit_kg"], data["over_kg"]) == ("overloaded", 46000, 2301)
+    assert (data["rule"], data["vehicle_class"]) == ("order62-art3-8", "combination")
+    assert "按货车计" not in data["explanation_zh"]
+    assert "第三条第一款第（八）项" in data["explanation_zh"]
+    assert "超出限值与允差之和1千克：初判超限，待审核" in data["explanation_zh"]
+    code, out, _ = cli(argv, capsys)
+    assert "over         2301 kg  (5.00 %)" in out
+    assert "允差2300千克（限值的5.00%）" in out and "容差" not in out
+
+
+def registry_station(tmp_path: Path) -> Path:
+    """A station config whose data directory holds a vehicle registry of one truck."""
+    from agent.store.vehicles import VehicleRegistry
+
+    data = tmp_path / "data"
+    data.mkdir()
+    VehicleRegistry(data).replace(
+        [
+            {
+                "plate": "苏L12345",
+                "axle_count": 4,
+                "vehicle_class": "truck",
+                "air_suspension": False,
+                "dual_tyre_drive_axle": True,
+                "registration": "行驶证 320000-1",
+            }
+        ],
+        "2026-11-26.1",
+    )
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nid = "JS-ZJ-0001"\ndata_dir = "{data}"\n', encoding="utf-8")
+    return config
+
+
+def test_plate_with_config_uses_the_station_vehicle_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = registry_station(tmp_path)
+    # 4 axles, no trailer gap: the class is not told by spacings, so 37 t without the registry
+    argv = ["--axles", "7000,7000,9500,9500", "--spacings-mm", "3600,1800,1350", "--at", AT]
+    code, out, _ = cli([*argv, "--json"], capsys)
+    assert (code, json.loads(out)["limit_kg"], json.loads(out)["status"]) == (
+        0, 37000, "within_limit"
+    )  # fmt: skip
+    code, out, _ = cli([*argv, "--plate", "苏L·12345", "--config", str(config), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    # the registry says: rigid truck, no air suspension: 31 000 kg (Art. 3 ¶1 (六))
+    assert (data["limit_kg"], data["rule"], data["status"]) == (31000, "order62-art3-4",
+                                                                 "overloaded")  # fmt: skip
+    assert (data["facts_source"], data["class_source"]) == ("registry", "registry")
+    assert "facts from the vehicle registry, version 2026-11-26.1" in data["explanation"]
+    assert "车辆参数来自车辆登记库，版本2026-11-26.1" in data["explanation_zh"]
+    code, out, _ = cli([*argv, "--plate", "苏L12345", "--config", str(config)], capsys)
+    assert "facts        registry  (vehicle registry version 2026-11-26.1: 苏L12345 registered)" \
+        in out  # fmt: skip
+    code, out, _ = cli([*argv, "--plate", "苏A99999", "--config", str(config)], capsys)
+    assert "苏A99999 not registered" in out and "limit        37000 kg" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tomllib
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -76,13 +77,24 @@ def test_a_gap_in_the_table_is_refused(rules_dir: Path) -> None:
 
 
 def test_a_missing_row_is_refused(rules_dir: Path) -> None:
-    edit(rules_dir / "limits.toml", 'axles = 5\nclass = "any"', 'axles = 5\nclass = "truck"')
-    with pytest.raises(LegalRulesError, match="no limit for 5 axles, combination"):
+    edit(
+        rules_dir / "limits.toml", 'axles = 5\nclass = "combination"', 'axles = 5\nclass = "truck"'
+    )
+    with pytest.raises(LegalRulesError, match="5 axles, truck: both a limit and no_limit"):
+        load(rules_dir)
+
+
+def test_a_row_the_law_does_not_have_must_be_declared_absent(rules_dir: Path) -> None:
+    # Without the no_limit row, the missing 5+-axle 货车 limit is a gap (never silently open).
+    row = '[[no_limit]]\nid = "order62-art3-no-rigid-5plus"\nmin_axles = '
+    edit(rules_dir / "limits.toml", row + "5", row + "9")
+    with pytest.raises(LegalRulesError, match="no limit for 5 axles, truck"):
         load(rules_dir)
 
 
 def test_six_or_more_must_be_covered(rules_dir: Path) -> None:
-    edit(rules_dir / "limits.toml", 'min_axles = 6\nclass = "any"', 'axles = 7\nclass = "any"')
+    edit(rules_dir / "limits.toml", 'min_axles = 6\nclass = "combination"\nlimit_kg = 49000',
+         'axles = 7\nclass = "combination"\nlimit_kg = 49000')  # fmt: skip
     with pytest.raises(LegalRulesError, match="no limit for 6 or more axles"):
         load(rules_dir)
 
@@ -92,7 +104,7 @@ def test_a_row_without_source_is_refused(rules_dir: Path) -> None:
     text = path.read_text(encoding="utf-8")
     path.write_text(re.sub(r'source = "交通运输部令2016年第62号 第三条第一款第（四）项[^"]*"',
                            'source = ""', text), encoding="utf-8")  # fmt: skip
-    with pytest.raises(LegalRulesError, match=r"gross_limit\.5\.source"):
+    with pytest.raises(LegalRulesError, match=r"gross_limit\.0\.source"):
         load(rules_dir)
 
 
@@ -192,8 +204,74 @@ def test_enabled_axle_table_caps_the_gross_limit(rules_dir: Path) -> None:
     assert judge(VehicleFacts(loads, 42500), rules, AT).limit_kg == 43000
 
 
-def test_the_limit_is_the_same_for_any_class_of_2_and_5_axles() -> None:
+def test_the_limit_is_the_same_for_any_class_of_2_axles() -> None:
     rules = load_rules()
     for cls in VehicleClass:
         facts = VehicleFacts((7000, 11000), 18000, declared_class=cls)
         assert judge(facts, rules, AT).limit_kg == 18000
+
+
+@pytest.mark.parametrize("axles", [5, 6, 7])
+def test_no_rigid_truck_row_for_5_and_more_axles(axles: int) -> None:
+    # Order 62 Art. 3 ¶1 (七), (八) name only 汽车列车: a rigid 货车 of 5+ axles is not judged
+    # on an invented row (it was 43 t / 49 t "truck" before issue 12).
+    rules = load_rules()
+    facts = VehicleFacts((9000,) * axles, 9000 * axles, declared_class=VehicleClass.TRUCK)
+    v = judge(facts, rules, AT)
+    assert (v.status, v.limit_kg, v.rule) == (
+        VerdictStatus.UNDETERMINED,
+        None,
+        "order62-art3-no-rigid-5plus",
+    )
+    assert "待人工审核" in v.explanation_zh and "manual review" in v.explanation
+    unknown = judge(VehicleFacts((9000,) * axles, 9000 * axles), rules, AT)
+    assert unknown.limit_kg == (43000 if axles == 5 else 49000)
+    assert "按货车计" not in unknown.explanation_zh
+    assert "only row for" in unknown.explanation
+
+
+@pytest.fixture
+def shipped_axle_table_enabled(rules_dir: Path) -> Path:
+    """The shipped GB 1589 axle table, as if every row had been confirmed (it is not)."""
+    text = (SHIPPED_RULES_DIR / "axle_limits.toml").read_text(encoding="utf-8")
+    text = text.replace("confirmed = false", "confirmed = true")
+    (rules_dir / "axle_limits.toml").write_text(
+        text.replace("enabled = false", "enabled = true"), encoding="utf-8"
+    )
+    return rules_dir
+
+
+def test_axle_table_tandem_with_air_suspension_keeps_the_124_bonus(
+    shipped_axle_table_enabled: Path,
+) -> None:
+    # 6x4 rigid truck, drive tandem 1 350 mm, dual tyres + air suspension: 124号 gives
+    # 25 000 + 1 000 kg; the axle sum 7 000 + 19 000 (GB 1589 tandem 1 300–1 800 mm, drive axles
+    # dual-tyred and air-suspended) must not take the 1 000 kg back (it was 18 000: 25 000 kg).
+    rules = load_rules(LegalConfig(rules_dir=str(shipped_axle_table_enabled)))
+    air = {"air_suspension": True, "dual_tyre_drive_axle": True}
+    facts = VehicleFacts(
+        (7000, 9500, 9500), 26000, (3800, 1350), declared_class=VehicleClass.TRUCK, **air
+    )
+    v = judge(facts, rules, AT)
+    assert v.limit_kg == 26000
+    assert [g["limit_kg"] for g in v.details["axle_groups"]] == [7000, 19000]
+    no_air = replace(facts, air_suspension=False)
+    assert judge(no_air, rules, AT).limit_kg == 25000  # 7 000 + 18 000
+
+
+def test_axle_table_close_tandem_is_11500(shipped_axle_table_enabled: Path) -> None:
+    rules = load_rules(LegalConfig(rules_dir=str(shipped_axle_table_enabled)))
+    facts = VehicleFacts((7000, 6000, 5000), 18000, (3800, 900), declared_class=VehicleClass.TRUCK)
+    v = judge(facts, rules, AT)
+    assert v.limit_kg == 7000 + 11500  # was 7 000 + 11 000
+    assert v.details["adjustments"][-1]["id"] == "order62-art3-p2-3-axle-sum"
+
+
+def test_axle_table_twin_steer_is_two_single_axles(shipped_axle_table_enabled: Path) -> None:
+    # 8x4 (前四后八): steering axles 1 950 mm apart are two single 7 000 kg axles, not a tandem.
+    rules = load_rules(LegalConfig(rules_dir=str(shipped_axle_table_enabled)))
+    facts = VehicleFacts((6500, 6500, 9500, 9500), 32000, (1950, 3500, 1350))
+    v = judge(facts, rules, AT)
+    assert v.vehicle_class is VehicleClass.TRUCK
+    assert [g["axles"] for g in v.details["axle_groups"]] == [[1], [2], [3, 4]]
+    assert [g["limit_kg"] for g in v.details["axle_groups"]] == [7000, 7000, 19000]

@@ -36,6 +36,24 @@ def write_config(tmp_path: Path, broker: Mosquitto, trucks: int, per_min: float 
     return path
 
 
+def simulated_station(
+    tmp_path: Path,
+    broker: Mosquitto,
+    make_sim: Callable[..., PlatformSim],
+    trucks: int,
+    per_min: float,
+) -> tuple[Station, PlatformSim, list[str]]:
+    """The demo station on a fresh simulated road (not started), the platform simulator, and
+    every plate the road can show."""
+    path = write_config(tmp_path, broker, trucks=trucks, per_min=per_min)
+    sim = make_sim(uplink_config(broker))
+    traffic.forget_roads()
+    cfg = load_config(path)
+    road = traffic.road("default", Path(cfg.lanes[0].scale.photos))  # type: ignore[attr-defined]
+    plates = sorted({p.plate for p in road.photos.photos})
+    return Station(cfg, data_dir=tmp_path / "data"), sim, plates
+
+
 @pytest.fixture
 def running(
     tmp_path: Path, broker: Mosquitto, make_sim: Callable[..., PlatformSim]
@@ -115,17 +133,12 @@ def test_watchlisted_plate_raises_an_alarm_at_the_platform(
     tmp_path: Path, broker: Mosquitto, make_sim: Callable[..., PlatformSim]
 ) -> None:
     # trucks far enough apart that each photo is matched to its own weighing
-    path = write_config(tmp_path, broker, trucks=3, per_min=60)
-    sim = make_sim(uplink_config(broker))
-    traffic.forget_roads()
-    cfg = load_config(path)
-    st = Station(cfg, data_dir=tmp_path / "data")
+    st, sim, plates = simulated_station(tmp_path, broker, make_sim, trucks=3, per_min=60)
     # every plate the simulated road can show is watch-listed before the first truck
-    road = traffic.road("default", Path(cfg.lanes[0].scale.photos))  # type: ignore[attr-defined]
     (tmp_path / "data").mkdir()
     from agent.store.permits import PermitBook
 
-    PermitBook(tmp_path / "data").replace_watchlist(sorted({p.plate for p in road.photos.photos}))
+    PermitBook(tmp_path / "data").replace_watchlist(plates)
     st.start()
     try:
         wait_until(

@@ -195,6 +195,15 @@ STATUS_COLOURS = {
     "undetermined": "#616161",
 }
 
+STATUS_ZH = {
+    "overloaded": "初判超限，待审核",
+    "warning": "警告情形，待审核",
+    "within_limit": "未超限",
+    "exempt": "免于认定",
+    "undetermined": "不予认定",
+}
+GROSS_LABEL = "总质量 Gross"
+
 CHART_W, CHART_H, CHART_PAD, CHART_TOP = 640, 260, 48, 16
 
 
@@ -203,14 +212,14 @@ def axle_chart_svg(
 ) -> str:
     """Axle loads as bars, then the gross as a bar against the limit and limit + tolerance."""
     w, h, pad = CHART_W, CHART_H, CHART_PAD
-    labels = [f"Axle {i + 1}" for i in range(len(axle_loads_kg))]
+    labels = [f"第{i + 1}轴 Axle {i + 1}" for i in range(len(axle_loads_kg))]
     values = list(axle_loads_kg)
     if gross_kg is not None:
-        labels.append("Gross")
+        labels.append(GROSS_LABEL)
         values.append(gross_kg)
-    lines = [(limit_kg, "limit", "#c62828")]
+    lines = [(limit_kg, "限值 limit", "#c62828")]
     if limit_kg is not None and tolerance_kg:
-        lines.append((limit_kg + tolerance_kg, "limit + tolerance", "#ef6c00"))
+        lines.append((limit_kg + tolerance_kg, "限值+允差 limit + tolerance", "#ef6c00"))
     y = _ChartScale(max([v for v in values] + [v or 0 for v, _, _ in lines] + [1]) * 1.1)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" '
@@ -226,7 +235,8 @@ def axle_chart_svg(
         )
     limit = None if limit_kg is None else limit_kg + (tolerance_kg or 0)
     parts += _chart_bars(labels, values, limit, y)
-    parts += _chart_limit_lines(lines, y)
+    if gross_kg is not None:  # the gross limit applies to the gross only: no axle limits apply
+        parts += _chart_limit_lines(lines, y, _slot_span(len(values) - 1, len(values)))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -252,7 +262,7 @@ def _chart_bars(
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         x = pad + i * slot + slot * 0.15
         bw = slot * 0.7
-        gross = label == "Gross"
+        gross = label == GROSS_LABEL
         over = gross and over_above_kg is not None and v > over_above_kg
         colour = "#c62828" if over else ("#1565c0" if gross else "#78909c")
         parts.append(
@@ -270,19 +280,29 @@ def _chart_bars(
     return parts
 
 
-def _chart_limit_lines(lines: list[tuple[int | None, str, str]], y: _ChartScale) -> list[str]:
-    """A dashed line per limit, labelled: the limit below its line, limit + tolerance above."""
+def _slot_span(index: int, count: int) -> tuple[float, float]:
+    """The x range of bar ``index`` of ``count`` (its slot, a little wider than the bar)."""
+    slot = (CHART_W - CHART_PAD - 10) / max(count, 1)
+    return CHART_PAD + index * slot + slot * 0.05, CHART_PAD + (index + 1) * slot - slot * 0.05
+
+
+def _chart_limit_lines(
+    lines: list[tuple[int | None, str, str]], y: _ChartScale, span: tuple[float, float]
+) -> list[str]:
+    """A dashed line per limit over the gross bar (``span``), labelled to its left: the limit
+    below its line, limit + tolerance above."""
+    x1, x2 = span
     parts: list[str] = []
     for i, (line_kg, label, colour) in enumerate(lines):
         if line_kg is None:
             continue
         parts.append(
-            f'<line x1="{CHART_PAD}" x2="{CHART_W - 10}" y1="{y(line_kg):.1f}" '
+            f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y(line_kg):.1f}" '
             f'y2="{y(line_kg):.1f}" stroke="{colour}" stroke-dasharray="6 3" stroke-width="2"/>'
         )
         dy = 13 if i == 0 else -5  # limit below its line, limit + tolerance above its own
         parts.append(
-            f'<text x="{CHART_PAD + 6}" y="{y(line_kg) + dy:.1f}" font-size="11" '
+            f'<text x="{x1 - 4:.1f}" y="{y(line_kg) + dy:.1f}" font-size="11" text-anchor="end" '
             f'fill="{colour}">{label} {line_kg:,} kg</text>'
         )
     return parts
@@ -304,10 +324,11 @@ def render_html(
     veh = record.get("vehicle", {})
     status = str(v.get("status", "undetermined"))
     verified = (
-        '<p class="ok">This package was verified when exported: hash chain link, '
+        '<p class="ok">导出时已验证：哈希链、Ed25519签名及每张照片的哈希均一致。<br>'
+        "This package was verified when exported: hash chain link, "
         "Ed25519 signature and every image hash hold.</p>"
         if not problems
-        else '<p class="bad">NOT VERIFIED when exported: '
+        else '<p class="bad">导出时验证未通过 NOT VERIFIED when exported: '
         + "; ".join(e(p) for p in problems)
         + "</p>"
     )
@@ -321,7 +342,8 @@ def render_html(
     return PAGE.format(
         title=e(str(record.get("event_id"))),
         colour=STATUS_COLOURS.get(status, "#616161"),
-        status=e(status.replace("_", " ").upper()),
+        status=e(STATUS_ZH.get(status, status)),
+        status_en=e(status.replace("_", " ").upper()),
         explanation=e(str(v.get("explanation", ""))),
         explanation_zh=e(str(v.get("explanation_zh", ""))),
         plates=_plates_html(record.get("plates", [])),
@@ -346,7 +368,7 @@ def _plates_html(plates: list[dict[str, Any]]) -> str:
             f"confidence {p.get('confidence')}</small><br>"
             for p in plates
         )
-        or "<em>no plate read</em>"
+        or "<em>未识别车牌 no plate read</em>"
     )
 
 
@@ -367,56 +389,91 @@ def _photo_html(photo: Photo) -> str:
     )
 
 
+def _over_html(v: dict[str, Any]) -> str:
+    """超限 / over the limit: the excess and what lies beyond limit + tolerance; a passing
+    vehicle shows how far it is under, never a negative excess."""
+    over, pct, tol = v.get("over_kg"), v.get("over_pct"), v.get("tolerance_kg") or 0
+    if over is None:
+        return "—"
+    if over <= 0:
+        return f"未超限 within the limit ({-over:,} kg 低于限值 under the limit)"
+    text = f"{over:,} kg ({float(pct or 0):.2f} %)"
+    beyond = over - tol
+    if beyond > 0:
+        return f"{text}; 超出限值与允差之和 beyond limit + tolerance: <b>{beyond:,} kg</b>"
+    return f"{text}; 在允差内 within the tolerance"
+
+
+def _legal_basis(v: dict[str, Any]) -> str:
+    """The regulation and item the limit comes from, as an officer cites it."""
+    details = v.get("details") or {}
+    cite = details.get("cite")
+    if cite is None and details.get("source"):
+        cite = str(details["source"]).split("：", 1)[0]
+    rule = html.escape(str(v.get("rule")))
+    return f"{html.escape(str(cite))} <small>({rule})</small>" if cite else rule
+
+
 def _record_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """The page's record table: ``(heading, HTML)`` per row."""
+    """The page's record table: ``(heading, HTML)`` per row, Chinese first."""
     e = html.escape
     v = record.get("verdict", {})
     veh = record.get("vehicle", {})
     dev = record.get("device", {})
     sw = record.get("software", {})
     clock_html = (
-        "NTP-synchronised"
+        "已与NTP同步 NTP-synchronised"
         if record.get("clock", {}).get("synchronized")
-        else '<b class="bad">NOT synchronised: the time of this record is not trusted</b>'
+        else '<b class="bad">时钟未同步，本记录时间不可信 NOT synchronised: the time of this '
+        "record is not trusted</b>"
     )
     rows = [
-        ("Event id", e(str(record.get("event_id")))),
-        ("Station / lane", f"{e(str(record.get('station_id')))} / lane {record.get('lane')}"),
-        ("Measured at", f"{e(str(record.get('measured_at')))} ({clock_html})"),
-        ("Sequence", str(record.get("seq"))),
-        ("Vehicle class", f"{e(str(veh.get('vehicle_class')))} ({veh.get('axle_count')} axles)"),
-        ("Speed", f"{veh.get('speed_kmh')} km/h"),
-        ("Axle loads", ", ".join(f"{x:,} kg" for x in veh.get("axle_loads_kg", []))),
-        ("Axle spacings", ", ".join(f"{x:,} mm" for x in veh.get("axle_spacings_mm", []))),
-        ("Gross", f"<b>{veh.get('gross_kg', 0):,} kg</b>"),
+        ("记录编号 Event id", e(str(record.get("event_id")))),
         (
-            "Limit / tolerance",
+            "站点/车道 Station / lane",
+            f"{e(str(record.get('station_id')))} / 车道 lane {record.get('lane')}",
+        ),
+        ("检测时间 Measured at", f"{e(str(record.get('measured_at')))} ({clock_html})"),
+        ("序号 Sequence", str(record.get("seq"))),
+        (
+            "车型 Vehicle class",
+            f"{e(str(veh.get('vehicle_class')))} ({veh.get('axle_count')} 轴 axles)",
+        ),
+        ("车速 Speed", f"{veh.get('speed_kmh')} km/h"),
+        ("轴荷 Axle loads", ", ".join(f"{x:,} kg" for x in veh.get("axle_loads_kg", []))),
+        ("轴距 Axle spacings", ", ".join(f"{x:,} mm" for x in veh.get("axle_spacings_mm", []))),
+        ("总质量 Gross", f"<b>{veh.get('gross_kg', 0):,} kg</b>"),
+        ("法律依据 Legal basis", _legal_basis(v)),
+        (
+            "限值/允差 Limit / tolerance",
             f"{_kg(v.get('limit_kg'))} / {_kg(v.get('tolerance_kg'))} "
             f"({e(str(v.get('tolerance_policy', '')))})",
         ),
-        ("Over the limit", f"{_kg(v.get('over_kg'))} ({v.get('over_pct')} %)"),
-        ("Rule", e(str(v.get("rule")))),
+        ("超限 Over the limit", _over_html(v)),
+        ("数据来源 Facts source", e(str(v.get("facts_source", "assumed")))),
         (
-            "Scale",
-            f"{e(str(dev.get('scale_id')))}, accuracy class "
-            f"{e(str(dev.get('accuracy_class')))}, certificate {e(str(dev.get('certificate')))} "
-            f"valid until {e(str(dev.get('certificate_valid_until')))}",
+            "衡器 Scale",
+            f"{e(str(dev.get('scale_id')))}, 准确度等级 accuracy class "
+            f"{e(str(dev.get('accuracy_class')))}, 检定证书 certificate "
+            f"{e(str(dev.get('certificate')))} 有效期至 valid until "
+            f"{e(str(dev.get('certificate_valid_until')))}",
         ),
         (
-            "Software",
-            f"{e(str(sw.get('version')))}, legal id <code>{e(str(sw.get('legal_id')))}</code>",
+            "软件 Software",
+            f"{e(str(sw.get('version')))}, 法制相关软件标识 legal id "
+            f"<code>{e(str(sw.get('legal_id')))}</code>",
         ),
-        ("Audit counter", str(record.get("audit_counter"))),
+        ("审计计数 Audit counter", str(record.get("audit_counter"))),
     ]
     storage = record.get("storage_flags") or []
     if storage:
-        rows.append(("Storage", '<b class="bad">' + e(", ".join(storage)) + "</b>"))
+        rows.append(("存储 Storage", '<b class="bad">' + e(", ".join(storage)) + "</b>"))
     return rows
 
 
 PAGE = """<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8">
-<title>Evidence {title}</title>
+<title>证据记录 Evidence {title}</title>
 <style>
 body {{ font-family: system-ui, "Noto Sans CJK SC", sans-serif; margin: 2em auto; max-width: 980px;
        color: #222; padding: 0 1em; }}
@@ -435,31 +492,38 @@ figure.missing div {{ width: 300px; height: 160px; background: #eee; display: fl
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ text-align: left; border-bottom: 1px solid #ddd; padding: .35em .5em;
           vertical-align: top; }}
-th {{ width: 12em; color: #555; font-weight: normal; }}
+th {{ width: 14em; color: #555; font-weight: normal; }}
+h1 small, h2 small {{ color: #666; font-weight: normal; }}
 .ok {{ color: #2e7d32; font-weight: bold; }} .bad {{ color: #c62828; font-weight: bold; }}
 pre {{ background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: .85em; }}
 </style></head>
 <body>
-<h1>Vehicle evidence record {title}</h1>
-<div class="verdict"><b>{status}</b><br>{explanation}<br>{explanation_zh}</div>
-<h2>Plate</h2>
+<h1>车辆检测证据记录 <small>Vehicle evidence record</small> {title}</h1>
+<div class="verdict"><b>{status}</b> <small>{status_en}</small><br>{explanation_zh}
+<br><small>{explanation}</small></div>
+<p><small>本记录为电子技术监控设备记录的初步结果，须经执法人员审核后方可作为证据（《中华人民共和国行政处罚法》第四十一条）。
+A preliminary finding of an electronic monitoring device: it becomes evidence only after an
+officer's review (Administrative Penalty Law Art. 41).</small></p>
+<h2>车牌 <small>Plate</small></h2>
 <p>{plates}</p>
-<h2>Photos</h2>
+<h2>照片 <small>Photos</small></h2>
 <div class="photos">{photos}</div>
-<h2>Axle loads against the limit</h2>
+<h2>轴荷与总质量限值 <small>Axle loads and the gross limit</small></h2>
+<p><small>限值仅适用于总质量，不适用于单轴。The limit applies to the gross only; no axle
+limits apply.</small></p>
 {chart}
-<h2>Record</h2>
+<h2>记录 <small>Record</small></h2>
 <table>{table}</table>
-<h2>Integrity</h2>
+<h2>完整性 <small>Integrity</small></h2>
 {verified}
 <table>
-<tr><th>Previous hash</th><td><code>{prev_hash}</code></td></tr>
-<tr><th>Hash</th><td><code>{hash}</code></td></tr>
-<tr><th>Signature (Ed25519)</th><td><code>{signature}</code></td></tr>
-<tr><th>Key id</th><td><code>{key_id}</code></td></tr>
+<tr><th>前一记录哈希 Previous hash</th><td><code>{prev_hash}</code></td></tr>
+<tr><th>哈希 Hash</th><td><code>{hash}</code></td></tr>
+<tr><th>签名 Signature (Ed25519)</th><td><code>{signature}</code></td></tr>
+<tr><th>密钥标识 Key id</th><td><code>{key_id}</code></td></tr>
 </table>
 <pre>{public_key}</pre>
-<h2>How to verify this package</h2>
+<h2>如何验证 <small>How to verify this package</small></h2>
 <ol>
 <li>Check the station public key: its key id (the first 16 hex digits of SHA-256 of the raw
 32-byte key) must match the key registered for this station with the platform.</li>

@@ -2,7 +2,9 @@
 
 Runs the daemon's own code (:func:`agent.legal.load_rules`, :func:`agent.legal.judge`) on axle
 loads typed by a technician. Without ``--config`` it uses the shipped rule tables and the default
-tolerance (5 %); with ``--config`` it takes the ``[legal]`` table of the station config.
+tolerance (5 %); with ``--config`` it takes the ``[legal]`` table of the station config and, for
+``--plate``, the vehicle registry the platform pushed to that station (``set-vehicles``, in its
+data directory): the same facts the daemon would use for that plate.
 
 Exit codes: 0 a verdict was printed; 2 bad input; 78 unusable config or rule tables.
 """
@@ -23,6 +25,8 @@ examples:
       --spacings-mm 3400,1350,7100,1310,1310
   roadside-agent judge --axles 7000,9000,10000,10000 --vehicle-class truck --no-air-suspension
   roadside-agent judge --axles 7000,11500 --config /etc/roadside-agent/station.toml --json
+  roadside-agent judge --axles 7000,11000,7000,7800,7800,7701 --plate 苏L12345 \
+      --config /etc/roadside-agent/station.toml     # with the station's vehicle registry
 
 Facts not given are unknown; the station then takes the reading with the higher limit and
 says so in the explanation (never accuse on ambiguity).
@@ -74,7 +78,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--at", metavar="ISO8601", help="measurement time with offset (default: now, +08:00)"
     )
-    p.add_argument("--config", metavar="FILE", help="station config (TOML); uses its [legal]")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="station config (TOML); uses its [legal] and, with --plate, its vehicle registry",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory holding the vehicle registry (default: the config's data_dir)",
+    )
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(func=run)
     return p
@@ -141,14 +154,15 @@ def _kg(value: int | None) -> str:
     return "—" if value is None else f"{value} kg"
 
 
-def _render(verdict: Any) -> str:
-    pct = "" if verdict.over_pct is None else f"  ({verdict.over_pct} %)"
+def _render(verdict: Any, registry_line: str) -> str:
+    pct = "" if verdict.over_pct is None else f"  ({verdict.over_pct:.2f} %)"
     lines = [
         f"status       {verdict.status.value}",
         f"limit        {_kg(verdict.limit_kg)}  ({verdict.rule})",
         f"tolerance    {_kg(verdict.tolerance_kg)}  ({verdict.tolerance_policy})",
         f"over         {_kg(verdict.over_kg)}{pct}",
         f"class        {verdict.vehicle_class.value} ({verdict.class_source})",
+        f"facts        {verdict.facts_source}{registry_line}",
         f"explanation  {verdict.explanation}",
         f"说明         {verdict.explanation_zh}",
     ]
@@ -178,12 +192,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return EX_USAGE
     device = DeviceFacts(accuracy_class=args.accuracy_class) if args.accuracy_class else None
-    verdict = judge(facts, rules, at, device=device)
+    registry = _registry(args)
+    if isinstance(registry, int):
+        return registry
+    vehicles = registry.vehicles_for(args.plate) if registry is not None else ()
+    version = registry.version if registry is not None else ""
+    verdict = judge(facts, rules, at, device=device, vehicles=vehicles, registry_version=version)
     if args.json:
         print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:
-        print(_render(verdict))
+        line = ""
+        if registry is not None and args.plate:
+            found = "registered" if vehicles else "not registered"
+            line = f"  (vehicle registry version {version or '-'}: {args.plate} {found})"
+        print(_render(verdict, line))
     return 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    """The station's vehicle registry for ``--plate`` with ``--config`` / ``--data-dir``
+    (``None`` without them), or an exit code after saying why it cannot be read."""
+    from agent.commands._common import location_of
+    from agent.store.permits import PermitStoreError
+    from agent.store.vehicles import VehicleRegistry
+
+    if not args.plate or (args.config is None and args.data_dir is None):
+        return None
+    where = location_of(args, "judge")
+    try:
+        return VehicleRegistry(where.data_dir)
+    except PermitStoreError as err:
+        print(f"{PROG}: vehicle registry: {err}", file=sys.stderr)
+        return EX_CONFIG
 
 
 def _facts(args: argparse.Namespace) -> tuple[Any, datetime]:

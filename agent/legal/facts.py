@@ -20,7 +20,7 @@ class InvalidFactsError(ValueError):
     """A vehicle, device, permit or watch-list entry that cannot be judged as given."""
 
 
-CLASS_SOURCES = ("lane", "declared", "spacings", "unknown")
+CLASS_SOURCES = ("lane", "declared", "registry", "spacings", "unknown")
 
 _PLATE_NOISE = re.compile(r"[\s·•.\-_]")
 
@@ -40,12 +40,14 @@ class VehicleFacts:
 
     Masses in kg, lengths in mm. ``axle_spacings_mm`` has ``len(axle_loads_kg) - 1`` entries
     (front to back) or is empty when not measured. ``declared_class`` comes from the lane's
-    configuration (``class_source="lane"``) or from a person (``"declared"``, the ``judge``
-    command); when it is ``UNKNOWN`` the engine infers the class from the spacings.
+    configuration (``class_source="lane"``), from a person (``"declared"``, the ``judge``
+    command) or from the vehicle registry (``"registry"``); when it is ``UNKNOWN`` the engine
+    infers the class from the build facts (a tractor means a combination) and the spacings.
 
     Optional build facts (``None`` = not known; the lenient reading is then taken):
 
-    - ``single_drive_axle``: the tractor of a 6+ axle combination has one drive axle;
+    - ``single_drive_axle``: the tractor of a combination has one drive axle (a vehicle with a
+      tractor is a combination: ``True`` with ``declared_class`` truck is refused);
     - ``single_tyre_non_drive_axles``: number of axles that Order 62 Art. 3 para. 2 (2) counts
       against the vehicle: non-drive axles in axle groups or on trailers with one tyre per side;
     - ``wide_tyres``: those axles carry approved wide tyres (trailer ≥ 425 mm, drive ≥ 445 mm),
@@ -98,6 +100,13 @@ class VehicleFacts:
         if self.class_source not in CLASS_SOURCES:
             raise InvalidFactsError(
                 f"class_source must be one of {', '.join(CLASS_SOURCES)}, got {self.class_source!r}"
+            )
+        if self.declared_class is VehicleClass.TRUCK and (
+            self.single_drive_axle or self.articulated
+        ):
+            raise InvalidFactsError(
+                "a truck (货车) has no tractor or semi-trailer: single drive axle / articulated "
+                "describe a combination (汽车列车)"
             )
         n = self.single_tyre_non_drive_axles
         most = max(len(loads) - 2, 0)  # never the steer axle, never the (first) drive axle

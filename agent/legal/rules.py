@@ -3,7 +3,8 @@
 The limits, adjustments, the Art. 43 warning band, the accuracy-class tolerances and the
 class-inference thresholds live in ``firmware_config/legal/*.toml``; every row names its legal
 source. :func:`load_rules` reads them once at start-up and refuses a table that has a gap (an axle
-count and class without exactly one limit), an overlap, a row without a source, or an enabled
+count and class without exactly one limit, unless a ``[[no_limit]]`` row says the law has none),
+an overlap, a row without a source, or an enabled
 axle-load table whose values are not marked confirmed. A change of the law is a data change.
 """
 
@@ -149,7 +150,27 @@ class _ClassInference(BaseModel):
 
     trailer_gap_above_mm: int = Field(gt=0)
     twin_steer_below_mm: int = Field(gt=0)
-    rigid_axle_counts: list[int] = Field(default_factory=list)
+
+
+class _NoLimitRow(_Row):
+    axles: int | None = Field(default=None, ge=2)
+    min_axles: int | None = Field(default=None, ge=2)
+    vehicle_class: Literal["truck", "combination"] = Field(alias="class")
+
+    @model_validator(mode="after")
+    def _one_axle_key(self) -> _NoLimitRow:
+        if (self.axles is None) == (self.min_axles is None):
+            raise ValueError(f"row {self.id}: give exactly one of axles / min_axles")
+        return self
+
+
+class _RegistryRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    licence_mass_id: str = Field(min_length=1)
+    licence_mass_source: str = Field(min_length=8)
+    gb1589_special_id: str = Field(min_length=1)
+    gb1589_special_source: str = Field(min_length=8)
 
 
 class _LimitsFile(BaseModel):
@@ -159,6 +180,8 @@ class _LimitsFile(BaseModel):
     title: str = ""
     gross_limit: list[_LimitRow]
     adjustment: list[_Adjustment] = Field(default_factory=list)
+    no_limit: list[_NoLimitRow] = Field(default_factory=list)
+    registry_rules: _RegistryRules
     warning_band: _WarningBand
     accuracy_class_mpe: _AccuracyMpe
     class_inference: _ClassInference
@@ -169,6 +192,7 @@ class _AxleRow(_Row):
     first_axle: bool | None = None
     min_spacing_mm: int | None = Field(default=None, gt=0)
     below_spacing_mm: int | None = Field(default=None, gt=0)
+    when: dict[BuildFact, bool] = Field(default_factory=dict)
     limit_kg: int = Field(gt=0)
     confirmed: bool = False
 
@@ -222,6 +246,31 @@ class Adjustment:
 
 
 @dataclass(frozen=True)
+class NoLimitRow:
+    """An axle count and class for which the law gives no gross limit (never invented)."""
+
+    id: str
+    min_axles: int
+    max_axles: int | None
+    vehicle_class: str
+    source: str
+
+    def matches(self, axles: int, cls: VehicleClass) -> bool:
+        in_range = self.min_axles <= axles and (self.max_axles is None or axles <= self.max_axles)
+        return in_range and self.vehicle_class == cls.value
+
+
+@dataclass(frozen=True)
+class RegistryRules:
+    """Art. 3 ¶2 (四) and (五): rules that need the vehicle registry's facts."""
+
+    licence_mass_id: str
+    licence_mass_source: str
+    gb1589_special_id: str
+    gb1589_special_source: str
+
+
+@dataclass(frozen=True)
 class WarningBand:
     id: str
     max_excess_kg: int
@@ -246,7 +295,6 @@ class ClassInference:
     enabled: bool
     trailer_gap_above_mm: int
     twin_steer_below_mm: int
-    rigid_axle_counts: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -258,6 +306,7 @@ class AxleLimitRow:
     below_spacing_mm: int | None
     limit_kg: int
     source: str
+    when: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,7 +329,13 @@ class Rules:
     accuracy_mpe_pct: dict[str, Decimal] = field(hash=False)
     accuracy_mpe_source: str
     class_inference: ClassInference
+    registry_rules: RegistryRules
+    no_limits: tuple[NoLimitRow, ...] = ()
     axle_table: AxleTable | None = None
+
+    def no_limit(self, axles: int, cls: VehicleClass) -> NoLimitRow | None:
+        """The row saying the law has no limit for this axle count and class, if any."""
+        return next((r for r in self.no_limits if r.matches(axles, cls)), None)
 
     def row(self, row_id: str) -> LimitRow:
         for r in self.gross_limits:
@@ -306,8 +361,10 @@ def _explain(path: Path, err: ValidationError) -> LegalRulesError:
     return LegalRulesError(f"{path}: {problems}")
 
 
-def _check_table(path: Path, rows: list[LimitRow], adjustments: list[Adjustment]) -> None:
-    ids = [r.id for r in rows] + [a.id for a in adjustments]
+def _check_table(
+    path: Path, rows: list[LimitRow], adjustments: list[Adjustment], none: list[NoLimitRow]
+) -> None:
+    ids = [r.id for r in rows] + [a.id for a in adjustments] + [n.id for n in none]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise LegalRulesError(f"{path}: row id used twice: {', '.join(dupes)}")
@@ -323,6 +380,14 @@ def _check_table(path: Path, rows: list[LimitRow], adjustments: list[Adjustment]
     for axles in COVERED_AXLE_COUNTS:
         for cls in (VehicleClass.TRUCK, VehicleClass.COMBINATION):
             base = [r.id for r in rows if r.replaces is None and r.matches(axles, cls)]
+            lawless = [n.id for n in none if n.matches(axles, cls)]
+            if lawless and not base and len(lawless) == 1:
+                continue  # the law has no limit here, and the table says so
+            if lawless:
+                raise LegalRulesError(
+                    f"{path}: {axles} axles, {cls.value}: both a limit and no_limit "
+                    f"({', '.join(base + lawless)}); keep one"
+                )
             if len(base) != 1:
                 what = "no limit" if not base else f"more than one limit ({', '.join(base)})"
                 plus = " or more" if axles == COVERED_AXLE_COUNTS[-1] else ""
@@ -368,6 +433,7 @@ def _load_axle_table(path: Path) -> AxleTable | None:
                 r.below_spacing_mm,
                 r.limit_kg,
                 r.source,
+                tuple(sorted(r.when.items())),
             )
             for r in data.axle_limit
         ),
@@ -385,7 +451,17 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
     data = _load_limits(path)
     rows = [_limit_row(r) for r in data.gross_limit]
     adjustments = [_adjustment(a) for a in data.adjustment]
-    _check_table(path, rows, adjustments)
+    none = [
+        NoLimitRow(
+            n.id,
+            n.axles if n.axles is not None else n.min_axles or 0,
+            n.axles,
+            n.vehicle_class,
+            n.source,
+        )
+        for n in data.no_limit
+    ]
+    _check_table(path, rows, adjustments, none)
     mpe = {k: Decimal(str(v)) for k, v in data.accuracy_class_mpe.pct.items()}
     if any(v <= 0 for v in mpe.values()):
         raise LegalRulesError(f"{path}: accuracy_class_mpe.pct: every class needs an MPE > 0 %")
@@ -404,8 +480,9 @@ def load_rules(config: LegalConfig | None = None) -> Rules:
             enabled=cfg.infer_class_from_spacings,
             trailer_gap_above_mm=cfg.trailer_gap_above_mm or inference.trailer_gap_above_mm,
             twin_steer_below_mm=cfg.twin_steer_below_mm or inference.twin_steer_below_mm,
-            rigid_axle_counts=tuple(inference.rigid_axle_counts),
         ),
+        registry_rules=RegistryRules(**data.registry_rules.model_dump()),
+        no_limits=tuple(none),
         axle_table=_load_axle_table(rules_dir / AXLE_LIMITS_FILE),
     )
 

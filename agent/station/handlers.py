@@ -1,6 +1,7 @@
 """The station's side of the platform's commands (``{root}/cmd/{name}``, ``docs/uplink.md``).
 
-``set-permits`` and ``set-watchlist`` replace the permit book's lists (validated whole first),
+``set-permits`` and ``set-watchlist`` replace the permit book's lists, ``set-vehicles`` the
+vehicle registry (each validated whole first),
 ``capture-test`` photographs a lane now, ``get-config`` returns the config with its secrets
 redacted, ``set-config`` installs a new config file (validated, backed up, probed against the
 broker, else rolled back) and restarts the station on it. ``ping`` and ``resend`` are the
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ConfigError, StationConfig, parse_config, redact_config
+from agent.legal.registry import VehicleListError
 from agent.pipeline.capture import capture_and_read
 from agent.store.files import write_file_atomically
 from agent.store.permits import PermitBook, PermitListError
+from agent.store.vehicles import VehicleRegistry
 from agent.uplink.client import probe_broker
 from agent.uplink.commands import CommandError, Handler, require, set_config_handler
 from drivers.camera import Camera
@@ -47,6 +50,7 @@ class StationCommands:
         cameras: Mapping[int, Sequence[Camera]],
         plate_reader: PlateReader | None,
         restart: Callable[[], None],
+        vehicles: VehicleRegistry | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -54,6 +58,7 @@ class StationCommands:
         self.cameras = cameras
         self.plate_reader = plate_reader
         self.restart = restart
+        self.vehicles = vehicles
 
     def handlers(self) -> dict[str, Handler]:
         """By command name; ``set-config`` only when the config came from a file."""
@@ -63,6 +68,8 @@ class StationCommands:
             "capture-test": self.capture_test,
             "get-config": self.get_config,
         }
+        if self.vehicles is not None:
+            handlers["set-vehicles"] = self.set_vehicles
         if self.config.path is not None:
             handlers["set-config"] = self._set_config(self.config.path)
         return handlers
@@ -72,6 +79,15 @@ class StationCommands:
 
     def set_watchlist(self, args: dict[str, Any]) -> dict[str, Any]:
         return _replace_list(args, "watchlist", self.permits.replace_watchlist, "plate(s)")
+
+    def set_vehicles(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The vehicle registry: ``{"version": V, "vehicles": [...]}``, the complete list."""
+        assert self.vehicles is not None
+        version = require(args, "version", str)
+        registry = self.vehicles
+        return _replace_list(
+            args, "vehicles", lambda entries: registry.replace(entries, version), "vehicle(s)"
+        )
 
     def capture_test(self, args: dict[str, Any]) -> dict[str, Any]:
         """Photograph a lane now and read its plates (a technician checks aim and focus)."""
@@ -137,7 +153,7 @@ def _replace_list(
     entries = require(args, key, list)
     try:
         count = replace(entries)
-    except PermitListError as err:
+    except (PermitListError, VehicleListError) as err:
         raise CommandError("invalid", str(err)) from err
     log.warning("%s replaced by the platform: %d %s", key, count, what)
     return {key: count}

@@ -3,8 +3,8 @@
 Start-up order (and reverse shut-down) in one readable place, :meth:`Station.start`:
 
 1. database, signing key, evidence store (stray files from a crash removed);
-2. legal rules, permits, the audit of the legally relevant parameters, clock monitoring,
-   retention; the plate reader (a missing model degrades to "no plate" records);
+2. legal rules, permits, the vehicle registry, the audit of the legally relevant parameters,
+   clock monitoring, retention; the plate reader (a missing model degrades to "no plate" records);
 3. uplink (MQTT; records wait in the outbox while the broker is unreachable), with the
    station's command handlers (:mod:`agent.station.handlers`);
 4. per lane: cameras, then the scale and its reader thread;
@@ -42,6 +42,7 @@ from agent.store.db import Database
 from agent.store.evidence import EvidenceError, EvidenceStore
 from agent.store.permits import PermitBook
 from agent.store.record import RecordContext, StoredRecord
+from agent.store.vehicles import VehicleRegistry
 from agent.uplink.delivery import Uplink
 from drivers.camera import CAMERAS, Camera
 from drivers.clock import Clock, SystemClock
@@ -102,6 +103,7 @@ class Station:
         # 2. what judges and seals a vehicle, and what watches over it
         self.rules = load_rules(cfg.legal)
         self.permits = PermitBook(self.data_dir)
+        self.vehicles = VehicleRegistry(self.data_dir)
         self.legal_id = legalid.legal_software_id()
         self._audit_legal_parameters(db)
         self.clock_monitor = timesync.ClockMonitor(
@@ -232,6 +234,7 @@ class Station:
                 self.cameras,
                 self.plate_reader,
                 restart=self._restart_for_new_config,
+                vehicles=self.vehicles,
             ).handlers(),
         )
         self.uplink.start()
@@ -465,6 +468,8 @@ class Station:
             device=self._device_facts(lane),
             permits=self.permits.permits_for(plate),
             watchlist=self.permits.watch_for(plate),
+            vehicles=self.vehicles.vehicles_for(plate),
+            registry_version=self.vehicles.version,
         )
         if verdict.watchlist_hit:
             self._alarm(

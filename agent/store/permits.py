@@ -216,29 +216,39 @@ class PermitBook:
         self._watch = {w.key: w for w in watch}
 
     def _store(self, name: str, schema: str, entries: list[dict[str, Any]]) -> None:
-        path = self._dir / name
-        try:
-            payload = {"schema": schema, "entries": entries}
-            data = json.dumps(payload, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
-            write_file_atomically(path, data)
-        except OSError as err:
-            raise PermitStoreError(f"{path}: cannot store the list: {err}") from err
+        store_list_file(self._dir / name, {"schema": schema, "entries": entries})
 
     def _load(self, name: str, schema: str) -> list[Any]:
-        path = self._dir / name
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as err:
-            raise PermitStoreError(f"{path}: cannot read: {err}") from err
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise PermitStoreError(f"{path}: not valid JSON: {err}") from err
-        if not isinstance(data, dict) or data.get("schema") != schema:
-            raise PermitStoreError(f"{path}: expected schema {schema!r}")
-        entries = data.get("entries")
-        if not isinstance(entries, list):
-            raise PermitStoreError(f"{path}: 'entries' must be a list")
-        return entries
+        data = read_list_file(self._dir / name, schema)
+        return data["entries"] if data is not None else []
+
+
+def store_list_file(path: Path, payload: dict[str, Any]) -> None:
+    """A pushed list's file (``{"schema", "entries", ...}``), replaced atomically.
+
+    Raises :class:`PermitStoreError` naming the file."""
+    try:
+        data = json.dumps(payload, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+        write_file_atomically(path, data)
+    except OSError as err:
+        raise PermitStoreError(f"{path}: cannot store the list: {err}") from err
+
+
+def read_list_file(path: Path, schema: str) -> dict[str, Any] | None:
+    """A stored list's JSON object with its ``schema`` checked and ``entries`` a list; ``None``
+    when there is no file yet. Raises :class:`PermitStoreError` naming the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise PermitStoreError(f"{path}: cannot read: {err}") from err
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise PermitStoreError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise PermitStoreError(f"{path}: expected schema {schema!r}")
+    if not isinstance(data.get("entries"), list):
+        raise PermitStoreError(f"{path}: 'entries' must be a list")
+    return data

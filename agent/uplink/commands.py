@@ -46,6 +46,7 @@ KNOWN_COMMANDS = (
     "ping",
     "set-permits",
     "set-watchlist",
+    "set-vehicles",
     "capture-test",
     "resend",
     "get-config",
