@@ -37,8 +37,20 @@ def committed(data_dir: Path) -> dict[str, str]:
         conn.close()
 
 
+def _wait_for_new_records(
+    data_dir: Path, before: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0
+) -> None:
+    """Until the station has committed more than ``before`` records (bounded; fails if the
+    station exited or stored nothing in ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while len(committed(data_dir)) <= before:
+        assert proc.poll() is None, "the station exited before storing anything"
+        assert time.monotonic() < deadline, f"nothing stored within {timeout_s} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_sigkill_the_running_station(tmp_path: Path) -> None:
     if not DEMO.exists():
         pytest.skip("no demo config in this checkout")
@@ -75,7 +87,10 @@ def test_sigkill_the_running_station(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        time.sleep(rng.uniform(1.0, 2.5))
+        # Kill while it is storing: once it has committed something new in this run (on a
+        # busy machine start-up alone can take seconds), then at a random instant after that.
+        _wait_for_new_records(data_dir, len(seen), proc)
+        time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
