@@ -85,9 +85,9 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
     """Problems of ``instance`` against ``schema`` as ``path: message``; empty when valid.
 
     Supports ``type``, ``const``, ``enum``, ``required``, ``properties``,
-    ``additionalProperties`` (boolean), ``items``, ``minItems``, ``pattern``, ``minLength``,
-    ``maxLength``, ``minimum``, ``maximum``. The schema is compiled into closures once (the
-    simulator checks every record of a 100 000-record drain).
+    ``additionalProperties`` (``false`` or a schema), ``items``, ``minItems``, ``pattern``,
+    ``minLength``, ``maxLength``, ``minimum``, ``maximum``. The schema is compiled into closures
+    once (the simulator checks every record of a 100 000-record drain).
     """
     cached = _COMPILED.get(id(schema))
     if cached is None or cached[0] is not schema:
@@ -161,17 +161,19 @@ def _value_checks(schema: dict[str, Any]) -> list[_Check]:
 
 
 def _object_check(schema: dict[str, Any]) -> _Check:
-    """``required``, ``properties`` and ``additionalProperties: false``."""
+    """``required``, ``properties`` and ``additionalProperties`` (``false`` or a schema)."""
     required = list(schema.get("required", []))
     props = {k: _compile(v) for k, v in schema.get("properties", {}).items()}
-    closed = schema.get("additionalProperties") is False
+    extra = schema.get("additionalProperties")
+    closed = extra is False
+    other = _compile(extra) if isinstance(extra, dict) else None
 
     def check(v: dict[str, Any], path: str, out: list[str]) -> None:
         for key in required:
             if key not in v:
                 out.append(f"{path}: missing {key!r}")
         for key, value in v.items():
-            sub = props.get(key)
+            sub = props.get(key) or other
             if sub is not None:
                 sub(value, f"{path}.{key}", out)
             elif closed:
@@ -329,6 +331,7 @@ class PlatformSim:
         self.event_schema = load_schema("vehicle-event.v1", schema_dir)
         self.alarm_schema = load_schema("alarm.v1", schema_dir)
         self.heartbeat_schema = load_schema("heartbeat.v1", schema_dir)
+        self.receipt_schema = load_schema("ack-receipt.v1", schema_dir)
         self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a simulator: speed over durability
@@ -524,6 +527,10 @@ class PlatformSim:
                 )
                 self._changed.notify_all()
         elif kind == "acked":
+            problems = validate(self._parse(msg.topic, payload), self.receipt_schema)
+            if problems:
+                self._reject(msg.topic, "; ".join(problems[:5]), payload)
+                return
             with self._lock:
                 self._db.execute(
                     "INSERT INTO receipts VALUES (?, ?)", (station_id, payload.decode())

@@ -156,6 +156,7 @@ def test_acks_that_prove_nothing_are_refused_counted_and_the_records_stay_owed(
         sim.set_mode("normal")
         wait_until(lambda: outbox_unacked(station) == 0, 15, "the proven acks")
         assert sim.receipts(station.station_id)[-1]["refused"] == []
+        assert sim.count("SELECT count(*) FROM rejected") == 0  # receipts match their schema
     finally:
         raw.close()
 

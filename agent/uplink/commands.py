@@ -312,6 +312,33 @@ def set_config(
     Nothing is changed by a refused command. ``stamp`` names the backup (the caller's clock,
     e.g. ``20261126T103015``).
     """
+    _refuse_unproven(text, validate, protected, can_connect, timeout_s)
+    try:
+        backup = _back_up(current_text, backup_dir, stamp, keep_backups)
+    except OSError as err:
+        raise CommandError("apply-failed", f"could not back up the config: {err}") from err
+    try:
+        if before_apply is not None:
+            before_apply(text, backup)
+        apply(text)
+    except Exception as err:
+        # the write is atomic, so the old file is most likely still there; make sure
+        with contextlib.suppress(Exception):
+            apply(current_text)
+        raise CommandError("apply-failed", f"could not apply the config: {err}") from err
+    log.warning("set-config: new config applied; previous one kept as %s", backup.name)
+    return {"applied": True, "backup": backup.name}
+
+
+def _refuse_unproven(
+    text: str,
+    validate: Callable[[str], list[str]],
+    protected: Callable[[str], list[str]],
+    can_connect: Callable[[str, float], bool],
+    timeout_s: float,
+) -> None:
+    """Steps 1–3 of :func:`set_config`: raise unless ``text`` is valid, leaves the protected
+    keys alone and reaches the broker."""
     problems = validate(text)
     if problems:
         raise CommandError(
@@ -333,21 +360,6 @@ def set_config(
             f"the broker was not reachable within {timeout_s:g} s with the new config;"
             " nothing was changed",
         )
-    try:
-        backup = _back_up(current_text, backup_dir, stamp, keep_backups)
-    except OSError as err:
-        raise CommandError("apply-failed", f"could not back up the config: {err}") from err
-    try:
-        if before_apply is not None:
-            before_apply(text, backup)
-        apply(text)
-    except Exception as err:
-        # the write is atomic, so the old file is most likely still there; make sure
-        with contextlib.suppress(Exception):
-            apply(current_text)
-        raise CommandError("apply-failed", f"could not apply the config: {err}") from err
-    log.warning("set-config: new config applied; previous one kept as %s", backup.name)
-    return {"applied": True, "backup": backup.name}
 
 
 def _back_up(text: str, backup_dir: Path, stamp: str, keep: int) -> Path:

@@ -487,6 +487,15 @@ class _Link:
         return None
 
 
+def _verifier(config: UplinkConfig, clock: Clock) -> PlatformVerifier | None:
+    """The platform signature check when a platform key is pinned, else ``None``."""
+    if not config.platform_public_key.strip():
+        return None
+    return PlatformVerifier(
+        parse_public_key(config.platform_public_key), clock.now, config.platform_signature_window_s
+    )
+
+
 class Uplink:
     """Delivers the outbox to ``{prefix}/{station_id}`` on the platform's broker.
 
@@ -530,20 +539,13 @@ class Uplink:
         self._commands = CommandRunner(self.dispatcher, self.topics, self._publish)
         self._refused_acks = _Refusals(self.clock, "ack")
         self._refused_commands = _Refusals(self.clock, "command")
-        verifier = None
-        if config.platform_public_key.strip():
-            verifier = PlatformVerifier(
-                parse_public_key(config.platform_public_key),
-                self.clock.now,
-                config.platform_signature_window_s,
-            )
         self._link = _Link(
             self.topics,
             self._trouble,
             self._commands,
             self._wake,
             self._stop,
-            verifier,
+            _verifier(config, self.clock),
             self._refused_commands,
         )
         self._published = _Published(max(PUBLISHED_MIN, 4 * config.max_unacked))
