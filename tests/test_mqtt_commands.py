@@ -264,32 +264,31 @@ def test_set_config_applies_a_reachable_config_and_keeps_a_backup(
     assert (tmp_path / "backups" / "config-s1.toml").read_text() == old
 
 
+def _push(cfg: ConfigFile, tmp_path: Path, text: str, **kw: Any) -> dict[str, Any]:
+    """set_config of ``text`` over ``{}`` with a broker that always answers (or ``kw``)."""
+    args: dict[str, Any] = {
+        "current_text": "{}",
+        "validate": cfg.validate,
+        "protected": _no_protected,
+        "apply": cfg.apply,
+        "can_connect": lambda t, s: True,
+        "backup_dir": tmp_path / "backups",
+        "stamp": "s",
+    }
+    args.update(kw)
+    return set_config(text, **args)
+
+
 def test_invalid_or_protected_config_changes_nothing(tmp_path: Path) -> None:
     cfg = ConfigFile(tmp_path / "station.json")
     with pytest.raises(CommandError) as err:
-        set_config(
-            '{"host": "x"}',
-            current_text="{}",
-            validate=cfg.validate,
-            protected=_no_protected,
-            apply=cfg.apply,
-            can_connect=lambda t, s: True,
-            backup_dir=tmp_path / "backups",
-            stamp="s",
-        )
+        _push(cfg, tmp_path, '{"host": "x"}')
     assert err.value.code == "invalid" and err.value.details["problems"]
     probed: list[str] = []
     with pytest.raises(CommandError) as err:
-        set_config(
-            '{"host": "x", "port": 1}',
-            current_text="{}",
-            validate=cfg.validate,
-            protected=lambda text: ["station.data_dir"],
-            apply=cfg.apply,
-            can_connect=lambda t, s: bool(probed.append(t)),
-            backup_dir=tmp_path / "backups",
-            stamp="s",
-        )
+        _push(cfg, tmp_path, '{"host": "x", "port": 1}',
+              protected=lambda text: ["station.data_dir"],
+              can_connect=lambda t, s: bool(probed.append(t)))  # fmt: skip
     assert err.value.code == "protected" and err.value.details["keys"] == ["station.data_dir"]
     assert cfg.applied == [] and probed == [] and not (tmp_path / "backups").exists()
 
@@ -298,16 +297,7 @@ def test_set_config_that_cannot_back_up_is_apply_failed(broker: Mosquitto, tmp_p
     cfg = ConfigFile(tmp_path / "station.json")
     (tmp_path / "backups").write_text("a file where the backup folder should be")
     with pytest.raises(CommandError) as err:
-        set_config(
-            _config_text(broker.port),
-            current_text="{}",
-            validate=cfg.validate,
-            protected=_no_protected,
-            apply=cfg.apply,
-            can_connect=lambda t, s: True,
-            backup_dir=tmp_path / "backups",
-            stamp="s",
-        )
+        _push(cfg, tmp_path, _config_text(broker.port))
     assert err.value.code == "apply-failed" and cfg.applied == []
 
 

@@ -33,6 +33,7 @@ from agent import __version__
 from agent.store import outbox
 from agent.store.db import Database
 from agent.uplink import messages
+from agent.uplink.signing import aware_time
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,9 @@ def parse_time(args: Mapping[str, Any], key: str) -> datetime:
     """An ISO 8601 time with its UTC offset (``2026-11-26T10:30:15+08:00``)."""
     text = require(args, key, str)
     try:
-        t = datetime.fromisoformat(text)
+        return aware_time(text)
     except ValueError as err:
-        raise CommandError("bad-argument", f"{key} {text!r} is not an ISO 8601 time") from err
-    if t.tzinfo is None:
-        raise CommandError("bad-argument", f"{key} {text!r} has no UTC offset")
-    return t
+        raise CommandError("bad-argument", f"{key} {text!r} {err}") from err
 
 
 class Dispatcher:

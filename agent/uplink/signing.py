@@ -72,6 +72,17 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def aware_time(text: str) -> datetime:
+    """An ISO 8601 time with its UTC offset; ``ValueError`` saying what is wrong."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ValueError("not an ISO 8601 time") from err
+    if t.tzinfo is None:
+        raise ValueError("has no UTC offset")
+    return t
+
+
 def signed_bytes(topic: str, payload: bytes, sig_time: str, nonce: str) -> bytes:
     """What the platform signs for one message."""
     digest = hashlib.sha256(payload).hexdigest()
@@ -101,11 +112,9 @@ class PlatformVerifier:
         if not NONCE_RE.match(nonce):
             raise SignatureError("bad-signature", f"sig-nonce {nonce[:40]!r} malformed")
         try:
-            signed_at = datetime.fromisoformat(sig_time)
+            signed_at = aware_time(sig_time)
         except ValueError as err:
             raise SignatureError("bad-signature", f"sig-time {sig_time[:40]!r}: {err}") from err
-        if signed_at.tzinfo is None:
-            raise SignatureError("bad-signature", f"sig-time {sig_time!r} has no UTC offset")
         try:
             self.public_key.verify(
                 base64.b64decode(sig, validate=True),
