@@ -375,6 +375,37 @@ def load_config(path: str | Path) -> StationConfig:
     return parse_config(text, p)
 
 
+# -- what a remote set-config may not change ---------------------------------------------
+#
+# The evidence's identity and the legally relevant parameters: moving data_dir or the signing
+# key starts a second chain at seq 1 under the same station id (two different …-000001 records
+# at the platform) with a fresh audit log; the station id names every record; the legal
+# parameters decide verdicts and are under change control (docs/evidence.md); the pinned
+# platform key is what makes a remote command trustworthy at all. They change on the station,
+# by a technician (the audit log records it at the next start), never through the platform.
+
+
+def protected_values(config: StationConfig) -> dict[str, Any]:
+    """The config values a remote ``set-config`` must leave as they are, by key path."""
+    values: dict[str, Any] = {
+        "station.id": config.station.id,
+        "station.data_dir": str(config.station.data_dir),
+        "evidence.signing_key": str(config.evidence.signing_key),
+        "legal": config.legal.model_dump(mode="json"),
+        "uplink.platform_public_key": config.uplink.platform_public_key.strip(),
+    }
+    for lane in config.file.lanes:
+        values[f"lanes[{lane.number}].scale"] = lane.scale
+    return values
+
+
+def protected_changes(current: StationConfig, new: StationConfig) -> list[str]:
+    """Key paths whose protected value (:func:`protected_values`) differs between ``current``
+    and ``new``, including lanes (their scales) added or removed; empty when none."""
+    old, now = protected_values(current), protected_values(new)
+    return sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+
+
 # -- redaction ------------------------------------------------------------------------------
 #
 # What leaves the station (``get-config``, the ``diag`` archive) never carries a secret. A config
@@ -401,11 +432,11 @@ SECRET_WORDS = frozenset(
         "apikey",
     }
 )
-NOT_SECRET = frozenset({"key_id", "public_key"})
+NOT_SECRET = frozenset({"key_id", "public_key", "platform_public_key"})
 REDACTED = '"<redacted>"'
 
 _ASSIGN = re.compile(
-    r"""(?P<key>[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=\s*"""
+    r"""(?P<key>[A-Za-z0-9_\-]+|"(?:[^"\\]|\\.)*"|'[^']*')\s*=\s*"""
     r"""(?P<value>\"\"\".*?\"\"\"|'\'\'.*?'\'\'|\"\"\"|'\'\'|"(?:[^"\\]|\\.)*"|'[^']*'|\[[^\]]*\]|[^,}\]\s#]+)"""
 )
 _URL_PASSWORD = re.compile(r"(://[^:/\s\"'@]+:)[^@\s\"']+@")
@@ -445,10 +476,21 @@ def looks_secret(key: str) -> bool:
     return any(word in SECRET_WORDS for word in re.split(r"[_\-.]", key.strip("\"'").lower()))
 
 
+def _key_name(key: str) -> str:
+    """A TOML key as written (bare, ``'literal'`` or ``"basic"`` with escapes such as
+    ``"pass\\u0077ord"``) as the name TOML reads, lower-cased."""
+    if key.startswith('"'):
+        try:
+            return next(iter(tomllib.loads(f"{key} = 0"))).lower()
+        except (tomllib.TOMLDecodeError, StopIteration):
+            return key.strip('"').lower()
+    return key.strip("'").lower()
+
+
 def is_secret_key(key: str) -> bool:
     """Whether the value of config key ``key`` (as written in TOML, maybe quoted) is secret:
     a field marked secret, or a key that looks secret (not ``key_id``, ``public_key``)."""
-    name = key.strip("\"'").lower()
+    name = _key_name(key)
     if name in NOT_SECRET:
         return False
     return name in secret_fields() or looks_secret(name)

@@ -16,10 +16,17 @@ Modes (:meth:`PlatformSim.set_mode`), to rehearse a misbehaving platform:
 Duplicates are expected (the station re-sends what it has no ack for): the store upserts by
 ``event_id`` and counts receipts, and a duplicate of an already stored record is acked again
 (the station may have lost the first ack).
+
+Each ack proves what the platform holds (``docs/uplink.md`` §3.5): per record the
+``integrity.hash`` it verified and the SHA-256 of every image as it stored it, per alarm the
+SHA-256 of the bytes it received. Given a ``signing_key`` (the platform's Ed25519 private key),
+it signs every ack and command (§5.1, MQTT 5 user properties ``sig-*``). The station's receipts
+on ``{root}/acked`` are kept (:meth:`PlatformSim.receipts`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -30,11 +37,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.store.integrity import canonical_json, chain_hash
 from agent.uplink.client import (
@@ -75,9 +85,9 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
     """Problems of ``instance`` against ``schema`` as ``path: message``; empty when valid.
 
     Supports ``type``, ``const``, ``enum``, ``required``, ``properties``,
-    ``additionalProperties`` (boolean), ``items``, ``minItems``, ``pattern``, ``minLength``,
-    ``maxLength``, ``minimum``, ``maximum``. The schema is compiled into closures once (the
-    simulator checks every record of a 100 000-record drain).
+    ``additionalProperties`` (``false`` or a schema), ``items``, ``minItems``, ``pattern``,
+    ``minLength``, ``maxLength``, ``minimum``, ``maximum``. The schema is compiled into closures
+    once (the simulator checks every record of a 100 000-record drain).
     """
     cached = _COMPILED.get(id(schema))
     if cached is None or cached[0] is not schema:
@@ -151,17 +161,19 @@ def _value_checks(schema: dict[str, Any]) -> list[_Check]:
 
 
 def _object_check(schema: dict[str, Any]) -> _Check:
-    """``required``, ``properties`` and ``additionalProperties: false``."""
+    """``required``, ``properties`` and ``additionalProperties`` (``false`` or a schema)."""
     required = list(schema.get("required", []))
     props = {k: _compile(v) for k, v in schema.get("properties", {}).items()}
-    closed = schema.get("additionalProperties") is False
+    extra = schema.get("additionalProperties")
+    closed = extra is False
+    other = _compile(extra) if isinstance(extra, dict) else None
 
     def check(v: dict[str, Any], path: str, out: list[str]) -> None:
         for key in required:
             if key not in v:
                 out.append(f"{path}: missing {key!r}")
         for key, value in v.items():
-            sub = props.get(key)
+            sub = props.get(key) or other
             if sub is not None:
                 sub(value, f"{path}.{key}", out)
             elif closed:
@@ -250,6 +262,7 @@ CREATE TABLE IF NOT EXISTS alarms (
 CREATE TABLE IF NOT EXISTS heartbeats (station_id TEXT, received_mono REAL, payload TEXT);
 CREATE TABLE IF NOT EXISTS status (station_id TEXT PRIMARY KEY, state TEXT);
 CREATE TABLE IF NOT EXISTS rejected (topic TEXT, reason TEXT, payload BLOB);
+CREATE TABLE IF NOT EXISTS receipts (station_id TEXT, payload TEXT);
 """
 
 
@@ -259,6 +272,29 @@ class _PendingAck:
     key: str  # "event_ids" | "alarm_ids"
     ref: str
     due_mono: float
+    proof: Any = None  # what the ack says the platform holds (docs/uplink.md §3.5)
+
+
+#: The signed string of a platform signature (docs/uplink.md §5.1), written out here on its
+#: own: the simulator is the platform's side, it must not borrow the station's code.
+SIGNATURE_DOMAIN = "roadside.platform-signature.v1"
+
+
+def sign_properties(
+    key: Ed25519PrivateKey, topic: str, payload: bytes, when: datetime, props: Properties
+) -> Properties:
+    """Add ``sig-alg``, ``sig-time``, ``sig-nonce``, ``sig`` to ``props`` (and return it)."""
+    sig_time = when.isoformat(timespec="milliseconds")
+    nonce = uuid.uuid4().hex
+    text = "\n".join(
+        [SIGNATURE_DOMAIN, topic, sig_time, nonce, hashlib.sha256(payload).hexdigest()]
+    )
+    signature = base64.b64encode(key.sign(text.encode("utf-8"))).decode("ascii")
+    user = list(getattr(props, "UserProperty", None) or [])
+    user += [("sig-alg", "ed25519"), ("sig-time", sig_time), ("sig-nonce", nonce)]
+    user.append(("sig", signature))
+    props.UserProperty = user
+    return props
 
 
 class PlatformSim:
@@ -279,6 +315,8 @@ class PlatformSim:
         ack_delay_s: float = 0.0,
         schema_dir: Path = SCHEMA_DIR,
         store_images: bool = True,
+        signing_key: Ed25519PrivateKey | None = None,
+        sign_clock: Callable[[], datetime] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
@@ -288,9 +326,12 @@ class PlatformSim:
         self.mode = mode
         self.ack_delay_s = ack_delay_s
         self.store_images = store_images
+        self.signing_key = signing_key
+        self.sign_clock = sign_clock or (lambda: datetime.now(UTC).astimezone())
         self.event_schema = load_schema("vehicle-event.v1", schema_dir)
         self.alarm_schema = load_schema("alarm.v1", schema_dir)
         self.heartbeat_schema = load_schema("heartbeat.v1", schema_dir)
+        self.receipt_schema = load_schema("ack-receipt.v1", schema_dir)
         self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")  # a simulator: speed over durability
@@ -415,13 +456,29 @@ class PlatformSim:
         props.ResponseTopic = f"{self.prefix}/{station_id}/reply/{corr.decode()}"
         props.CorrelationData = corr
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self._client.publish(
-            f"{self.prefix}/{station_id}/cmd/{name}", data, qos=1, properties=props
-        )
+        self.publish(f"{self.prefix}/{station_id}/cmd/{name}", data, props)
         if not self.wait_for(lambda s: corr in s._replies, timeout_s):
             raise TimeoutError(f"no reply to {name} from {station_id} within {timeout_s} s")
         with self._lock:
             return self._replies.pop(corr)
+
+    def publish(self, topic: str, payload: bytes, props: Properties | None = None) -> None:
+        """Publish at QoS 1, signed when the simulator has a signing key."""
+        assert self._client is not None
+        if self.signing_key is not None:
+            props = sign_properties(
+                self.signing_key,
+                topic,
+                payload,
+                self.sign_clock(),
+                props or mqtt_properties(PacketTypes.PUBLISH),
+            )
+        self._client.publish(topic, payload, qos=1, properties=props)
+
+    def receipts(self, station_id: str | None = None) -> list[dict[str, Any]]:
+        """The station's ack receipts (``{root}/acked``), oldest first."""
+        rows = self.query("SELECT station_id, payload FROM receipts ORDER BY rowid")
+        return [json.loads(p) for sid, p in rows if station_id in (None, sid)]
 
     # -- paho callbacks -----------------------------------------------------------------------
 
@@ -467,6 +524,16 @@ class PlatformSim:
                 self._db.execute(
                     "INSERT OR REPLACE INTO status VALUES (?, ?)",
                     (station_id, payload.decode(errors="replace")),
+                )
+                self._changed.notify_all()
+        elif kind == "acked":
+            problems = validate(self._parse(msg.topic, payload), self.receipt_schema)
+            if problems:
+                self._reject(msg.topic, "; ".join(problems[:5]), payload)
+                return
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO receipts VALUES (?, ?)", (station_id, payload.decode())
                 )
                 self._changed.notify_all()
         elif kind == "reply":
@@ -633,10 +700,31 @@ class PlatformSim:
     # -- acks ---------------------------------------------------------------------------------
 
     def _queue_ack(self, station_id: str, key: str, ref: str) -> None:
+        """Under the lock: ack ``ref`` soon, with the proof of what is stored for it."""
         if self.mode == "no-ack":
             return
         delay = self.ack_delay_s if self.mode == "ack-late" else 0.0
-        self._acks.append(_PendingAck(station_id, key, ref, time.monotonic() + delay))
+        proof = self._event_proof(ref) if key == "event_ids" else self._alarm_proof(ref)
+        self._acks.append(_PendingAck(station_id, key, ref, time.monotonic() + delay, proof))
+
+    def _event_proof(self, event_id: str) -> dict[str, Any]:
+        """The record hash the simulator verified and each image's hash as it stored it."""
+        row = self._db.execute(
+            "SELECT record_json FROM records WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        images = {
+            name: sha
+            for name, sha in self._db.execute(
+                "SELECT name, sha256 FROM images WHERE event_id = ?", (event_id,)
+            )
+        }
+        return {"hash": json.loads(row[0])["integrity"]["hash"], "images": images, "videos": {}}
+
+    def _alarm_proof(self, alarm_id: str) -> str:
+        row = self._db.execute(
+            "SELECT payload FROM alarms WHERE alarm_id = ?", (alarm_id,)
+        ).fetchone()
+        return hashlib.sha256(row[0].encode("utf-8")).hexdigest()
 
     def _ack_everything_complete(self) -> None:
         with self._lock:
@@ -668,25 +756,30 @@ class PlatformSim:
             if not due:
                 return
             self._acks = [a for a in self._acks if a.due_mono > now]
-        batches: dict[str, dict[str, list[str]]] = {}
+        batches: dict[str, list[_PendingAck]] = {}
         for a in due:
-            batches.setdefault(a.station_id, {"event_ids": [], "alarm_ids": []})[a.key].append(
-                a.ref
-            )
-        for station_id, doc in batches.items():
-            for key in ("event_ids", "alarm_ids"):
-                ids = doc[key]
-                for i in range(0, len(ids), ACK_MAX_IDS):
-                    body = {key: ids[i : i + ACK_MAX_IDS]}
-                    client.publish(
-                        f"{self.prefix}/{station_id}/ack", json.dumps(body).encode(), qos=1
-                    )
-                    self.acks_published += 1
+            batches.setdefault(a.station_id, []).append(a)
+        for station_id, pending in batches.items():
+            for i in range(0, len(pending), ACK_MAX_IDS):
+                self.publish(
+                    f"{self.prefix}/{station_id}/ack", ack_body(pending[i : i + ACK_MAX_IDS])
+                )
+                self.acks_published += 1
             with self._lock:
                 self._db.executemany(
                     "UPDATE records SET acks_sent = acks_sent + 1 WHERE event_id = ?",
-                    [(e,) for e in doc["event_ids"]],
+                    [(a.ref,) for a in pending if a.key == "event_ids"],
                 )
+
+
+def ack_body(pending: list[_PendingAck]) -> bytes:
+    """One ack message: the ids by kind and the proof for each (docs/uplink.md §3.5)."""
+    body: dict[str, Any] = {}
+    for a in pending:
+        body.setdefault(a.key, []).append(a.ref)
+        proofs_key = "proofs" if a.key == "event_ids" else "alarm_proofs"
+        body.setdefault(proofs_key, {})[a.ref] = a.proof
+    return json.dumps(body).encode()
 
 
 def _summary(sim: PlatformSim) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from agent.cli import main
 from agent.commands.diag import newest_images
 from agent.config import (
+    NOT_SECRET,
     SECRET_WORDS,
     config_fields,
     is_secret_key,
@@ -113,12 +114,31 @@ NOT_MARKED_YET: set[str] = set()
 
 def test_the_secret_fields_of_the_config_models_are_marked_and_redacted() -> None:
     assert {"password", "password_file", "key_file"} <= secret_fields()
-    looking = {name for _, name, _ in config_fields() if looks_secret(name)}
+    looking = {
+        name for _, name, _ in config_fields() if looks_secret(name) and name not in NOT_SECRET
+    }
     assert looking - secret_fields() == NOT_MARKED_YET, "mark them secret on their model"
     for name in secret_fields() | looking:
         assert is_secret_key(name)
     for name in ("host", "username", "ca_file", "cert_file", "certificate", "key_id"):
         assert not is_secret_key(name)
+    assert not is_secret_key("platform_public_key")  # public: the desk may read it
+
+
+def test_a_toml_escaped_key_does_not_slip_past_redaction() -> None:
+    text = (
+        "[uplink]\n"
+        '"pass\\u0077ord" = "hunter2-escaped"\n'
+        '"api\\u005Ftoken" = "tok-escaped"\n'
+        't = { "pass\\u0077ord" = "inline-escaped" }\n'
+        '[station]\nuplink."pass\\u0077ord" = "dotted-escaped"\n'
+    )
+    doc = tomllib.loads(text)
+    assert doc["uplink"]["password"] == "hunter2-escaped"  # what TOML reads: a password
+    red = redact_config(text)
+    for secret in ("hunter2-escaped", "tok-escaped", "inline-escaped", "dotted-escaped"):
+        assert secret not in red, red
+    assert tomllib.loads(red)["uplink"]["password"] == "<redacted>"
 
 
 # -- the archive ---------------------------------------------------------------------------------

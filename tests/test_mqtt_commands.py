@@ -196,26 +196,39 @@ def _can_connect(text: str, timeout_s: float) -> bool:
     return probe_broker(UplinkConfig(host=doc["host"], port=doc["port"]), "JS-ZJ-0001", timeout_s)
 
 
-def test_set_config_rolls_back_when_the_new_broker_is_unreachable(
+def _no_protected(text: str) -> list[str]:
+    return []
+
+
+def test_set_config_probes_before_it_writes_so_a_kill_during_the_probe_keeps_the_old_file(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     cfg = ConfigFile(tmp_path / "station.json")
     old = _config_text(broker.port)
     cfg.path.write_text(old)
+    on_disk_during_probe: list[str] = []
+
+    def probe(text: str, timeout_s: float) -> bool:
+        # what `run` would read if the station were SIGKILLed now
+        on_disk_during_probe.append(cfg.path.read_text())
+        return _can_connect(text, timeout_s)
+
     with pytest.raises(CommandError) as err:
         set_config(
             _config_text(free_port()),
             current_text=old,
             validate=cfg.validate,
+            protected=_no_protected,
             apply=cfg.apply,
-            can_connect=_can_connect,
+            can_connect=probe,
             backup_dir=tmp_path / "backups",
             stamp="20261126T103015",
             timeout_s=1.0,
         )
-    assert err.value.code == "rolled-back"
-    assert cfg.path.read_text() == old
-    assert (tmp_path / "backups" / "config-20261126T103015.toml").read_text() == old
+    assert err.value.code == "unreachable"
+    assert on_disk_during_probe == [old]
+    assert cfg.path.read_text() == old and cfg.applied == []
+    assert not (tmp_path / "backups").exists()  # nothing was changed at all
 
 
 def test_set_config_applies_a_reachable_config_and_keeps_a_backup(
@@ -224,57 +237,60 @@ def test_set_config_applies_a_reachable_config_and_keeps_a_backup(
     cfg = ConfigFile(tmp_path / "station.json")
     old = json.dumps({"host": "127.0.0.1", "port": broker.port, "note": "old"})
     new = _config_text(broker.port)
+    on_disk_during_probe: list[str] = []
+    cfg.path.write_text(old)
+
+    def probe(text: str, timeout_s: float) -> bool:
+        on_disk_during_probe.append(cfg.path.read_text())
+        return _can_connect(text, timeout_s)
+
+    trials: list[tuple[str, str]] = []
     result = set_config(
         new,
         current_text=old,
         validate=cfg.validate,
+        protected=_no_protected,
         apply=cfg.apply,
-        can_connect=_can_connect,
+        can_connect=probe,
         backup_dir=tmp_path / "backups",
         stamp="s1",
+        before_apply=lambda text, backup: trials.append((text, backup.name)),
         timeout_s=5.0,
     )
     assert result == {"applied": True, "backup": "config-s1.toml"}
+    assert on_disk_during_probe == [old]
+    assert trials == [(new, "config-s1.toml")]  # noted before the new file is written
     assert cfg.path.read_text() == new
     assert (tmp_path / "backups" / "config-s1.toml").read_text() == old
 
 
-def test_invalid_config_changes_nothing(tmp_path: Path) -> None:
+def _push(cfg: ConfigFile, tmp_path: Path, text: str, **kw: Any) -> dict[str, Any]:
+    """set_config of ``text`` over ``{}`` with a broker that always answers (or ``kw``)."""
+    args: dict[str, Any] = {
+        "current_text": "{}",
+        "validate": cfg.validate,
+        "protected": _no_protected,
+        "apply": cfg.apply,
+        "can_connect": lambda t, s: True,
+        "backup_dir": tmp_path / "backups",
+        "stamp": "s",
+    }
+    args.update(kw)
+    return set_config(text, **args)
+
+
+def test_invalid_or_protected_config_changes_nothing(tmp_path: Path) -> None:
     cfg = ConfigFile(tmp_path / "station.json")
     with pytest.raises(CommandError) as err:
-        set_config(
-            '{"host": "x"}',
-            current_text="{}",
-            validate=cfg.validate,
-            apply=cfg.apply,
-            can_connect=lambda t, s: True,
-            backup_dir=tmp_path / "backups",
-            stamp="s",
-        )
+        _push(cfg, tmp_path, '{"host": "x"}')
     assert err.value.code == "invalid" and err.value.details["problems"]
-    assert cfg.applied == [] and not (tmp_path / "backups").exists()
-
-
-def test_set_config_that_cannot_keep_a_backup_is_apply_failed_and_changes_nothing(
-    tmp_path: Path,
-) -> None:
-    """A backup folder the station cannot write (here: a file in the way) is the station's
-    failure to apply, not a bug: ``apply-failed``, and the running config stays."""
-    cfg = ConfigFile(tmp_path / "station.json")
-    (tmp_path / "not-a-dir").write_text("")
+    probed: list[str] = []
     with pytest.raises(CommandError) as err:
-        set_config(
-            _config_text(1883),
-            current_text=_config_text(1884),
-            validate=cfg.validate,
-            apply=cfg.apply,
-            can_connect=lambda t, s: True,
-            backup_dir=tmp_path / "not-a-dir" / "backups",
-            stamp="s",
-        )
-    assert err.value.code == "apply-failed"
-    assert "back up" in err.value.message
-    assert cfg.applied == []
+        _push(cfg, tmp_path, '{"host": "x", "port": 1}',
+              protected=lambda text: ["station.data_dir"],
+              can_connect=lambda t, s: bool(probed.append(t)))  # fmt: skip
+    assert err.value.code == "protected" and err.value.details["keys"] == ["station.data_dir"]
+    assert cfg.applied == [] and probed == [] and not (tmp_path / "backups").exists()
 
 
 def test_set_config_whose_write_fails_is_apply_failed_even_when_the_restore_fails(
@@ -288,6 +304,7 @@ def test_set_config_whose_write_fails_is_apply_failed_even_when_the_restore_fail
             _config_text(1883),
             current_text=_config_text(1884),
             validate=ConfigFile(tmp_path / "station.json").validate,
+            protected=lambda t: [],
             apply=unwritable,
             can_connect=lambda t, s: True,
             backup_dir=tmp_path / "backups",
@@ -297,7 +314,15 @@ def test_set_config_whose_write_fails_is_apply_failed_even_when_the_restore_fail
     assert "restoring the previous one failed too" in err.value.message
 
 
-def test_set_config_over_mqtt_rolls_back_and_replies(
+def test_set_config_that_cannot_back_up_is_apply_failed(broker: Mosquitto, tmp_path: Path) -> None:
+    cfg = ConfigFile(tmp_path / "station.json")
+    (tmp_path / "backups").write_text("a file where the backup folder should be")
+    with pytest.raises(CommandError) as err:
+        _push(cfg, tmp_path, _config_text(broker.port))
+    assert err.value.code == "apply-failed" and cfg.applied == []
+
+
+def test_set_config_over_mqtt_refuses_an_unreachable_broker_and_replies(
     broker: Mosquitto,
     station: StationData,
     make_uplink: MakeUplink,
@@ -311,6 +336,7 @@ def test_set_config_over_mqtt_rolls_back_and_replies(
     handler = set_config_handler(
         read_current=cfg.path.read_text,
         validate=cfg.validate,
+        protected=_no_protected,
         apply=cfg.apply,
         can_connect=_can_connect,
         backup_dir=tmp_path / "backups",
@@ -323,9 +349,9 @@ def test_set_config_over_mqtt_rolls_back_and_replies(
     up = make_uplink(station, config, handlers={"set-config": handler})
     wait_until(lambda: up.connected, 10, "connect")
     reply = sim.command(station.station_id, "set-config", {"config": _config_text(free_port())})
-    assert reply["ok"] is False and reply["error"]["code"] == "rolled-back"
-    assert cfg.path.read_text() == current
-    assert len(list((tmp_path / "backups").glob("config-*.toml"))) == 1
+    assert reply["ok"] is False and reply["error"]["code"] == "unreachable"
+    assert cfg.path.read_text() == current and cfg.applied == []
+    assert not (tmp_path / "backups").exists()
     bad = sim.command(station.station_id, "set-config", {"config": 42})
     assert bad["error"]["code"] == "bad-argument"
     assert sim.command(station.station_id, "ping", {})["ok"]

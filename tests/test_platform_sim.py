@@ -114,7 +114,14 @@ def test_ack_only_once_the_record_and_all_its_images_arrived_intact(
             [("sha256", hashlib.sha256(path2.read_bytes()).hexdigest())],
         )
         wait_until(lambda: bool(acks), 5, "the platform's ack")
-        assert acks == [{"event_ids": [stored.event_id]}]
+        # the ack proves what the platform holds: the record's hash and each image's, as
+        # hashed from the bytes it stored (docs/uplink.md §3.5)
+        proof = {
+            "hash": stored.record["integrity"]["hash"],
+            "images": {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, _, p in files if p},
+            "videos": {},
+        }
+        assert acks == [{"event_ids": [stored.event_id], "proofs": {stored.event_id: proof}}]
         # a record that breaks the schema is rejected and never acked
         bad = dict(stored.record, schema="roadside.vehicle-event.v0", event_id="x")
         raw.publish("events", canonical_json(bad))

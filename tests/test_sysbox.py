@@ -422,7 +422,9 @@ def _set_config(box: Box, config: str, timeout_s: float = 40) -> dict[str, objec
     return reply
 
 
-def test_set_config_over_mqtt_applies_and_rolls_back(box: Box, installed: Installed) -> None:
+def test_set_config_over_mqtt_applies_and_refuses_an_unreachable_broker(
+    box: Box, installed: Installed
+) -> None:
     box.agent_running(installed.demo_config)
     renamed = installed.demo_config.replace("Demo station (simulated)", "Demo station, pushed")
     before = box.show("MainPID", "NRestarts")
@@ -442,7 +444,8 @@ def test_set_config_over_mqtt_applies_and_rolls_back(box: Box, installed: Instal
     )
     assert box.sh(f"{AGENT} check-config {CONFIG}").startswith(CONFIG)
 
-    # A broker that refuses the station: the new config is rolled back, the station stays up.
+    # A broker that refuses the station: the new config is probed first and refused; the file
+    # is never written and the station stays up.
     box.write("/root/deny.conf", "listener 1884 127.0.0.1\nallow_anonymous false\n")
     box.sh(
         "systemctl stop deny-broker 2>/dev/null || true;"
@@ -457,12 +460,12 @@ def test_set_config_over_mqtt_applies_and_rolls_back(box: Box, installed: Instal
         box.sh("systemctl stop deny-broker || true")
     assert reply["ok"] is False, reply
     error = reply["error"]
-    assert isinstance(error, dict) and error["code"] == "rolled-back", reply
+    assert isinstance(error, dict) and error["code"] == "unreachable", reply
     assert box.sh(f"cat {CONFIG}") == renamed
     time.sleep(1.0)
     s = box.show("MainPID", "ActiveState")
     assert (s["MainPID"], s["ActiveState"]) == (running, "active"), s
-    assert "rolling back" in box.journal()
+    assert "broker unreachable with the new config; nothing changed" in box.journal()
 
 
 def test_uninstall_keeps_the_evidence(box: Box, installed: Installed) -> None:

@@ -55,7 +55,13 @@ def test_every_error_code_is_documented() -> None:
 
 @pytest.mark.parametrize(
     ("schema_name", "key"),
-    [("vehicle-event.v1", "event_id"), ("alarm.v1", "alarm_id"), ("heartbeat.v1", "queue")],
+    [
+        ("vehicle-event.v1", "event_id"),
+        ("alarm.v1", "alarm_id"),
+        ("heartbeat.v1", "queue"),
+        ("ack.v1", "proofs"),
+        ("ack-receipt.v1", "refused_count"),
+    ],
 )
 def test_examples_match_the_schemas(schema_name: str, key: str) -> None:
     examples = [b for b in _json_blocks() if isinstance(b, dict) and key in b]
@@ -65,5 +71,10 @@ def test_examples_match_the_schemas(schema_name: str, key: str) -> None:
 
 
 def test_ack_example_is_what_the_station_parses() -> None:
+    from agent.uplink.messages import parse_ack
+
     acks = [b for b in _json_blocks() if isinstance(b, dict) and "alarm_ids" in b]
-    assert acks and set(acks[0]) == {"event_ids", "alarm_ids"}
+    assert acks and set(acks[0]) == {"event_ids", "proofs", "alarm_ids", "alarm_proofs"}
+    claims = parse_ack(json.dumps(acks[0]).encode())
+    assert [c.kind for c in claims] == ["event", "alarm"]
+    assert all(c.proof is not None for c in claims)  # the example proves what it acks

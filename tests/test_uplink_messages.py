@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from datetime import UTC, datetime
@@ -108,10 +109,56 @@ def test_a_full_command_queue_answers_busy_at_once_and_runs_nothing() -> None:
 
 def test_ack_parsing_takes_the_ids_and_ignores_garbage() -> None:
     ack = json.dumps({"event_ids": ["EV-1", 7, "EV-2"], "alarm_ids": "A-1"}).encode()
-    assert messages.parse_ack(ack) == [("event", ["EV-1", "EV-2"])]
-    assert messages.parse_ack(b'{"alarm_ids": ["A-1"]}') == [("alarm", ["A-1"])]
+    assert messages.parse_ack(ack) == [
+        messages.AckClaim("event", "EV-1", None),
+        messages.AckClaim("event", "EV-2", None),
+    ]
+    assert messages.parse_ack(b'{"alarm_ids": ["A-1"]}') == [
+        messages.AckClaim("alarm", "A-1", None)
+    ]
     assert messages.parse_ack(b"not json") == []
     assert messages.parse_ack(b"[1, 2]") == []
+    assert messages.parse_ack(b"[" * 100_000 + b"]" * 100_000) == []
+
+
+def test_an_ack_proof_is_the_record_hash_and_every_image_hash() -> None:
+    record = {
+        "integrity": {"hash": "ab" * 32},
+        "images": [
+            {"name": "front.jpg", "sha256": "11" * 32},
+            {"name": "rear.jpg", "sha256": "22" * 32},
+        ],
+    }
+    published = messages.published_event_proof(json.dumps(record))
+    proof = {"hash": "AB" * 32, "images": {"rear.jpg": "22" * 32, "front.jpg": "11" * 32}}
+    ack = {
+        "event_ids": ["EV-1", "EV-2", "EV-3"],
+        "proofs": {
+            "EV-1": proof,
+            "EV-2": {**proof, "images": {"front.jpg": "11" * 32}},
+            "EV-3": "x",
+        },
+    }
+    claims = messages.parse_ack(json.dumps(ack).encode())
+    assert claims[0].proof == published  # hex case and order do not matter
+    assert claims[1].proof not in (None, published)  # an image left out is another proof
+    assert claims[2].proof is None
+    alarm = b'{"alarm_id":"A-1"}'
+    doc = {"alarm_ids": ["A-1"], "alarm_proofs": {"A-1": hashlib.sha256(alarm).hexdigest()}}
+    assert messages.parse_ack(json.dumps(doc).encode())[0].proof == messages.alarm_proof(alarm)
+
+
+def test_reply_topics_only_under_the_station_reply_root() -> None:
+    assert TOPICS.reply_topic_allowed("roadside/v1/JS-ZJ-0001/reply/abc")
+    for topic in (
+        "roadside/v1/JS-ZJ-0002/reply/abc",
+        "roadside/v1/JS-ZJ-0001/cmd/set-config",
+        "roadside/v1/JS-ZJ-0001/ack",
+        "roadside/v1/JS-ZJ-0001/reply/",
+        "roadside/v1/JS-ZJ-0001/reply/#",
+        "elsewhere/reply",
+    ):
+        assert not TOPICS.reply_topic_allowed(topic), topic
 
 
 def test_topics_name_the_commands() -> None:

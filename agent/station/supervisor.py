@@ -235,7 +235,10 @@ class Station:
                 self.plate_reader,
                 restart=self._restart_for_new_config,
                 vehicles=self.vehicles,
+                audit=self.audit,
             ).handlers(),
+            # the signed chain head (heartbeat, ack receipts) once the store provides one
+            chain_head=getattr(self.store, "chain_head", None),
         )
         self.uplink.start()
 

@@ -24,7 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.uplink.signing import parse_public_key
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,29 @@ class UplinkConfig(BaseModel):
         "names resolve in $CREDENTIALS_DIRECTORY",
         json_schema_extra={"secret": True},
     )
+    platform_public_key: str = Field(
+        default="",
+        description="the platform's Ed25519 public key, pinned at install (a PEM block or the "
+        "base64 of the 32 raw bytes); when set, commands and acks without a valid, fresh "
+        "platform signature are refused. A remote set-config cannot change or remove it",
+    )
+    platform_signature_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="a signed command or ack is accepted when signed within this many seconds "
+        "of the station clock; its nonce is remembered that long (a replay is refused)",
+    )
+
+    @field_validator("platform_public_key")
+    @classmethod
+    def _platform_key(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_public_key(value)
+            except ValueError as err:
+                raise ValueError(f"platform_public_key: {err}") from err
+        return value
 
     def client_id_for(self, station_id: str) -> str:
         return self.client_id or f"roadside-{station_id}"

@@ -11,8 +11,8 @@ checked here before any handler runs, and a handler rejects with :class:`Command
 it touches state. The station injects the handlers for what it owns (permits, watch-list,
 cameras, config); ``ping`` and ``resend`` belong to the uplink (:func:`builtin_handlers`).
 :class:`CommandRunner` runs them one at a time on the ``uplink-cmd`` thread. :func:`set_config`
-is the validate → back up → apply → probe → roll back sequence the station's ``set-config``
-handler wraps around its own config loading.
+is the validate → refuse protected changes → probe → back up → apply sequence the station's
+``set-config`` handler wraps around its own config loading.
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ from agent import __version__
 from agent.store import outbox
 from agent.store.db import Database
 from agent.uplink import messages
+from agent.uplink.signing import aware_time
 
 log = logging.getLogger(__name__)
 
 #: Largest command payload accepted, bytes (a full permit list fits; a runaway payload does not).
 MAX_COMMAND_BYTES = 1_048_576
+#: Deepest nesting of objects and arrays in a command (the deepest documented is 3).
+MAX_NESTING = 32
 #: Command names: lower-case words joined by hyphens.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 #: Commands the platform may send (DESIGN §5); a station without a handler replies
@@ -94,9 +97,29 @@ def parse_command(name: str, payload: bytes) -> dict[str, Any]:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CommandError("malformed", f"payload is not UTF-8 JSON: {err}") from err
+    except RecursionError as err:
+        raise CommandError("malformed", f"payload nests deeper than {MAX_NESTING} levels") from err
     if not isinstance(doc, dict):
         raise CommandError("malformed", f"payload must be a JSON object, got {type(doc).__name__}")
+    if _depth_over(doc, MAX_NESTING):
+        raise CommandError("malformed", f"payload nests deeper than {MAX_NESTING} levels")
     return doc
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests objects/arrays deeper than ``limit`` (iterative: a hostile
+    payload must not hit the interpreter's recursion limit in a handler)."""
+    todo: list[tuple[Any, int]] = [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        todo.extend((v, depth + 1) for v in value)
+    return False
 
 
 def require(args: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -117,12 +140,9 @@ def parse_time(args: Mapping[str, Any], key: str) -> datetime:
     """An ISO 8601 time with its UTC offset (``2026-11-26T10:30:15+08:00``)."""
     text = require(args, key, str)
     try:
-        t = datetime.fromisoformat(text)
+        return aware_time(text)
     except ValueError as err:
-        raise CommandError("bad-argument", f"{key} {text!r} is not an ISO 8601 time") from err
-    if t.tzinfo is None:
-        raise CommandError("bad-argument", f"{key} {text!r} has no UTC offset")
-    return t
+        raise CommandError("bad-argument", f"{key} {text!r} {err}") from err
 
 
 class Dispatcher:
@@ -209,13 +229,24 @@ class CommandRunner:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
 
+    def refuse(self, cmd: Command, code: str, message: str) -> None:
+        """Answer ``cmd`` with an error without running it (an unsigned or replayed command,
+        a response topic outside the station's root); never blocks."""
+        log.warning("command %s refused (%s): %s", cmd.name, code, message)
+        self._reply(
+            cmd, {"command": cmd.name, "ok": False, "error": {"code": code, "message": message}}
+        )
+
     def _reply(self, cmd: Command, reply: dict[str, Any]) -> None:
+        topic = cmd.response_topic
+        if topic is not None and not self._topics.reply_topic_allowed(topic):
+            topic = None  # only under {root}/reply/: the default reply topic instead
         self._publish(
             messages.command_reply(
                 self._topics,
                 cmd.name,
                 reply,
-                response_topic=cmd.response_topic,
+                response_topic=topic,
                 correlation=cmd.correlation,
             )
         )
@@ -254,36 +285,40 @@ def set_config(
     *,
     current_text: str,
     validate: Callable[[str], list[str]],
-    apply: Callable[[str], None],
+    protected: Callable[[str], list[str]],
     can_connect: Callable[[str, float], bool],
+    apply: Callable[[str], None],
     backup_dir: Path,
     stamp: str,
+    before_apply: Callable[[str, Path], None] | None = None,
     timeout_s: float = 30.0,
     keep_backups: int = 20,
 ) -> dict[str, Any]:
-    """Replace the station config with ``text``; roll back if the broker is then unreachable.
+    """Replace the station config with ``text`` once it is proven to reach the broker.
 
-    1. ``validate(text)`` returns the problems (empty: valid); any → ``CommandError("invalid")``,
-       nothing changed.
-    2. ``current_text`` is written to ``backup_dir/config-{stamp}.toml`` (the newest
-       ``keep_backups`` are kept); if it cannot be, ``CommandError("apply-failed")``, nothing
-       changed.
-    3. ``apply(text)`` installs it (writes the file, reconfigures); if that raises, the old
-       config is put back and ``CommandError("apply-failed")``.
-    4. ``can_connect(text, timeout_s)`` must reach the broker with the new settings, else
-       ``apply(current_text)`` restores the old config and ``CommandError("rolled-back")``.
+    1. ``validate(text)`` returns the problems (empty: valid); any → ``CommandError("invalid")``.
+    2. ``protected(text)`` returns the protected keys it would change (data_dir, signing key,
+       station id, legal parameters, the platform key); any → ``CommandError("protected")``.
+    3. ``can_connect(text, timeout_s)`` must reach the broker with the new settings *before*
+       anything is written, else ``CommandError("unreachable")``: a kill during the probe
+       leaves the old file, the one ``run`` reads.
+    4. ``current_text`` is written to ``backup_dir/config-{stamp}.toml`` (the newest
+       ``keep_backups`` are kept); ``before_apply(text, backup)`` runs next (the station
+       notes the trial there, so a start-up on the new file can fall back to the backup).
+    5. ``apply(text)`` installs it; a failure to back up or write is
+       ``CommandError("apply-failed")`` with the old file restored.
 
-    ``stamp`` names the backup (the caller's clock, e.g. ``20261126T103015``).
+    Nothing is changed by a refused command. ``stamp`` names the backup (the caller's clock,
+    e.g. ``20261126T103015``).
     """
-    problems = validate(text)
-    if problems:
-        raise CommandError(
-            "invalid", f"config rejected: {len(problems)} problem(s)", {"problems": problems}
-        )
+    _refuse_unproven(text, validate, protected, can_connect, timeout_s)
     backup = _back_up(current_text, backup_dir, stamp, keep_backups)
     try:
+        if before_apply is not None:
+            before_apply(text, backup)
         apply(text)
     except Exception as err:
+        # the write is atomic, so the old file is most likely still there; make sure
         try:
             apply(current_text)
         except Exception as restore_err:
@@ -293,17 +328,40 @@ def set_config(
                 f" {restore_err}",
             ) from err
         raise CommandError("apply-failed", f"could not apply the config: {err}") from err
-    if not can_connect(text, timeout_s):
-        log.error("set-config: broker unreachable with the new config; rolling back")
-        apply(current_text)
-        raise CommandError(
-            "rolled-back",
-            f"the broker was not reachable within {timeout_s:g} s with the new config;"
-            " the previous config is back in place",
-            {"backup": backup.name},
-        )
     log.warning("set-config: new config applied; previous one kept as %s", backup.name)
     return {"applied": True, "backup": backup.name}
+
+
+def _refuse_unproven(
+    text: str,
+    validate: Callable[[str], list[str]],
+    protected: Callable[[str], list[str]],
+    can_connect: Callable[[str, float], bool],
+    timeout_s: float,
+) -> None:
+    """Steps 1–3 of :func:`set_config`: raise unless ``text`` is valid, leaves the protected
+    keys alone and reaches the broker."""
+    problems = validate(text)
+    if problems:
+        raise CommandError(
+            "invalid", f"config rejected: {len(problems)} problem(s)", {"problems": problems}
+        )
+    changed = protected(text)
+    if changed:
+        raise CommandError(
+            "protected",
+            "a remote config may not change the evidence's identity or the legal parameters: "
+            + ", ".join(changed)
+            + " (change them on the station; the audit log records it)",
+            {"keys": changed},
+        )
+    if not can_connect(text, timeout_s):
+        log.error("set-config: broker unreachable with the new config; nothing changed")
+        raise CommandError(
+            "unreachable",
+            f"the broker was not reachable within {timeout_s:g} s with the new config;"
+            " nothing was changed",
+        )
 
 
 def _back_up(current_text: str, backup_dir: Path, stamp: str, keep: int) -> Path:
@@ -331,10 +389,12 @@ def set_config_handler(
     *,
     read_current: Callable[[], str],
     validate: Callable[[str], list[str]],
-    apply: Callable[[str], None],
+    protected: Callable[[str], list[str]],
     can_connect: Callable[[str, float], bool],
+    apply: Callable[[str], None],
     backup_dir: Path,
     now: Callable[[], datetime],
+    before_apply: Callable[[str, Path], None] | None = None,
     timeout_s: float = 30.0,
 ) -> Handler:
     """The ``set-config`` command handler: ``{"config": "<whole config file text>"}`` →
@@ -346,10 +406,12 @@ def set_config_handler(
             text,
             current_text=read_current(),
             validate=validate,
-            apply=apply,
+            protected=protected,
             can_connect=can_connect,
+            apply=apply,
             backup_dir=backup_dir,
             stamp=now().strftime("%Y%m%dT%H%M%S"),
+            before_apply=before_apply,
             timeout_s=timeout_s,
         )
 

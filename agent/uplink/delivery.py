@@ -53,7 +53,8 @@ from agent.uplink.client import (
     set_nodelay,
 )
 from agent.uplink.commands import Command, CommandRunner, Dispatcher, Handler, builtin_handlers
-from agent.uplink.messages import Message, Topics
+from agent.uplink.messages import AckClaim, Message, Topics
+from agent.uplink.signing import PlatformVerifier, SignatureError, parse_public_key
 from drivers.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ IDLE_WAIT_S = 0.25
 MIN_ROUND_S = 0.005
 #: Seconds between attempts to set up the MQTT client when its credentials cannot be read.
 CLIENT_RETRY_S = 30.0
+#: Seconds between two journal lines about refused acks or commands (each reason's first
+#: refusal is logged at once; the others are summed up in the next line).
+REFUSAL_LOG_S = 60.0
+#: Fewest publications remembered for their ack proofs (else 4 × ``max_unacked``).
+PUBLISHED_MIN = 1000
 
 _T = TypeVar("_T")
 
@@ -75,6 +81,11 @@ class RecordSource(Protocol):
     """What the uplink needs from the evidence store (records come with the outbox rows)."""
 
     def image_files(self, event_id: str) -> list[tuple[str, str, Path | None]]: ...
+
+
+#: The evidence chain's signed head (``seq``, ``hash``, signature …) for the heartbeat and
+#: each ack receipt; the evidence store provides it (``None``: no record yet).
+ChainHead = Callable[[], Mapping[str, Any] | None]
 
 
 def _drain(items: deque[_T]) -> list[_T]:
@@ -106,6 +117,68 @@ class _Trouble:
         """Clear the failing state; whether it was failing."""
         was, self.failing = self.failing, False
         return was
+
+
+class _Published:
+    """What this process published, with the digest an ack must prove for it
+    (:func:`~agent.uplink.messages.event_proof`), the newest ``cap`` publications; the
+    sender's alone.
+
+    An ack is accepted only for a message published here whose proof matches: an ack for a
+    record never sent, or sent before a restart, or naming other hashes, marks nothing
+    delivered (a publication forgotten meanwhile is sent again, and its next ack counts).
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._proofs: dict[tuple[str, str], str] = {}
+
+    def add(self, key: tuple[str, str], proof: str) -> None:
+        self._proofs.pop(key, None)
+        self._proofs[key] = proof
+        while len(self._proofs) > self.cap:
+            del self._proofs[next(iter(self._proofs))]
+
+    def refusal(self, claim: AckClaim) -> str | None:
+        """Why ``claim`` is refused (``not-sent``, ``no-proof``, ``proof-mismatch``), or
+        ``None`` when it proves the platform holds what was published."""
+        expected = self._proofs.get((claim.kind, claim.ref))
+        if expected is None:
+            return "not-sent"
+        if claim.proof is None:
+            return "no-proof"
+        if claim.proof != expected:
+            return "proof-mismatch"
+        return None
+
+
+class _Refusals:
+    """Refused acks and commands: counted by reason, logged rate-limited (a flood of forged
+    acks must not flood the journal)."""
+
+    def __init__(self, clock: Clock, what: str) -> None:
+        self.clock = clock
+        self.what = what
+        self.by_reason: dict[str, int] = {}
+        self._unlogged = 0
+        self._next_log_mono = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def add(self, reason: str, detail: str) -> None:
+        first = reason not in self.by_reason
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        now = self.clock.monotonic()
+        if first or now >= self._next_log_mono:
+            more = f" (and {self._unlogged} more since the last line)" if self._unlogged else ""
+            log.warning("uplink: %s refused (%s): %s%s", self.what, reason, detail, more)
+            self._unlogged = 0
+            self._next_log_mono = now + REFUSAL_LOG_S
+        else:
+            self._unlogged += 1
+            log.debug("uplink: %s refused (%s): %s", self.what, reason, detail)
 
 
 @dataclass
@@ -302,17 +375,22 @@ class _Link:
         commands: CommandRunner,
         wake: threading.Event,
         stop: threading.Event,
+        verifier: PlatformVerifier | None = None,
+        refused_commands: _Refusals | None = None,
     ) -> None:
         self.topics = topics
         self.trouble = trouble
         self.commands = commands
         self.wake = wake
         self.stop = stop
+        self.verifier = verifier
+        self.refused_commands = refused_commands
         self.connected = threading.Event()
         self.gen = 0  # connections made (this thread writes, the sender reads)
         self.connects = 0
         self.pubacks: deque[tuple[int, bool, str]] = deque()  # (mid, failed, reason)
-        self.acks: deque[tuple[str, list[str]]] = deque()
+        #: one entry per ack message: its claims, and why its signature was refused (or None)
+        self.acks: deque[tuple[list[AckClaim], str | None]] = deque()
 
     def attach(self, client: mqtt.Client) -> None:
         client.on_connect = self.on_connect
@@ -361,23 +439,61 @@ class _Link:
 
     @guarded
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        props = msg.properties
+        refused = self._signature_refused(msg.topic, payload, props)
         if msg.topic == self.topics.ack:
-            self.acks.extend(messages.parse_ack(bytes(msg.payload)))
+            self.acks.append((messages.parse_ack(payload), refused))
             self.wake.set()
             return
         name = self.topics.command_name(msg.topic)
         if name is None:
             log.debug("uplink: ignoring a message on %s", msg.topic)
             return
-        props = msg.properties
-        self.commands.submit(
-            Command(
-                name=name,
-                payload=bytes(msg.payload),
-                response_topic=getattr(props, "ResponseTopic", None) if props else None,
-                correlation=getattr(props, "CorrelationData", None) if props else None,
-            )
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        cmd = Command(
+            name=name,
+            payload=payload,
+            response_topic=response_topic,
+            correlation=getattr(props, "CorrelationData", None) if props else None,
         )
+        if (
+            refused is None
+            and response_topic
+            and not self.topics.reply_topic_allowed(response_topic)
+        ):
+            refused = (
+                "bad-response-topic: replies go only to response topics under"
+                f" {self.topics.root}/reply/, not {response_topic[:200]!r}"
+            )
+        if refused is not None:
+            code, _, message = refused.partition(": ")
+            if self.refused_commands is not None:
+                self.refused_commands.add(code, f"{name}: {message}")
+            self.commands.refuse(cmd, code, message)
+            return
+        self.commands.submit(cmd)
+
+    def _signature_refused(self, topic: str, payload: bytes, props: Any) -> str | None:
+        """``"code: message"`` when a platform key is pinned and ``topic``'s message lacks a
+        valid, fresh signature; ``None`` when it is fine (or no key is pinned)."""
+        if self.verifier is None:
+            return None
+        user = getattr(props, "UserProperty", None) if props else None
+        try:
+            self.verifier.check(topic, payload, dict(user or []))
+        except SignatureError as err:
+            return f"{err.code}: {err.message}"
+        return None
+
+
+def _verifier(config: UplinkConfig, clock: Clock) -> PlatformVerifier | None:
+    """The platform signature check when a platform key is pinned, else ``None``."""
+    if not config.platform_public_key.strip():
+        return None
+    return PlatformVerifier(
+        parse_public_key(config.platform_public_key), clock.now, config.platform_signature_window_s
+    )
 
 
 class Uplink:
@@ -400,6 +516,7 @@ class Uplink:
         clock: Clock | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
         handlers: Mapping[str, Handler] | None = None,
+        chain_head: ChainHead | None = None,
     ) -> None:
         self.config = config
         self.station_id = station_id
@@ -409,6 +526,7 @@ class Uplink:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.health = health
+        self.chain_head = chain_head
         builtin = builtin_handlers(station_id=station_id, db=db, now=self.clock.now, wake=self.wake)
         self.dispatcher = Dispatcher({**builtin, **(handlers or {})})
         db.migrate("outbox", outbox.MIGRATIONS)
@@ -419,7 +537,21 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._trouble = _Trouble(config)
         self._commands = CommandRunner(self.dispatcher, self.topics, self._publish)
-        self._link = _Link(self.topics, self._trouble, self._commands, self._wake, self._stop)
+        self._refused_acks = _Refusals(self.clock, "ack")
+        self._refused_commands = _Refusals(self.clock, "command")
+        self._link = _Link(
+            self.topics,
+            self._trouble,
+            self._commands,
+            self._wake,
+            self._stop,
+            _verifier(config, self.clock),
+            self._refused_commands,
+        )
+        self._published = _Published(max(PUBLISHED_MIN, 4 * config.max_unacked))
+        #: sends of each (kind, ref) on the current connection: the back-off's exponent
+        #: (a fresh connection starts it again, DESIGN §5)
+        self._conn_attempts: dict[tuple[str, str], int] = {}
         self._books = _Bookkeeper(db, self._now_iso, self._trouble)
         self._window = _Window(self.clock)
         self._seen_gen = 0
@@ -519,6 +651,11 @@ class Uplink:
             "puback_failures": counts["puback_failures"],
             "connects": self._link.connects,
             "commands": self._commands.handled,
+            "acks_refused": self._refused_acks.total,
+            "acks_refused_by_reason": dict(self._refused_acks.by_reason),
+            "commands_refused": self._refused_commands.total,
+            "commands_refused_by_reason": dict(self._refused_commands.by_reason),
+            "signatures_required": self._link.verifier is not None,
         }
 
     # -- the client ---------------------------------------------------------------------------
@@ -583,7 +720,8 @@ class Uplink:
             self._seen_gen = self._link.gen
             self._window.clear()
             self._books.reset()
-        acks = _drain(self._link.acks)
+            self._conn_attempts.clear()
+        acks = self._accepted_acks(_drain(self._link.acks))
         self._window.acked(acks)
         published = self._take_pubacks()
         expired = self._window.expire(now_mono)
@@ -598,6 +736,49 @@ class Uplink:
         if acks or published or expired or sent:
             self._books.add(_Book(acks, published, expired, now_mono, sent))
         return bool(sent) and taken
+
+    def _accepted_acks(
+        self, messages_in: list[tuple[list[AckClaim], str | None]]
+    ) -> list[tuple[str, list[str]]]:
+        """The ids of these ack messages that prove the platform holds what was published,
+        as ``(kind, refs)``; the others are counted, logged and listed in the receipt."""
+        if not messages_in:
+            return []
+        accepted: dict[str, list[str]] = {}
+        refused: list[dict[str, str]] = []
+        for claims, signature_refused in messages_in:
+            code = None if signature_refused is None else signature_refused.partition(": ")[0]
+            if code is not None and not claims:
+                self._refused_acks.add(code, signature_refused or "")
+                refused.append({"kind": "ack", "id": "", "reason": code})
+            for claim in claims:
+                reason = code or self._published.refusal(claim)
+                if reason is None:
+                    accepted.setdefault(claim.kind, []).append(claim.ref)
+                    self._conn_attempts.pop((claim.kind, claim.ref), None)
+                    continue
+                self._refused_acks.add(reason, f"{claim.kind} {claim.ref}")
+                refused.append({"kind": claim.kind, "id": claim.ref, "reason": reason})
+        self._publish(
+            messages.ack_receipt(
+                self.topics,
+                station_id=self.station_id,
+                sent_at=self._now_iso(),
+                accepted={kind: len(refs) for kind, refs in accepted.items()},
+                refused=refused,
+                chain_head=self._chain_head(),
+            )
+        )
+        return list(accepted.items())
+
+    def _chain_head(self) -> Mapping[str, Any] | None:
+        if self.chain_head is None:
+            return None
+        try:
+            return self.chain_head()
+        except Exception as err:
+            log.debug("uplink: chain_head() failed", exc_info=True)
+            return {"error": str(err)}
 
     def _take_pubacks(self) -> list[int]:
         """Apply the PUBACKs since the last round; returns the rows now wholly published."""
@@ -659,7 +840,11 @@ class Uplink:
         return True
 
     def _timeout(self, row: outbox.Row) -> float:
-        t = self.config.ack_timeout_s * self.config.ack_backoff_factor**row.attempts
+        """The ack timeout of ``row``'s next send: backing off with its sends on this
+        connection, not with its attempts since it was queued (a restart or a reconnect is a
+        fresh start: a record missed before it must not wait ``ack_timeout_max_s``)."""
+        sends = self._conn_attempts.get((row.kind, row.ref), 0)
+        t = self.config.ack_timeout_s * self.config.ack_backoff_factor**sends
         return float(min(t, self.config.ack_timeout_max_s))
 
     def _send(self, row: outbox.Row, deadline_mono: float) -> bool:
@@ -669,6 +854,11 @@ class Uplink:
         parts = self._messages(row)
         if parts is None:
             return True  # retried after its timeout; nothing else to do
+        proof = (
+            messages.published_event_proof(parts[-1].payload.decode())
+            if row.kind == "event"
+            else messages.alarm_proof(parts[-1].payload)
+        )
         flight = _Flight(
             row.id,
             (row.kind, row.ref),
@@ -686,6 +876,9 @@ class Uplink:
                 return False
             self._window.add_mid(flight, info.mid)
         self._counts["resent" if row.attempts else "sent"] += 1
+        key = (row.kind, row.ref)
+        self._conn_attempts[key] = self._conn_attempts.get(key, 0) + 1
+        self._published.add(key, proof)
         return True
 
     def _messages(self, row: outbox.Row) -> list[Message] | None:
@@ -728,7 +921,10 @@ class Uplink:
                 "depth": stats["queue_depth"],
                 "oldest_unacked_age_s": stats["oldest_unacked_age_s"],
                 "in_flight": stats["in_flight"],
+                "acks_refused": stats["acks_refused"],
+                "commands_refused": stats["commands_refused"],
             },
             topics=self.topics,
+            chain_head=self._chain_head(),
         )
         self._publish(beat)
