@@ -176,10 +176,11 @@ def box() -> Iterator[Box]:
     why = _why_not()
     if why:
         pytest.skip(why)
-    env = {**os.environ, "SYSBOX_NAME": "roadside-test"}
+    # A name of this run's own: two runs on one machine (two checkouts, a developer beside CI)
+    # must not stop or reuse each other's box.
+    env = {**os.environ, "SYSBOX_NAME": f"roadside-test-{os.getpid()}"}
     env.pop("PYTHONPATH", None)
     b = Box(env)
-    b.sysbox("stop")  # a box left over from an interrupted run
     try:
         for step, args, timeout_s in (
             # the cached rootfs tarball (~0.1 s); a first run on a machine builds it (~1 min)
