@@ -242,3 +242,27 @@ def test_station_keeps_running_on_a_small_real_filesystem(tmpfs: Path) -> None:
     result = verify_data_dir(tmpfs)
     assert result["ok"], result["problems"]
     db.close()
+
+
+def test_resend_over_evicted_records_leaves_nothing_waiting_forever(station) -> None:
+    """Issue 17 point 7: a resend range over evicted records re-queues only what is kept."""
+    from agent.store import outbox
+
+    _data_dir, db, store = station
+    ids = [commit(store, n, OK) for n in range(4)]
+    ack(db, *ids)
+    config = EvidenceConfig(disk_budget_mb=0, min_free_mb=10**6, reserve_free_mb=0)
+    Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**9)
+    ).check()  # everything delivered is evicted: four tombstones
+    kept = commit(store, 9, OK)
+    ack(db, kept)
+    since, until = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+    with db.write() as conn:
+        requeued = outbox.requeue_events(conn, since, until)
+        pruned = outbox.pruned_in_range(conn, since, until)
+    assert (requeued, pruned) == (1, 4)
+    waiting = db.read().execute(
+        "SELECT ref FROM outbox WHERE kind = 'event' AND acked_at IS NULL"
+    ).fetchall()
+    assert [r[0] for r in waiting] == [kept]  # the kept record, not the four tombstones
