@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from agent.station.handlers import StationCommands
 from agent.station.health import Counters, StageBeat
 from agent.store import audit, keys, readonly, retention
 from agent.store.alarms import raise_alarm
-from agent.store.db import Database
+from agent.store.db import AUTO_VACUUM_INCREMENTAL, Database
 from agent.store.evidence import EvidenceError, EvidenceStore
 from agent.store.permits import PermitBook
 from agent.store.record import RecordContext, StoredRecord
@@ -133,6 +134,12 @@ class Station:
     def _open_store(self) -> tuple[Database, EvidenceStore]:
         """Database, signing key, evidence store; stray files of a crash are removed."""
         self.db = db = Database(self.data_dir / "station.db")
+        if db.auto_vacuum() != AUTO_VACUUM_INCREMENTAL:
+            # a one-off VACUUM (docs/evidence.md): ask systemd for the time it may take
+            self.notifier.extend_timeout(600, "converting the database to incremental vacuum")
+            db.enable_incremental_vacuum(shutil.disk_usage(self.data_dir).free)
+        else:
+            db.enable_incremental_vacuum(0)  # records the migration on a new database
         self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
         self.store = store = EvidenceStore(db, self.data_dir, self.signer)
         removed = store.recover()

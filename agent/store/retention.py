@@ -85,6 +85,10 @@ class RetentionReport:
     evicted_images: int = 0
     evicted_records: int = 0
     evicted_bytes: int = 0
+    #: what the eviction really gave back to the file system: photo files deleted and the
+    #: database file shrunk by ``incremental_vacuum`` (bytes)
+    files_freed_bytes: int = 0
+    db_shrunk_bytes: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
     alarms: list[str] = field(default_factory=list)
 
@@ -122,6 +126,8 @@ class Retention:
         self.disk_usage = disk_usage
         self._low_free = False
         self._full = False
+        #: photo file bytes deleted by eviction since this object was made
+        self.files_freed = 0
         store.reserve_free_bytes = config.reserve_free_mb * MB
 
     # -- measuring -------------------------------------------------------------------------
@@ -159,6 +165,7 @@ class Retention:
         """Measure, evict what the budget and watermark require, set the image gate, alarm."""
         now = self.clock.now()
         report = RetentionReport()
+        files_freed_before = self.files_freed
         need, free, used = self._pressure()
         report.pressure = need > 0
         if need:
@@ -180,7 +187,10 @@ class Retention:
                 report.evicted_records += records
                 report.evicted_bytes += freed
                 report.by_class[name] = report.by_class.get(name, 0) + images + records
+                if records:  # rows gone: give their pages back before measuring again
+                    report.db_shrunk_bytes += self._vacuum()
                 need, free, used = self._pressure(HYSTERESIS)
+        report.files_freed_bytes = self.files_freed - files_freed_before
         if report.evicted_images or report.evicted_records:
             self._log_eviction(now, report)
         if self._low_free and not self._pressure()[0]:
@@ -208,9 +218,23 @@ class Retention:
 
     def stats(self) -> dict[str, int]:
         rows = self.db.read().execute(
-            "SELECT name, value FROM counters WHERE name LIKE 'evicted_%'"
+            "SELECT name, value FROM counters WHERE name LIKE 'evicted_%' OR name IN"
+            " ('freed_file_bytes', 'freed_db_bytes')"
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def _vacuum(self) -> int:
+        """``incremental_vacuum`` after rows were deleted; the bytes the database shrank by
+        (counted as ``freed_db_bytes``)."""
+        try:
+            shrunk = self.db.incremental_vacuum()
+        except Exception as err:  # a full disk can refuse even this; the next check retries
+            log.warning("retention: incremental vacuum of %s not done: %s", self.db.path, err)
+            return 0
+        if shrunk:
+            with self.db.write() as conn:
+                _add_counter(conn, "freed_db_bytes", shrunk)
+        return shrunk
 
     # -- alarms and the image gate -----------------------------------------------------------
 
@@ -261,9 +285,12 @@ class Retention:
             )
 
     def _log_eviction(self, now: datetime, report: RetentionReport) -> None:
+        freed = report.files_freed_bytes + report.db_shrunk_bytes
         message = (
             f"evicted {report.evicted_images} images and {report.evicted_records} delivered "
-            f"records ({report.evicted_bytes / MB:.1f} MB): {report.by_class}"
+            f"records; {freed / MB:.1f} MB given back to the disk ("
+            f"{report.files_freed_bytes / MB:.1f} MB of photo files, "
+            f"{report.db_shrunk_bytes / MB:.1f} MB of database file): {report.by_class}"
         )
         log.warning("retention: %s", message)
         self._alarm(
@@ -274,6 +301,9 @@ class Retention:
             images=report.evicted_images,
             records=report.evicted_records,
             bytes=report.evicted_bytes,
+            freed_bytes=freed,
+            freed_file_bytes=report.files_freed_bytes,
+            freed_db_bytes=report.db_shrunk_bytes,
             by_class=report.by_class,
         )
 
@@ -364,11 +394,31 @@ class Retention:
         return images, len(rows), freed
 
     def _unlink(self, rel_paths: list[str]) -> None:
+        """Delete evicted photo files; what they took is added to :attr:`files_freed`."""
+        freed = 0
         for rel in rel_paths:
+            path = self.store.data_dir / rel
             try:
-                (self.store.data_dir / rel).unlink(missing_ok=True)
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
             except OSError as err:  # recover() retries at the next start
                 log.warning("retention: cannot delete %s: %s", rel, err)
+                continue
+            freed += size
+        self.files_freed += freed
+        if freed:
+            with self.db.write() as conn:
+                _add_counter(conn, "freed_file_bytes", freed)
+
+
+def _add_counter(conn: sqlite3.Connection, name: str, n: int) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, n),
+    )
 
 
 def _count(conn: sqlite3.Connection, *, images: int, records: int, freed: int) -> None:
@@ -378,8 +428,4 @@ def _count(conn: sqlite3.Connection, *, images: int, records: int, freed: int) -
         ("evicted_bytes", freed),
     ):
         if n:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                (name, n),
-            )
+            _add_counter(conn, name, n)
