@@ -42,7 +42,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
-from agent.store import files, integrity, outbox, readonly
+from agent.store import chainhead, files, integrity, outbox, readonly
+from agent.store.alarms import raise_alarm
 from agent.store.db import Database, DatabaseError
 from agent.store.record import RecordContext, StoredRecord, build_record, event_id_for, iso_ms
 from drivers.paths import ConfigPath
@@ -183,6 +184,19 @@ class EvidenceStore:
         self.reserve_free_bytes = 0
         db.migrate("evidence", MIGRATIONS)
         db.migrate("outbox", outbox.MIGRATIONS)
+        if db.migrate("chainhead", chainhead.MIGRATIONS):
+            self._seal_first_head()
+
+    def _seal_first_head(self) -> None:
+        """A database from before the chain head: seal its current end once (at upgrade)."""
+        with self.db.write() as conn:
+            seq, head_hash = self._last(conn)
+            row = conn.execute(
+                "SELECT json_extract(record_json, '$.station_id') FROM records LIMIT 1"
+            ).fetchone()
+            if seq and row is not None:
+                chainhead.seal(conn, self.signer, station_id=str(row[0]), seq=seq, hash_=head_hash)
+                log.warning("evidence: chain head sealed for the first time at seq %d", seq)
 
     def recover(self) -> int:
         """Remove temp files, images no committed record names and empty directories.
@@ -281,6 +295,7 @@ class EvidenceStore:
                 record = dict(body)
                 record["integrity"] = self.signer.seal(prev_hash, integrity.canonical_json(body))
                 _insert(conn, event, verdict, record, images)
+                self._seal_head(conn, ctx, seq_before, prev_hash, record)
         except (OSError, sqlite3.Error, DatabaseError) as err:
             for p in written:  # renamed but never committed: not evidence
                 p.unlink(missing_ok=True)
@@ -290,6 +305,35 @@ class EvidenceStore:
                 raise EvidenceError(f"cannot store the record's images: {err}") from err
             raise EvidenceError(f"cannot commit the record: {err}") from err
         return StoredRecord(seq, event_id, record)
+
+    def _seal_head(
+        self,
+        conn: sqlite3.Connection,
+        ctx: RecordContext,
+        seq_before: int,
+        prev_hash: str,
+        record: dict[str, Any],
+    ) -> None:
+        """The new signed chain head; an old one that no longer names the chain's end (records
+        cut off or replaced while the station was not looking) is an alarm first."""
+        why = chainhead.check_before_commit(conn, seq_before, prev_hash)
+        if why:
+            log.error("evidence: %s", why)
+            raise_alarm(
+                conn,
+                station_id=ctx.station_id,
+                kind="chain_head_mismatch",
+                at=datetime.fromisoformat(record["measured_at"]),
+                message=why,
+                details={"seq": record["seq"], "event_id": record["event_id"]},
+            )
+        chainhead.seal(
+            conn,
+            self.signer,
+            station_id=ctx.station_id,
+            seq=record["seq"],
+            hash_=record["integrity"]["hash"],
+        )
 
     def _images_for(
         self, event: VehicleEvent, event_id: str, *, with_images: bool
