@@ -61,7 +61,7 @@ def report(station: Station) -> dict[str, Any]:
         "uptime_s": round(now - station.started_mono, 1),
         "devices": devices(station),
         "stages": {n: round(now - b.last, 1) for n, b in station.beats.items()},
-        "clock": {"synchronized": clock_monitor and clock_monitor.synchronized},
+        "clock": clock_monitor.report() if clock_monitor is not None else {"synchronized": None},
         "legal_id": getattr(station, "legal_id", ""),
         "disk": disk(station.data_dir, getattr(station, "retention", None)),
         "vehicles": {

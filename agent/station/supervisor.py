@@ -106,7 +106,10 @@ class Station:
         self.legal_id = legalid.legal_software_id()
         self._audit_legal_parameters(db)
         self.clock_monitor = timesync.ClockMonitor(
-            timesync.clock_synchronized, alarm=timesync.outbox_alarm(db, cfg.station.id)
+            timesync.clock_synchronized,
+            alarm=timesync.outbox_alarm(db, cfg.station.id),
+            clock=self.clock,
+            step_alarm=timesync.outbox_alarm(db, cfg.station.id, "clock_step"),
         )
         self.clock_monitor.poll(self.clock.now())
         self.retention = retention.Retention(
@@ -484,6 +487,7 @@ class Station:
                 },
             )
         scale_cfg = lane.scale
+        self.clock_monitor.poll(self.clock.now())  # a step made just now is seen by this record
         ctx = RecordContext(
             station_id=self.config.station.id,
             scale_id=scale_cfg.id,
@@ -498,6 +502,7 @@ class Station:
             software_version=__version__,
             legal_id=self.legal_id,
             audit_counter=self.audit.counter(),
+            clock_stepped_s=self.clock_monitor.stepped_during(weighing.measured_at),
         )
         self.counters.vehicles += 1
         try:
