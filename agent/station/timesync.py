@@ -214,7 +214,10 @@ class ClockMonitor:
             )
             log.error("timesync: %s", message)
             if self.alarm is not None:
-                self.alarm(message, at)
+                try:
+                    self.alarm(message, at)
+                except Exception:  # best effort (a full disk); records still carry the flag
+                    log.exception("timesync: clock_unsynchronized alarm not queued")
         elif state is True and self._alarmed:
             self._alarmed = False
             log.warning("timesync: system clock is NTP-synchronised again")

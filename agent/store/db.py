@@ -29,6 +29,8 @@ JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 #: auto_vacuum = INCREMENTAL: pages freed by eviction go back to the file system by
 #: ``PRAGMA incremental_vacuum`` (without it SQLite never shrinks its file).
 AUTO_VACUUM_INCREMENTAL = 2
+DEFAULT_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+LOW_DISK_AUTOCHECKPOINT_PAGES = 16
 VACUUM_MIGRATION = ("db", "0001-auto-vacuum-incremental")
 
 
@@ -120,6 +122,17 @@ class Database:
                 self._writer.execute(f"PRAGMA wal_checkpoint({mode})")
             except sqlite3.Error as err:
                 log.debug("checkpoint of %s not done: %s", self.path, err)
+
+    def autocheckpoint(self, pages: int) -> None:
+        """``wal_autocheckpoint``: checkpoint after a commit that leaves the WAL over ``pages``.
+
+        :data:`LOW_DISK_AUTOCHECKPOINT_PAGES` on a full disk: the WAL then stays a few
+        commits long and its blocks are reused from its start, instead of growing into the
+        last free blocks (a record commit writes about ten pages to the WAL but adds only
+        one or two to the database). :data:`DEFAULT_AUTOCHECKPOINT_PAGES` otherwise.
+        """
+        with self._write_lock:
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
 
     def file_bytes(self) -> int:
         """Bytes the database takes on disk: the file and its WAL."""

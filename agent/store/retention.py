@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from agent.store.alarms import raise_alarm
-from agent.store.db import Database
+from agent.store.db import DEFAULT_AUTOCHECKPOINT_PAGES, Database, DatabaseError
 from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore
 from agent.store.record import iso_ms
 
@@ -126,6 +126,9 @@ class Retention:
         self.disk_usage = disk_usage
         self._low_free = False
         self._full = False
+        self._reserve_releases = store.reserve.releases if store.reserve is not None else 0
+        self._unsent: list[tuple[str, datetime, str, dict[str, object]]] = []
+        self._alarm_failing = False
         #: photo file bytes deleted by eviction since this object was made
         self.files_freed = 0
         store.reserve_free_bytes = config.reserve_free_mb * MB
@@ -166,6 +169,7 @@ class Retention:
         now = self.clock.now()
         report = RetentionReport()
         files_freed_before = self.files_freed
+        self._send_alarms(report)
         need, free, used = self._pressure()
         report.pressure = need > 0
         if need:
@@ -197,6 +201,7 @@ class Retention:
             self._low_free = False
             log.warning("retention: disk back above the watermark (%d MB free)", free // MB)
         self._gate_images(now, free, report)
+        self._tend_reserve(now, free, report)
         report.free_bytes, report.evidence_bytes = free, used
         report.images_allowed = self.store.images_allowed
         return report
@@ -241,16 +246,32 @@ class Retention:
     def _alarm(
         self, alarm: str, now: datetime, message: str, report: RetentionReport, **details: object
     ) -> None:
-        with self.db.write() as conn:
-            raise_alarm(
-                conn,
-                station_id=self.station_id,
-                kind=alarm,
-                at=now,
-                message=message,
-                details=details,
-            )
-        report.alarms.append(alarm)
+        """Queue an alarm; one the full disk refuses is kept and queued at the next check."""
+        self._unsent.append((alarm, now, message, dict(details)))
+        self._send_alarms(report)
+
+    def _send_alarms(self, report: RetentionReport) -> None:
+        while self._unsent:
+            alarm, at, message, details = self._unsent[0]
+            try:
+                with self.db.write() as conn:
+                    raise_alarm(
+                        conn,
+                        station_id=self.station_id,
+                        kind=alarm,
+                        at=at,
+                        message=message,
+                        details=details,
+                    )
+            except DatabaseError as err:
+                (log.debug if self._alarm_failing else log.error)(
+                    "retention: %s alarm not queued yet (retried): %s", alarm, err
+                )
+                self._alarm_failing = True
+                return
+            self._alarm_failing = False
+            self._unsent.pop(0)
+            report.alarms.append(alarm)
 
     def _alarm_watermark(
         self, now: datetime, free: int, used: int, report: RetentionReport
@@ -283,6 +304,27 @@ class Retention:
             log.warning(
                 "retention: disk space is back (%d MB free); storing images again", free // MB
             )
+
+    def _tend_reserve(self, now: datetime, free: int, report: RetentionReport) -> None:
+        """Alarm when the store released part of the database reserve; refill it once the
+        disk has room for it above the photo floor."""
+        reserve = self.store.reserve
+        if reserve is None:
+            return
+        if reserve.releases != self._reserve_releases:
+            held = reserve.held()
+            message = (
+                f"disk full: the database reserve was released to keep committing records "
+                f"({held // MB} of {reserve.size_bytes // MB} MB left, {free // MB} MB free); "
+                "free space on the station disk"
+            )
+            self._alarm("disk_reserve_released", now, message, report, reserve_left_mb=held // MB)
+            self._reserve_releases = reserve.releases
+        missing = reserve.size_bytes - reserve.held()
+        room = free >= self.config.reserve_free_mb * MB + missing
+        if missing > 0 and room and reserve.fill():
+            log.warning("retention: database reserve restored (%d MB)", reserve.size_bytes // MB)
+            self.db.autocheckpoint(DEFAULT_AUTOCHECKPOINT_PAGES)  # the WAL may grow again
 
     def _log_eviction(self, now: datetime, report: RetentionReport) -> None:
         freed = report.files_freed_bytes + report.db_shrunk_bytes
