@@ -302,3 +302,19 @@ def test_an_old_database_gets_its_head_sealed_once_at_upgrade(tmp_path: Path, ca
     db.close()
     code, out = run_verify(tmp_path, capsys)
     assert code == 0, out["problems"]
+
+
+def test_a_database_not_yet_upgraded_verifies_and_a_dropped_head_does_not(
+    tmp_path: Path, capsys
+) -> None:
+    db, store = open_store(tmp_path)
+    for n in range(2):
+        store.commit(make_event(n), make_verdict(), CTX)
+    db.close()
+    conn = raw(tmp_path)
+    conn.execute("DROP TABLE chain_head")  # someone hides the head, the migration row stays
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 1 and any(p["where"] == "head" for p in out["problems"])
+    conn.execute("DELETE FROM migrations WHERE component = 'chainhead'")  # as before upgrade
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 0, out["problems"]

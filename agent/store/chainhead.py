@@ -99,6 +99,19 @@ def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
     return _doc(str(row[0]), int(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]))
 
 
+def expected(conn: sqlite3.Connection) -> bool:
+    """Whether this database has had a chain head since its upgrade (the migration is
+    recorded): a database the new version has not opened yet has none to check."""
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM migrations WHERE component = 'chainhead' AND name = ?",
+            (MIGRATIONS[0][0],),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return row is not None
+
+
 def chain_head(db: Database) -> dict[str, Any]:
     """The signed head for the heartbeat and the acks' replies (shape: docs/evidence.md).
 

@@ -210,10 +210,11 @@ class EvidenceStore:
         with self.db.write() as conn:
             seq, head_hash = self._last(conn)
             row = conn.execute(
-                "SELECT json_extract(record_json, '$.station_id') FROM records LIMIT 1"
+                "SELECT event_id FROM records UNION ALL SELECT event_id FROM records_pruned LIMIT 1"
             ).fetchone()
             if seq and row is not None:
-                chainhead.seal(conn, self.signer, station_id=str(row[0]), seq=seq, hash_=head_hash)
+                station_id = str(row[0]).rsplit("-", 2)[0]  # {station}-{time}-{seq}
+                chainhead.seal(conn, self.signer, station_id=station_id, seq=seq, hash_=head_hash)
                 log.warning("evidence: chain head sealed for the first time at seq %d", seq)
 
     def recover(self) -> int:
