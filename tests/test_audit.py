@@ -83,3 +83,16 @@ def test_log_survives_reopen(tmp_path: Path) -> None:
     log = AuditLog(db2, store2.signer)
     assert log.reconcile(PARAMS, T0) == []
     assert log.state()["limits.6_axle_kg"] == 49000
+
+
+def test_a_logged_event_of_another_kind_is_not_reported_as_a_removed_parameter(
+    tmp_path: Path,
+) -> None:
+    """A set-config is logged as a ``remote-config`` entry; the next start-up's reconcile must
+    not take it for a legally relevant parameter that disappeared (a false parameter alarm)."""
+    db, store = open_store(tmp_path)
+    log = AuditLog(db, store.signer)
+    params = {"tolerance": {"policy": "percent", "pct": 5.0}}
+    log.reconcile(params, T0)
+    log.record_change("remote-config", "remote-config", {"a": 1}, {"a": 2}, T0, "platform")
+    assert log.reconcile(params, T0) == []

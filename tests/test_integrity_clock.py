@@ -97,3 +97,75 @@ def test_legal_id_of_this_build_covers_exactly_the_legally_relevant_code() -> No
     )
     assert "agent/store/evidence.py" not in files
     assert len(legalid.legal_software_id()) == 64
+
+
+class SteppingClock:
+    """A station clock whose wall time a test can step while monotonic time runs on, as
+    ``date -s`` or an NTP ``makestep`` does to the real one (ManualClock moves both)."""
+
+    def __init__(self) -> None:
+        self.wall = T0
+        self.mono = 1000.0
+
+    def now(self):  # type: ignore[no-untyped-def]
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.wall += timedelta(seconds=seconds)
+        self.mono += seconds
+
+    def step(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.wall += timedelta(seconds=seconds)
+
+
+def test_clock_steps_are_detected_alarmed_and_flag_the_records_across_them() -> None:
+    """Issue 17 point 10: a −1 h and a +1 day step were sealed into records silently."""
+    clock = SteppingClock()
+    alarms: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    mon = timesync.ClockMonitor(
+        FakeClockSync(True),
+        clock=clock,
+        step_alarm=lambda msg, at, details: alarms.append((msg, details)),
+    )
+    mon.poll()
+    for _ in range(5):  # an ordinary running clock is no step
+        clock.advance(2.0)
+        mon.poll()
+    assert alarms == [] and mon.stepped_during(clock.now()) is None
+    before = clock.now()  # a vehicle measured, then the clock goes back an hour
+    clock.advance(1.0)
+    clock.step(-3600)
+    clock.advance(1.0)
+    mon.poll()
+    assert [d for _, d in alarms] == [{"step_s": -3600.0}]
+    assert "stepped by -3600.000 s" in alarms[0][0]
+    assert mon.stepped_during(before) == -3600.0  # measured before, sealed after: flagged
+    clock.advance(10.0)
+    after = clock.now()
+    clock.advance(5.0)
+    assert mon.stepped_during(after) is None  # measured and sealed after it: not flagged
+    clock.step(86400)  # then a day forward, found at the next poll
+    clock.advance(2.0)
+    mon.poll()
+    assert mon.stepped_during(before) == 82800.0
+    assert mon.stepped_during(after) == 86400.0
+    report = mon.report()
+    assert report["steps"] == 2 and report["last_step"]["step_s"] == 86400.0
+
+
+def test_a_stepped_record_carries_clock_stepped_s(tmp_path: Path) -> None:
+    from tests.crash_writer import CTX, make_event, make_verdict, open_store
+
+    _db, store = open_store(tmp_path)
+    ctx = CTX.__class__(**{**CTX.__dict__, "clock_stepped_s": -3600.0})
+    record = store.commit(make_event(1), make_verdict(), ctx).record
+    assert record["clock"] == {"synchronized": True, "stepped_s": -3600.0}
+    plain = store.commit(make_event(2), make_verdict(), CTX).record
+    assert plain["clock"] == {"synchronized": True}

@@ -88,11 +88,13 @@ def test_evicts_by_class_and_never_unsynced_violations(station) -> None:
     assert kept == {p_unsynced, v_recent, v_unsynced_old}
     assert all(p for _, _, p in store.image_files(v_unsynced_old))
     assert store.get(p1) is None
-    assert retention.stats() == {
+    stats = retention.stats()
+    assert {k: stats[k] for k in ("evicted_images", "evicted_records", "evicted_bytes")} == {
         "evicted_images": 6,
         "evicted_records": 3,
         "evicted_bytes": report.evicted_bytes,
     }
+    assert stats["freed_file_bytes"] == report.files_freed_bytes == 6 * IMG
     assert alarms(db) == ["disk_watermark", "disk_eviction"]
     result = verify_data_dir(data_dir)
     assert result["ok"], result["problems"]
@@ -241,4 +243,91 @@ def test_station_keeps_running_on_a_small_real_filesystem(tmpfs: Path) -> None:
     assert store.get(commit(store, 100, OVER))["images"]  # type: ignore[index]
     result = verify_data_dir(tmpfs)
     assert result["ok"], result["problems"]
+    db.close()
+
+
+def test_resend_over_evicted_records_leaves_nothing_waiting_forever(station) -> None:
+    """Issue 17 point 7: a resend range over evicted records re-queues only what is kept."""
+    from agent.store import outbox
+
+    _data_dir, db, store = station
+    ids = [commit(store, n, OK) for n in range(4)]
+    ack(db, *ids)
+    config = EvidenceConfig(disk_budget_mb=0, min_free_mb=10**6, reserve_free_mb=0)
+    Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**9)
+    ).check()  # everything delivered is evicted: four tombstones
+    kept = commit(store, 9, OK)
+    ack(db, kept)
+    since, until = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+    with db.write() as conn:
+        requeued = outbox.requeue_events(conn, since, until)
+        pruned = outbox.pruned_in_range(conn, since, until)
+    assert (requeued, pruned) == (1, 4)
+    waiting = (
+        db.read()
+        .execute("SELECT ref FROM outbox WHERE kind = 'event' AND acked_at IS NULL")
+        .fetchall()
+    )
+    assert [r[0] for r in waiting] == [kept]  # the kept record, not the four tombstones
+
+
+def _passages_without_images(store: EvidenceStore, db: Database, n: int) -> list[str]:
+    ids = [
+        store.commit(
+            make_event(i, images=0, axle_loads_kg=(7000,) * 6), make_verdict(OK), CTX
+        ).event_id
+        for i in range(n)
+    ]
+    ack(db, *ids)
+    return ids
+
+
+def test_eviction_gives_database_pages_back_and_counts_them(station) -> None:
+    """Issue 17 point 3: pruning records shrinks the database file, and the report says by
+    how much (before: 0.0 MB freed while the file kept its size)."""
+    data_dir, db, store = station
+    assert db.auto_vacuum() == 2  # a new database is incremental from its first table
+    _passages_without_images(store, db, 600)
+    db.checkpoint()
+    before = db.file_bytes()
+    config = EvidenceConfig(min_free_mb=10**6, reserve_free_mb=0, eviction_batch=200)
+    retention = Retention(
+        db, store, config, ManualClock(T0), station_id=STATION, disk_usage=FakeDisk(10**9)
+    )
+    report = retention.check()
+    after = db.file_bytes()
+    assert report.evicted_records == 600
+    assert report.db_shrunk_bytes > 0
+    assert after < before / 2, (before, after)
+    assert before - after >= report.db_shrunk_bytes * 0.9
+    assert retention.stats()["freed_db_bytes"] == report.db_shrunk_bytes
+    assert verify_data_dir(data_dir)["ok"]
+
+
+def test_an_existing_database_is_converted_to_incremental_vacuum_once(tmp_path: Path) -> None:
+    """A station's database from before auto_vacuum: one VACUUM at start, records intact."""
+    import sqlite3
+
+    path = tmp_path / "station.db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA auto_vacuum=0")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE early (x)")  # created before this version: auto_vacuum stays 0
+    old.close()
+    db, store = open_store(tmp_path)
+    assert db.auto_vacuum() == 0
+    _passages_without_images(store, db, 50)
+    assert db.enable_incremental_vacuum(free_bytes=0) is False  # no room: left as it was
+    assert db.auto_vacuum() == 0
+    assert db.enable_incremental_vacuum(free_bytes=10**12) is True
+    assert db.auto_vacuum() == 2
+    done = db.read().execute(
+        "SELECT count(*) FROM migrations WHERE component = 'db'"
+        " AND name = '0001-auto-vacuum-incremental'"
+    )
+    assert done.fetchone()[0] == 1
+    assert db.enable_incremental_vacuum(free_bytes=0) is True  # already: nothing to do
+    result = verify_data_dir(tmp_path)
+    assert result["ok"] and result["records"] == 50, result["problems"]
     db.close()

@@ -25,6 +25,12 @@ def _db(path: Path) -> Database:
 
 def _add(db: Database, ref: str, priority: Priority, at: datetime, kind: str = "alarm") -> None:
     with db.write() as conn:
+        if kind == "event":  # an event row names a kept record (resend re-queues only those)
+            conn.execute(
+                "INSERT INTO records (event_id, lane, measured_at, status, record_json, hash)"
+                " VALUES (?, 1, ?, 'within_limit', '{}', '')",
+                (ref, at.isoformat()),
+            )
         outbox.enqueue(
             conn, kind=kind, ref=ref, priority=priority, created_at=at.isoformat(), payload="{}"
         )

@@ -224,3 +224,97 @@ def test_data_dir_from_a_config_that_does_not_validate(station, capsys, tmp_path
     cfg.write_text(f'[station]\nid = "JS-ZJ-0001"\ndata_dir = "{data_dir}"\n')
     assert main(["verify", "--config", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 5
+
+
+def test_records_cut_off_the_end_with_the_counter_rewound_are_named(station, capsys) -> None:
+    """Issue 17 point 9: the last two records deleted and the seq counter set back to match
+    passed verify before the signed chain head."""
+    data_dir, _db, _store, ids = station
+    conn = raw(data_dir)
+    for event_id in ids[3:]:
+        conn.execute("DELETE FROM images WHERE event_id = ?", (event_id,))
+        conn.execute("DELETE FROM records WHERE event_id = ?", (event_id,))
+    conn.execute("UPDATE counters SET value = 3 WHERE name = 'seq'")
+    code, out = run_verify(data_dir, capsys)
+    assert code == 1
+    heads = [p["problem"] for p in out["problems"] if p["where"] == "head"]
+    assert heads and "seq 5 but the chain ends at seq 3" in heads[0], out["problems"]
+
+
+def test_the_signed_chain_head_names_the_last_record_and_resists_edits(station) -> None:
+    from agent.store import chainhead
+
+    _data_dir, db, store, ids = station
+    head = chainhead.chain_head(db)
+    last = store.get(ids[-1])
+    assert last is not None
+    assert (head["schema"], head["station_id"], head["seq"], head["hash"]) == (
+        "roadside.chain-head.v1",
+        CTX.station_id,
+        5,
+        last["integrity"]["hash"],
+    )
+    keys = {store.signer.key_id: store.signer.public_key}
+    assert chainhead.signature_problem(head, keys) is None
+    assert chainhead.signature_problem({**head, "seq": 3}, keys)  # a rewound head is caught
+    assert chainhead.signature_problem({**head, "hash": ids[0]}, keys)
+
+
+def test_head_rewritten_to_an_earlier_record_is_named(station, capsys) -> None:
+    """Someone deletes the last records and copies an unsigned head over: the seal breaks."""
+    data_dir, _db, store, ids = station
+    conn = raw(data_dir)
+    third = store.get(ids[2])
+    assert third is not None
+    for event_id in ids[3:]:
+        conn.execute("DELETE FROM images WHERE event_id = ?", (event_id,))
+        conn.execute("DELETE FROM records WHERE event_id = ?", (event_id,))
+    conn.execute("UPDATE counters SET value = 3 WHERE name = 'seq'")
+    conn.execute("UPDATE chain_head SET seq = 3, hash = ?", (third["integrity"]["hash"],))
+    code, out = run_verify(data_dir, capsys)
+    assert code == 1
+    assert any("chain head seal invalid" in p["problem"] for p in out["problems"])
+
+
+def test_a_commit_after_a_cut_off_end_raises_an_alarm(station) -> None:
+    data_dir, db, store, ids = station
+    conn = raw(data_dir)
+    conn.execute("DELETE FROM images WHERE event_id = ?", (ids[4],))
+    conn.execute("DELETE FROM records WHERE event_id = ?", (ids[4],))
+    conn.execute("UPDATE counters SET value = 4 WHERE name = 'seq'")
+    store.commit(make_event(9), make_verdict(), CTX)
+    kinds = [
+        json.loads(r[0])["kind"]
+        for r in db.read().execute("SELECT payload FROM outbox WHERE kind = 'alarm'")
+    ]
+    assert kinds == ["chain_head_mismatch"]
+
+
+def test_an_old_database_gets_its_head_sealed_once_at_upgrade(tmp_path: Path, capsys) -> None:
+    db, store = open_store(tmp_path)
+    for n in range(3):
+        store.commit(make_event(n), make_verdict(), CTX)
+    with db.write() as conn:  # as a station before the chain head left it
+        conn.execute("DROP TABLE chain_head")
+        conn.execute("DELETE FROM migrations WHERE component = 'chainhead'")
+    db.close()
+    db, store = open_store(tmp_path)
+    db.close()
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 0, out["problems"]
+
+
+def test_a_database_not_yet_upgraded_verifies_and_a_dropped_head_does_not(
+    tmp_path: Path, capsys
+) -> None:
+    db, store = open_store(tmp_path)
+    for n in range(2):
+        store.commit(make_event(n), make_verdict(), CTX)
+    db.close()
+    conn = raw(tmp_path)
+    conn.execute("DROP TABLE chain_head")  # someone hides the head, the migration row stays
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 1 and any(p["where"] == "head" for p in out["problems"])
+    conn.execute("DELETE FROM migrations WHERE component = 'chainhead'")  # as before upgrade
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 0, out["problems"]

@@ -114,10 +114,17 @@ def _print_daemon(d: dict[str, Any]) -> None:
     clock = d.get("clock", {})
     if clock:
         sync = clock.get("synchronized")
+        step = clock.get("last_step")
         print(
             "clock     "
             + {True: "NTP-synchronised", False: "NOT synchronised (records are flagged)"}.get(
                 sync, "sync state unknown"
+            )
+            + (
+                f"; {clock.get('steps')} step(s), last stepped by {step['step_s']:+.0f} s "
+                f"at {step['detected_at']} (records across it carry clock.stepped_s)"
+                if step
+                else ""
             )
         )
     if d.get("stages"):

@@ -32,7 +32,7 @@ from agent.config import (
 )
 from agent.legal.registry import VehicleListError
 from agent.pipeline.capture import capture_and_read
-from agent.store.audit import AuditLog, flatten
+from agent.store.audit import REMOTE_CONFIG, AuditLog, flatten
 from agent.store.files import write_file_atomically
 from agent.store.permits import PermitBook, PermitListError, PermitStoreError
 from agent.store.vehicles import VehicleRegistry
@@ -253,7 +253,7 @@ class StationCommands:
             return
         try:
             self.audit.record_change(
-                "remote-config", "remote-config", old, new, self.clock.now(), actor
+                REMOTE_CONFIG, REMOTE_CONFIG, old, new, self.clock.now(), actor
             )
         except Exception:
             log.exception("set-config: the audit entry could not be written")

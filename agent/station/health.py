@@ -35,6 +35,9 @@ class StageBeat:
 
     name: str
     last: float = 0.0
+    #: why the stage waits on something a restart does not fix ("disk full"); "" when not
+    blocked: str = ""
+    blocked_since: str = ""
 
 
 @dataclass
@@ -61,7 +64,13 @@ def report(station: Station) -> dict[str, Any]:
         "uptime_s": round(now - station.started_mono, 1),
         "devices": devices(station),
         "stages": {n: round(now - b.last, 1) for n, b in station.beats.items()},
-        "clock": {"synchronized": clock_monitor and clock_monitor.synchronized},
+        "blocked_stages": {
+            n: {"reason": b.blocked, "since": b.blocked_since}
+            for n, b in station.beats.items()
+            if b.blocked
+        },
+        "queued_vehicles": station._work.qsize(),
+        "clock": clock_monitor.report() if clock_monitor is not None else {"synchronized": None},
         "legal_id": getattr(station, "legal_id", ""),
         "disk": disk(station.data_dir, getattr(station, "retention", None)),
         "vehicles": {
@@ -124,6 +133,12 @@ def disk(data_dir: Path, retention: Retention | None) -> dict[str, Any]:
 def status_line(station: Station, stale: list[str], vehicles_today: int) -> str:
     """systemd's ``STATUS=``: vehicles today, the queue, the broker and what is wrong."""
     problems = [f"stage {n} hung" for n in stale]
+    problems += [
+        f"stage {n} BLOCKED: {b.blocked} since {b.blocked_since} ({station._work.qsize()} "
+        "vehicles queued)"
+        for n, b in station.beats.items()
+        if b.blocked
+    ]
     for dev_id, dev in devices(station).items():
         if dev.get("state") == "fault":
             problems.append(f"{dev_id} fault")

@@ -17,8 +17,10 @@ iteration is guarded: an exception is logged with the device it concerns and the
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +38,13 @@ from agent.pipeline.weighing import WeighingStage
 from agent.station import health, sdnotify, timesync
 from agent.station.handlers import StationCommands
 from agent.station.health import Counters, StageBeat
-from agent.store import audit, keys, readonly, retention
+from agent.store import audit, chainhead, keys, readonly, retention
 from agent.store.alarms import raise_alarm
-from agent.store.db import Database
-from agent.store.evidence import EvidenceError, EvidenceStore
+from agent.store.db import AUTO_VACUUM_INCREMENTAL, Database, DatabaseError
+from agent.store.evidence import DiskFullError, EvidenceError, EvidenceStore
 from agent.store.permits import PermitBook
 from agent.store.record import RecordContext, StoredRecord
+from agent.store.reserve import DiskReserve
 from agent.store.vehicles import VehicleRegistry
 from agent.uplink.delivery import Uplink
 from drivers.camera import CAMERAS, Camera
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
 STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
+BLOCKED_RETRY_S = 2.0  # a blocked stage retries (and beats) this often, well within the above
+START_FREE_BYTES = 1024 * 1024  # less free at start: release a step of the reserve first
+MB = 1024 * 1024
 
 
 class Station:
@@ -89,6 +95,8 @@ class Station:
         self.db: Database | None = None
         self.store: EvidenceStore | None = None
         self.uplink: Uplink | None = None
+        self._tick_failures: set[str] = set()
+        self._pending_alarms: list[tuple[str, str, dict[str, Any]]] = []
         #: set-config was applied: ``run`` exits 75 so systemd starts us on the new file
         self.restart_requested = False
 
@@ -107,7 +115,10 @@ class Station:
         self.legal_id = legalid.legal_software_id()
         self._audit_legal_parameters(db)
         self.clock_monitor = timesync.ClockMonitor(
-            timesync.clock_synchronized, alarm=timesync.outbox_alarm(db, cfg.station.id)
+            timesync.clock_synchronized,
+            alarm=timesync.outbox_alarm(db, cfg.station.id),
+            clock=self.clock,
+            step_alarm=timesync.outbox_alarm(db, cfg.station.id, "clock_step"),
         )
         self.clock_monitor.poll(self.clock.now())
         self.retention = retention.Retention(
@@ -134,13 +145,34 @@ class Station:
 
     def _open_store(self) -> tuple[Database, EvidenceStore]:
         """Database, signing key, evidence store; stray files of a crash are removed."""
-        self.db = db = Database(self.data_dir / "station.db")
+        self.db = db = self._open_database()
+        if db.auto_vacuum() != AUTO_VACUUM_INCREMENTAL:
+            # a one-off VACUUM (docs/evidence.md): ask systemd for the time it may take
+            self.notifier.extend_timeout(600, "converting the database to incremental vacuum")
+            db.enable_incremental_vacuum(shutil.disk_usage(self.data_dir).free)
+        else:
+            db.enable_incremental_vacuum(0)  # records the migration on a new database
         self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
         self.store = store = EvidenceStore(db, self.data_dir, self.signer)
+        store.reserve = self.reserve
         removed = store.recover()
         if removed:
             log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
         return db, store
+
+    def _open_database(self) -> Database:
+        """The station database, also on a full disk: the reserve gives SQLite room to open
+        it (WAL and shared-memory files) and to commit, step by step."""
+        self.reserve = DiskReserve(self.data_dir, self.config.evidence.db_reserve_mb * MB)
+        if shutil.disk_usage(self.data_dir).free < START_FREE_BYTES:
+            log.error("evidence: starting on a full disk (%s)", self.data_dir)
+            self.reserve.release()
+        while True:
+            try:
+                return Database(self.data_dir / "station.db")
+            except DatabaseError as err:
+                if "full" not in str(err) or not self.reserve.release():
+                    raise
 
     def _audit_legal_parameters(self, db: Database) -> None:
         """Record the legally relevant parameters; alarm on each change since the last run."""
@@ -237,8 +269,8 @@ class Station:
                 vehicles=self.vehicles,
                 audit=self.audit,
             ).handlers(),
-            # the signed chain head (heartbeat, ack receipts) once the store provides one
-            chain_head=getattr(self.store, "chain_head", None),
+            # the signed chain head goes into the heartbeat and every ack receipt
+            chain_head=functools.partial(chainhead.chain_head, self.db),
         )
         self.uplink.start()
 
@@ -271,6 +303,48 @@ class Station:
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(t)
         t.start()
+
+    def _blocked(self, name: str, reason: str, detail: str) -> None:
+        """Stage ``name`` waits on something a restart does not fix: say so in STATUS= and
+        raise ``stage_blocked`` once (best effort: the disk may take not even that yet)."""
+        beat = self.beats.get(name)
+        if beat is None or beat.blocked:
+            return
+        beat.blocked = reason
+        beat.blocked_since = self.clock.now().isoformat(timespec="seconds")
+        log.error("stage %s blocked: %s (%s); it keeps retrying", name, reason, detail)
+        self._pending_alarms.append(
+            (
+                "stage_blocked",
+                f"stage {name} blocked: {reason}: {detail}",
+                {
+                    "stage": name,
+                    "reason": reason,
+                    "since": beat.blocked_since,
+                    "queued": self._work.qsize(),
+                },
+            )
+        )
+        self._send_pending_alarms()
+
+    def _send_pending_alarms(self) -> None:
+        """Queue the alarms a full disk refused so far (the status loop retries them)."""
+        while self._pending_alarms:
+            kind, message, details = self._pending_alarms[0]
+            try:
+                self._alarm(kind, message, details)
+            except Exception as err:
+                log.debug("%s alarm not queued yet: %s", kind, err)
+                return
+            self._pending_alarms.pop(0)
+
+    def _unblocked(self, name: str) -> None:
+        beat = self.beats.get(name)
+        if beat is not None and beat.blocked:
+            log.warning("stage %s runs again (was blocked: %s)", name, beat.blocked)
+            beat.blocked = ""
+            beat.blocked_since = ""
+            self._send_pending_alarms()  # the disk takes them again
 
     def _beat(self, name: str) -> None:
         beat = self.beats.get(name)
@@ -356,12 +430,24 @@ class Station:
             self._submit(lane, weighing)
 
     def _submit(self, lane: Lane, weighing: VehicleWeighing) -> None:
-        """Hand a vehicle to the pipeline; waits while the queue is full (never drops)."""
+        """Hand a vehicle to the pipeline; waits while the queue is full (never drops).
+
+        Waiting, the lane's stage beats and says it is blocked (STATUS=): it is not hung, and
+        a restart would only lose the queue."""
+        name = f"scale-lane{lane.number}"
+        waited = False
         while True:
             try:
                 self._work.put((lane, weighing), timeout=0.5)
+                if waited:
+                    self._unblocked(name)
                 return
             except queue.Full:
+                self._beat(name)
+                if not waited:
+                    waited = True
+                    why = self.beats["pipeline"].blocked if "pipeline" in self.beats else ""
+                    self._blocked(name, "pipeline queue full", why or "the pipeline is slow")
                 log.error("pipeline queue full: lane %d waits", lane.number)
                 if self.stop_event.is_set() and not self._pipeline_alive():
                     log.error(
@@ -435,6 +521,7 @@ class Station:
                 self.process(lane, event)
                 if attempt:
                     log.warning("evidence: storing works again (after %d attempt(s))", attempt)
+                    self._unblocked("pipeline")
                 return
             except EvidenceError as err:
                 attempt += 1
@@ -445,11 +532,14 @@ class Station:
                         weighing.measured_at.isoformat(),
                         err,
                     )
+                    if isinstance(err, DiskFullError):
+                        self._blocked("pipeline", "disk full", str(err))
                 else:
                     log.debug("evidence: retry %d failed: %s", attempt, err)
                 self._beat("pipeline")
-                # keep retrying while running; on shutdown give it a last few tries
-                if self.stop_event.wait(min(30.0, 0.5 * 2**attempt)) and attempt >= 3:
+                # keep retrying while running (beating: a restart does not empty a disk); on
+                # shutdown give it a last few tries
+                if self.stop_event.wait(min(BLOCKED_RETRY_S, 0.5 * 2**attempt)) and attempt >= 3:
                     log.error(
                         "evidence: lane %d vehicle at %s LOST at shutdown: %s",
                         lane.number,
@@ -485,6 +575,7 @@ class Station:
                 },
             )
         scale_cfg = lane.scale
+        self.clock_monitor.poll(self.clock.now())  # a step made just now is seen by this record
         ctx = RecordContext(
             station_id=self.config.station.id,
             scale_id=scale_cfg.id,
@@ -499,6 +590,7 @@ class Station:
             software_version=__version__,
             legal_id=self.legal_id,
             audit_counter=self.audit.counter(),
+            clock_stepped_s=self.clock_monitor.stepped_during(weighing.measured_at),
         )
         self.counters.vehicles += 1
         try:
@@ -559,24 +651,45 @@ class Station:
         return health.report(self)
 
     def _status_loop(self) -> None:
-        """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps."""
+        """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps.
+
+        Each part is guarded on its own: a status file that a full disk refuses must not
+        stop the watchdog pings or the STATUS= line that says what is wrong."""
         while not self.stop_event.wait(2.0):
             self._beat("status")
+            self._guarded("clock check", lambda: self.clock_monitor.poll(self.clock.now()))
+            self._guarded("pending alarms", self._send_pending_alarms)
+            wrote = self._guarded("status.json", lambda: health.write_status(self))
             try:
-                self.clock_monitor.poll(self.clock.now())
-                health.write_status(self)
                 stale = sdnotify.stale_stages(
                     {n: b.last for n, b in self.beats.items()},
                     self.clock.monotonic(),
                     STAGE_STALE_S,
                 )
                 self.watchdog.tick(stages_fresh=not stale, stale=stale)
-                self.notifier.status(health.status_line(self, stale, self._vehicles_today()))
-                if self.dump_requested.is_set():
-                    self.dump_requested.clear()
-                    self.dump_diag()
+                line = health.status_line(self, stale, self._vehicles_today())
+                if not wrote:
+                    line += "; status.json not written (disk full?)"
+                self.notifier.status(line)
             except Exception:
                 log.exception("status loop: tick failed")
+            if self.dump_requested.is_set():
+                self.dump_requested.clear()
+                self._guarded("diag dump", self.dump_diag)
+
+    def _guarded(self, what: str, fn: Callable[[], object]) -> bool:
+        """Run one part of a status tick; an error is logged once per kind, not raised."""
+        try:
+            fn()
+        except Exception as err:
+            if what not in self._tick_failures:
+                log.error("status loop: %s failed: %s", what, err)
+            self._tick_failures.add(what)
+            return False
+        if what in self._tick_failures:
+            self._tick_failures.discard(what)
+            log.warning("status loop: %s works again", what)
+        return True
 
     def _vehicles_today(self) -> int:
         assert self.db is not None

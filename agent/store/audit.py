@@ -51,6 +51,12 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
+#: Kinds of entries that record an event (who changed the config remotely), not the state of
+#: a legally relevant parameter: :meth:`AuditLog.reconcile` never reports them as removed.
+REMOTE_CONFIG = "remote-config"
+EVENT_KINDS = frozenset({REMOTE_CONFIG})
+
+
 @dataclass(frozen=True)
 class Change:
     """One appended entry."""
@@ -164,13 +170,18 @@ class AuditLog:
 
         ``params`` is nested: the first level is the kind (``calibration``, ``limits``,
         ``tolerance``, ``scale``, ``software``), deeper levels are flattened into dotted keys
-        (``scale.lane1.accuracy_class``). A key that disappeared is logged with ``new=None``.
+        (``scale.lane1.accuracy_class``). A key that disappeared is logged with ``new=None``;
+        entries of the :data:`EVENT_KINDS` are events, not parameters, and are left alone.
         All changes commit in one transaction. Returns them (empty when nothing changed).
         """
         current = flatten(params)
         changes: list[Change] = []
         with self.db.write() as conn:
-            known = state_of(conn)
+            # events in the log (a remote config change) are not parameters that could have
+            # been removed
+            known = {
+                k: v for k, v in state_of(conn).items() if k.split(".", 1)[0] not in EVENT_KINDS
+            }
             for key in sorted(set(current) | set(known)):
                 old, new = known.get(key), current.get(key)
                 if key in known and key in current and _same(old, new):

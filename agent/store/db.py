@@ -16,12 +16,22 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+#: After a checkpoint the WAL is cut back to this size (SQLite keeps the file otherwise):
+#: space a burst of writes took is given back, and up to this much stays allocated so the
+#: next commits reuse it instead of growing the file on a full disk.
+JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+#: auto_vacuum = INCREMENTAL: pages freed by eviction go back to the file system by
+#: ``PRAGMA incremental_vacuum`` (without it SQLite never shrinks its file).
+AUTO_VACUUM_INCREMENTAL = 2
+DEFAULT_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
+LOW_DISK_AUTOCHECKPOINT_PAGES = 16
+VACUUM_MIGRATION = ("db", "0001-auto-vacuum-incremental")
 
 
 class DatabaseError(Exception):
@@ -33,7 +43,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
+    # takes effect only on a new, empty database; an existing one is converted once by
+    # Database.enable_incremental_vacuum (VACUUM)
+    conn.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
     # FULL: a committed record survives a power cut (WAL fsync on every commit).
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -93,17 +107,116 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise DatabaseError(f"{self.path}: commit failed: {err}") from err
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it (gives its disk space back).
+    def checkpoint(self, mode: str = "TRUNCATE") -> None:
+        """Copy the WAL into the database; ``TRUNCATE`` also cuts the WAL to zero bytes (gives
+        its disk space back), ``RESTART`` keeps the file so the next commits reuse it (what a
+        full disk wants: no new blocks needed for the WAL).
 
         Best effort: a reader in the middle of a statement may keep part of the WAL alive;
         the next checkpoint gets it. Never raises for that.
         """
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
         with self._write_lock:
             try:
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._writer.execute(f"PRAGMA wal_checkpoint({mode})")
             except sqlite3.Error as err:
                 log.debug("checkpoint of %s not done: %s", self.path, err)
+
+    def autocheckpoint(self, pages: int) -> None:
+        """``wal_autocheckpoint``: checkpoint after a commit that leaves the WAL over ``pages``.
+
+        :data:`LOW_DISK_AUTOCHECKPOINT_PAGES` on a full disk: the WAL then stays a few
+        commits long and its blocks are reused from its start, instead of growing into the
+        last free blocks (a record commit writes about ten pages to the WAL but adds only
+        one or two to the database). :data:`DEFAULT_AUTOCHECKPOINT_PAGES` otherwise.
+        """
+        with self._write_lock:
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+
+    def file_bytes(self) -> int:
+        """Bytes the database takes on disk: the file and its WAL."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    def auto_vacuum(self) -> int:
+        """SQLite's ``auto_vacuum`` mode of this database (0 none, 1 full, 2 incremental)."""
+        with self._write_lock:
+            return int(self._writer.execute("PRAGMA auto_vacuum").fetchone()[0])
+
+    def incremental_vacuum(self) -> int:
+        """Give the database's free pages back to the file system; returns the bytes the
+        file (with its WAL, after a truncating checkpoint) shrank by. 0 without
+        ``auto_vacuum=INCREMENTAL``."""
+        with self._write_lock:
+            self.checkpoint("TRUNCATE")  # the WAL of the deletes is not the vacuum's gain
+            before = self.file_bytes()
+            try:
+                # executescript steps the pragma to its end; execute() frees only one page
+                self._writer.executescript("PRAGMA incremental_vacuum;")
+            except sqlite3.Error as err:
+                raise DatabaseError(f"{self.path}: incremental vacuum failed: {err}") from err
+            self.checkpoint("TRUNCATE")
+            return max(0, before - self.file_bytes())
+
+    def enable_incremental_vacuum(self, free_bytes: int) -> bool:  # long: the safety checks
+        """Convert an existing database to ``auto_vacuum=INCREMENTAL`` (a one-off ``VACUUM``).
+
+        A database created by this version already is (the pragma is set before its first
+        table). An older one needs ``VACUUM``, which rewrites the whole file: it needs about
+        twice the database's size free (a temp copy, in the database's own directory, plus
+        the WAL), takes the write lock for as long as it runs and is atomic (SQLite's own
+        transaction: a crash leaves the old file). It runs only when ``free_bytes`` (the
+        data directory's free space) covers that with a margin; otherwise it is logged and
+        tried again at the next start. Recorded as the migration ``db/0001-auto-vacuum-
+        incremental``. Returns True when the database is incremental now.
+        """
+        component, name = VACUUM_MIGRATION
+        if self.auto_vacuum() == AUTO_VACUUM_INCREMENTAL:
+            with self.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO migrations (component, name) VALUES (?, ?)",
+                    (component, name),
+                )
+            return True
+        size = self.file_bytes()
+        needed = 2 * size + 16 * 1024 * 1024
+        if free_bytes < needed:
+            log.warning(
+                "database %s: not converted to incremental vacuum yet: it needs %d MB free, "
+                "%d MB are; eviction gives photo space back but not database pages until then",
+                self.path,
+                needed // 2**20,
+                free_bytes // 2**20,
+            )
+            return False
+        log.warning(
+            "database %s: converting to auto_vacuum=INCREMENTAL (one VACUUM of %.1f MB)",
+            self.path,
+            size / 2**20,
+        )
+        with self._write_lock:
+            conn = self._writer
+            try:
+                tmp_dir = str(self.path.parent).replace("'", "''")
+                conn.execute(f"PRAGMA temp_store_directory = '{tmp_dir}'")
+                conn.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+                conn.execute("VACUUM")
+            except sqlite3.Error as err:
+                log.error("database %s: VACUUM failed, left as it was: %s", self.path, err)
+                return False
+            finally:
+                conn.execute("PRAGMA temp_store_directory = ''")
+        self.checkpoint("TRUNCATE")
+        with self.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO migrations (component, name) VALUES (?, ?)",
+                (component, name),
+            )
+        return self.auto_vacuum() == AUTO_VACUUM_INCREMENTAL
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (autocommit; each statement sees committed data)."""

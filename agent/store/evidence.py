@@ -42,9 +42,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
-from agent.store import files, integrity, outbox, readonly
-from agent.store.db import Database, DatabaseError
+from agent.store import chainhead, files, integrity, outbox, readonly
+from agent.store.alarms import raise_alarm
+from agent.store.db import LOW_DISK_AUTOCHECKPOINT_PAGES, Database, DatabaseError
 from agent.store.record import RecordContext, StoredRecord, build_record, event_id_for, iso_ms
+from agent.store.reserve import DiskReserve
 from drivers.paths import ConfigPath
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,13 @@ class EvidenceConfig(BaseModel):
         description="hard floor, MB: below it new records are stored without their images "
         "(records are never refused)",
     )
+    db_reserve_mb: int = Field(
+        default=64,
+        ge=0,
+        description="MB preallocated in db-reserve.bin for the database: released step by "
+        "step when the disk is full, so records (without photos) are still committed; "
+        "refilled when space returns. 0: no reserve",
+    )
     violation_retention_days: int = Field(
         default=365,
         ge=1,
@@ -154,8 +163,15 @@ def _is_disk_full(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class DiskFullError(EvidenceError):
+    """The record cannot be committed: the disk is full and the database reserve is used up.
+
+    Nothing partial is left; the caller keeps the vehicle and tries again.
+    """
+
+
 class _DiskFullError(Exception):
-    """SQLite ran out of space after the images were written: retry without them."""
+    """SQLite ran out of space: retry without images, then with more of the reserve."""
 
 
 def _is_sqlite_full(err: BaseException) -> bool:
@@ -181,8 +197,25 @@ class EvidenceStore:
         self.images_allowed = True
         #: Free bytes a record's images must leave on the disk (set from ``reserve_free_mb``).
         self.reserve_free_bytes = 0
+        #: The database's disk reserve (:mod:`agent.store.reserve`), released when SQLite
+        #: finds the disk full; ``None``: no reserve (a commit on a full disk then fails).
+        self.reserve: DiskReserve | None = None
         db.migrate("evidence", MIGRATIONS)
         db.migrate("outbox", outbox.MIGRATIONS)
+        if db.migrate("chainhead", chainhead.MIGRATIONS):
+            self._seal_first_head()
+
+    def _seal_first_head(self) -> None:
+        """A database from before the chain head: seal its current end once (at upgrade)."""
+        with self.db.write() as conn:
+            seq, head_hash = self._last(conn)
+            row = conn.execute(
+                "SELECT event_id FROM records UNION ALL SELECT event_id FROM records_pruned LIMIT 1"
+            ).fetchone()
+            if seq and row is not None:
+                station_id = str(row[0]).rsplit("-", 2)[0]  # {station}-{time}-{seq}
+                chainhead.seal(conn, self.signer, station_id=station_id, seq=seq, hash_=head_hash)
+                log.warning("evidence: chain head sealed for the first time at seq %d", seq)
 
     def recover(self) -> int:
         """Remove temp files, images no committed record names and empty directories.
@@ -235,15 +268,42 @@ class EvidenceStore:
         be stored; nothing partial stays behind. A disk too full for the images (by the
         reserve, or an actual ENOSPC/SQLITE_FULL) stores the record without them.
         """
-        images_ok = self.images_allowed and self._room_for(event.frames)
-        try:
-            return self._commit(event, verdict, ctx, with_images=images_ok)
-        except _DiskFullError as full:
-            log.error(
-                "evidence: disk full committing a record with images; storing it without: %s",
-                full.__cause__,
-            )
-            return self._commit(event, verdict, ctx, with_images=False)
+        with_images = self.images_allowed and self._room_for(event.frames)
+        checkpointed = False
+        while True:
+            try:
+                return self._commit(event, verdict, ctx, with_images=with_images)
+            except _DiskFullError as full:
+                if with_images and event.frames:
+                    log.error(
+                        "evidence: disk full committing a record with images; storing it "
+                        "without: %s",
+                        full.__cause__,
+                    )
+                    with_images = False
+                    continue
+                if not checkpointed:
+                    # the WAL's own blocks are reused from its start after a checkpoint:
+                    # often that is all a record without photos needs; and from now on the
+                    # WAL is kept short (retention lifts that when the disk has room again)
+                    checkpointed = True
+                    self.db.autocheckpoint(LOW_DISK_AUTOCHECKPOINT_PAGES)
+                    self.db.checkpoint("RESTART")
+                    continue
+                checkpointed = False
+                if not self._release_reserve():
+                    raise DiskFullError(
+                        f"disk full: the record cannot be committed even without photos and "
+                        f"the database reserve is used up ({self.data_dir}): {full.__cause__}"
+                    ) from full.__cause__
+
+    def _release_reserve(self) -> bool:
+        """Give SQLite room on a full disk: a step of the reserve, then a checkpoint that
+        keeps the WAL's blocks for reuse. False when there is no reserve left."""
+        if self.reserve is None or not self.reserve.release():
+            return False
+        self.db.checkpoint("RESTART")
+        return True
 
     def _room_for(self, frames: tuple[Frame, ...]) -> bool:
         """Whether the images fit above :attr:`reserve_free_bytes` (statvfs, no I/O wait)."""
@@ -281,15 +341,45 @@ class EvidenceStore:
                 record = dict(body)
                 record["integrity"] = self.signer.seal(prev_hash, integrity.canonical_json(body))
                 _insert(conn, event, verdict, record, images)
+                self._seal_head(conn, ctx, seq_before, prev_hash, record)
         except (OSError, sqlite3.Error, DatabaseError) as err:
             for p in written:  # renamed but never committed: not evidence
                 p.unlink(missing_ok=True)
-            if written and _is_sqlite_full(err):
+            if _is_sqlite_full(err):
                 raise _DiskFullError() from err
             if isinstance(err, OSError):
                 raise EvidenceError(f"cannot store the record's images: {err}") from err
             raise EvidenceError(f"cannot commit the record: {err}") from err
         return StoredRecord(seq, event_id, record)
+
+    def _seal_head(
+        self,
+        conn: sqlite3.Connection,
+        ctx: RecordContext,
+        seq_before: int,
+        prev_hash: str,
+        record: dict[str, Any],
+    ) -> None:
+        """The new signed chain head; an old one that no longer names the chain's end (records
+        cut off or replaced while the station was not looking) is an alarm first."""
+        why = chainhead.check_before_commit(conn, seq_before, prev_hash)
+        if why:
+            log.error("evidence: %s", why)
+            raise_alarm(
+                conn,
+                station_id=ctx.station_id,
+                kind="chain_head_mismatch",
+                at=datetime.fromisoformat(record["measured_at"]),
+                message=why,
+                details={"seq": record["seq"], "event_id": record["event_id"]},
+            )
+        chainhead.seal(
+            conn,
+            self.signer,
+            station_id=ctx.station_id,
+            seq=record["seq"],
+            hash_=record["integrity"]["hash"],
+        )
 
     def _images_for(
         self, event: VehicleEvent, event_id: str, *, with_images: bool

@@ -272,10 +272,28 @@ def reset_deadlines(conn: sqlite3.Connection) -> int:
 
 
 def requeue_events(conn: sqlite3.Connection, since: datetime, until: datetime) -> int:
-    """Send again the event records created in ``[since, until]`` (the platform's ``resend``)."""
+    """Send again the event records created in ``[since, until]`` (the platform's ``resend``).
+
+    Only records the station still keeps are re-queued: an evicted record (a tombstone in
+    ``records_pruned``) has nothing left to send, and re-opening its row would leave it
+    "waiting for ack" forever. :func:`pruned_in_range` counts those. Returns the rows
+    re-queued.
+    """
     cur = conn.execute(
         "UPDATE outbox SET acked_at = NULL, next_attempt_mono = NULL"
-        " WHERE kind = 'event' AND julianday(created_at) BETWEEN ? AND ?",
+        " WHERE kind = 'event' AND julianday(created_at) BETWEEN ? AND ?"
+        " AND EXISTS (SELECT 1 FROM records r WHERE r.event_id = outbox.ref)",
         (julian_day(since), julian_day(until)),
     )
     return cur.rowcount
+
+
+def pruned_in_range(conn: sqlite3.Connection, since: datetime, until: datetime) -> int:
+    """Event rows created in ``[since, until]`` whose record was evicted (not re-sendable)."""
+    row = conn.execute(
+        "SELECT count(*) FROM outbox WHERE kind = 'event'"
+        " AND julianday(created_at) BETWEEN ? AND ?"
+        " AND NOT EXISTS (SELECT 1 FROM records r WHERE r.event_id = outbox.ref)",
+        (julian_day(since), julian_day(until)),
+    ).fetchone()
+    return int(row[0])

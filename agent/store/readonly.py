@@ -210,3 +210,40 @@ def newest_image_paths(data_dir: Path, limit: int) -> list[str]:
     finally:
         conn.close()
     return [str(r[0]) for r in rows]
+
+
+# -- the disk ------------------------------------------------------------------------------------
+
+
+class StorageFigures(TypedDict):
+    """What a full-disk check counts (``scripts/fulldisk_check.py report``)."""
+
+    records: int
+    records_without_images_disk_full: int
+    tombstones: int
+    last_seq: int
+    alarms: list[str]
+
+
+def storage_figures(conn: sqlite3.Connection) -> StorageFigures:
+    """Records kept, those stored without photos because the disk was full, tombstones, the
+    last ``seq`` and the kinds of every alarm raised (oldest first)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM records),"
+        " (SELECT count(*) FROM records WHERE record_json LIKE '%images_refused_disk_full%'),"
+        " (SELECT count(*) FROM records_pruned),"
+        " (SELECT coalesce(max(value), 0) FROM counters WHERE name = 'seq')"
+    ).fetchone()
+    kinds = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT json_extract(payload, '$.kind') FROM outbox WHERE kind = 'alarm' ORDER BY id"
+        )
+    ]
+    return {
+        "records": int(row[0]),
+        "records_without_images_disk_full": int(row[1]),
+        "tombstones": int(row[2]),
+        "last_seq": int(row[3]),
+        "alarms": kinds,
+    }

@@ -34,6 +34,9 @@ class RecordContext:
     software_version: str = ""
     legal_id: str = ""
     audit_counter: int = 0
+    #: the wall clock was stepped (by this many seconds, summed) between the measurement and
+    #: the seal: ``clock.stepped_s``; ``None``: no step was seen
+    clock_stepped_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,14 @@ def event_id_for(station_id: str, measured_at: datetime, seq: int) -> str:
 
 def iso_ms(t: datetime) -> str:
     return t.isoformat(timespec="milliseconds")
+
+
+def _clock(ctx: RecordContext) -> dict[str, Any]:
+    """``clock``: synchronised, and ``stepped_s`` only for a record taken across a step."""
+    clock: dict[str, Any] = {"synchronized": ctx.clock_synchronized}
+    if ctx.clock_stepped_s is not None:
+        clock["stepped_s"] = ctx.clock_stepped_s
+    return clock
 
 
 def build_record(
@@ -72,7 +83,7 @@ def build_record(
         "lane": w.lane,
         "seq": seq,
         "measured_at": iso_ms(w.measured_at),
-        "clock": {"synchronized": ctx.clock_synchronized},
+        "clock": _clock(ctx),
         "vehicle": {
             "axle_count": w.axle_count,
             "axle_loads_kg": list(w.axle_loads_kg),

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from agent.store.alarms import raise_alarm
-from agent.store.db import Database
+from agent.store.db import DEFAULT_AUTOCHECKPOINT_PAGES, Database, DatabaseError
 from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore
 from agent.store.record import iso_ms
 
@@ -85,6 +85,10 @@ class RetentionReport:
     evicted_images: int = 0
     evicted_records: int = 0
     evicted_bytes: int = 0
+    #: what the eviction really gave back to the file system: photo files deleted and the
+    #: database file shrunk by ``incremental_vacuum`` (bytes)
+    files_freed_bytes: int = 0
+    db_shrunk_bytes: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
     alarms: list[str] = field(default_factory=list)
 
@@ -122,6 +126,11 @@ class Retention:
         self.disk_usage = disk_usage
         self._low_free = False
         self._full = False
+        self._reserve_releases = store.reserve.releases if store.reserve is not None else 0
+        self._unsent: list[tuple[str, datetime, str, dict[str, object]]] = []
+        self._alarm_failing = False
+        #: photo file bytes deleted by eviction since this object was made
+        self.files_freed = 0
         store.reserve_free_bytes = config.reserve_free_mb * MB
 
     # -- measuring -------------------------------------------------------------------------
@@ -159,6 +168,8 @@ class Retention:
         """Measure, evict what the budget and watermark require, set the image gate, alarm."""
         now = self.clock.now()
         report = RetentionReport()
+        files_freed_before = self.files_freed
+        self._send_alarms(report)
         need, free, used = self._pressure()
         report.pressure = need > 0
         if need:
@@ -180,13 +191,17 @@ class Retention:
                 report.evicted_records += records
                 report.evicted_bytes += freed
                 report.by_class[name] = report.by_class.get(name, 0) + images + records
+                if records:  # rows gone: give their pages back before measuring again
+                    report.db_shrunk_bytes += self._vacuum()
                 need, free, used = self._pressure(HYSTERESIS)
+        report.files_freed_bytes = self.files_freed - files_freed_before
         if report.evicted_images or report.evicted_records:
             self._log_eviction(now, report)
         if self._low_free and not self._pressure()[0]:
             self._low_free = False
             log.warning("retention: disk back above the watermark (%d MB free)", free // MB)
         self._gate_images(now, free, report)
+        self._tend_reserve(now, free, report)
         report.free_bytes, report.evidence_bytes = free, used
         report.images_allowed = self.store.images_allowed
         return report
@@ -208,25 +223,55 @@ class Retention:
 
     def stats(self) -> dict[str, int]:
         rows = self.db.read().execute(
-            "SELECT name, value FROM counters WHERE name LIKE 'evicted_%'"
+            "SELECT name, value FROM counters WHERE name LIKE 'evicted_%' OR name IN"
+            " ('freed_file_bytes', 'freed_db_bytes')"
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def _vacuum(self) -> int:
+        """``incremental_vacuum`` after rows were deleted; the bytes the database shrank by
+        (counted as ``freed_db_bytes``)."""
+        try:
+            shrunk = self.db.incremental_vacuum()
+        except Exception as err:  # a full disk can refuse even this; the next check retries
+            log.warning("retention: incremental vacuum of %s not done: %s", self.db.path, err)
+            return 0
+        if shrunk:
+            with self.db.write() as conn:
+                _add_counter(conn, "freed_db_bytes", shrunk)
+        return shrunk
 
     # -- alarms and the image gate -----------------------------------------------------------
 
     def _alarm(
         self, alarm: str, now: datetime, message: str, report: RetentionReport, **details: object
     ) -> None:
-        with self.db.write() as conn:
-            raise_alarm(
-                conn,
-                station_id=self.station_id,
-                kind=alarm,
-                at=now,
-                message=message,
-                details=details,
-            )
-        report.alarms.append(alarm)
+        """Queue an alarm; one the full disk refuses is kept and queued at the next check."""
+        self._unsent.append((alarm, now, message, dict(details)))
+        self._send_alarms(report)
+
+    def _send_alarms(self, report: RetentionReport) -> None:
+        while self._unsent:
+            alarm, at, message, details = self._unsent[0]
+            try:
+                with self.db.write() as conn:
+                    raise_alarm(
+                        conn,
+                        station_id=self.station_id,
+                        kind=alarm,
+                        at=at,
+                        message=message,
+                        details=details,
+                    )
+            except DatabaseError as err:
+                (log.debug if self._alarm_failing else log.error)(
+                    "retention: %s alarm not queued yet (retried): %s", alarm, err
+                )
+                self._alarm_failing = True
+                return
+            self._alarm_failing = False
+            self._unsent.pop(0)
+            report.alarms.append(alarm)
 
     def _alarm_watermark(
         self, now: datetime, free: int, used: int, report: RetentionReport
@@ -260,10 +305,34 @@ class Retention:
                 "retention: disk space is back (%d MB free); storing images again", free // MB
             )
 
+    def _tend_reserve(self, now: datetime, free: int, report: RetentionReport) -> None:
+        """Alarm when the store released part of the database reserve; refill it once the
+        disk has room for it above the photo floor."""
+        reserve = self.store.reserve
+        if reserve is None:
+            return
+        if reserve.releases != self._reserve_releases:
+            held = reserve.held()
+            message = (
+                f"disk full: the database reserve was released to keep committing records "
+                f"({held // MB} of {reserve.size_bytes // MB} MB left, {free // MB} MB free); "
+                "free space on the station disk"
+            )
+            self._alarm("disk_reserve_released", now, message, report, reserve_left_mb=held // MB)
+            self._reserve_releases = reserve.releases
+        missing = reserve.size_bytes - reserve.held()
+        room = free >= self.config.reserve_free_mb * MB + missing
+        if missing > 0 and room and reserve.fill():
+            log.warning("retention: database reserve restored (%d MB)", reserve.size_bytes // MB)
+            self.db.autocheckpoint(DEFAULT_AUTOCHECKPOINT_PAGES)  # the WAL may grow again
+
     def _log_eviction(self, now: datetime, report: RetentionReport) -> None:
+        freed = report.files_freed_bytes + report.db_shrunk_bytes
         message = (
             f"evicted {report.evicted_images} images and {report.evicted_records} delivered "
-            f"records ({report.evicted_bytes / MB:.1f} MB): {report.by_class}"
+            f"records; {freed / MB:.1f} MB given back to the disk ("
+            f"{report.files_freed_bytes / MB:.1f} MB of photo files, "
+            f"{report.db_shrunk_bytes / MB:.1f} MB of database file): {report.by_class}"
         )
         log.warning("retention: %s", message)
         self._alarm(
@@ -274,6 +343,9 @@ class Retention:
             images=report.evicted_images,
             records=report.evicted_records,
             bytes=report.evicted_bytes,
+            freed_bytes=freed,
+            freed_file_bytes=report.files_freed_bytes,
+            freed_db_bytes=report.db_shrunk_bytes,
             by_class=report.by_class,
         )
 
@@ -364,11 +436,31 @@ class Retention:
         return images, len(rows), freed
 
     def _unlink(self, rel_paths: list[str]) -> None:
+        """Delete evicted photo files; what they took is added to :attr:`files_freed`."""
+        freed = 0
         for rel in rel_paths:
+            path = self.store.data_dir / rel
             try:
-                (self.store.data_dir / rel).unlink(missing_ok=True)
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
             except OSError as err:  # recover() retries at the next start
                 log.warning("retention: cannot delete %s: %s", rel, err)
+                continue
+            freed += size
+        self.files_freed += freed
+        if freed:
+            with self.db.write() as conn:
+                _add_counter(conn, "freed_file_bytes", freed)
+
+
+def _add_counter(conn: sqlite3.Connection, name: str, n: int) -> None:
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, n),
+    )
 
 
 def _count(conn: sqlite3.Connection, *, images: int, records: int, freed: int) -> None:
@@ -378,8 +470,4 @@ def _count(conn: sqlite3.Connection, *, images: int, records: int, freed: int) -
         ("evicted_bytes", freed),
     ):
         if n:
-            conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                (name, n),
-            )
+            _add_counter(conn, name, n)

@@ -5,7 +5,8 @@ chain links across pruned records (:mod:`agent.store.evidence`). For each record
 hash chain and the Ed25519 signature (:mod:`agent.store.integrity`), that the indexed columns
 say what the signed record says, and that every image row and file matches the hash and size
 the record signed; for each tombstone its link and its signature. Last, the ``seq`` counter
-must not be ahead of the last record (records cut off the end of the chain).
+must not be ahead of the last record, no ``seq`` may be skipped, and the signed chain head
+(:mod:`agent.store.chainhead`) must name the last link (records cut off the end of the chain).
 
 Bad evidence never raises: every finding is a :class:`Problem` in the :class:`ChainReport`,
 and ``roadside-agent verify`` names the first broken record.
@@ -23,14 +24,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.store import integrity
+from agent.store import chainhead, integrity
 
 
 @dataclass
 class Problem:
     """One thing ``verify`` found wrong; ``seq``/``event_id`` name the record when known."""
 
-    where: str  # record | image | tombstone | counter | audit
+    where: str  # record | image | tombstone | counter | head | audit
     problem: str
     seq: int | None = None
     event_id: str | None = None
@@ -139,6 +140,11 @@ def verify_store(
             walk.prev_seq + 1,
             None,
         )
+    why = None
+    if chainhead.expected(conn):
+        why = chainhead.check(chainhead.read(conn), walk.prev_seq, walk.prev_hash, public_keys)
+    if why:
+        walk.bad("head", why, walk.prev_seq + 1 if "missing" in why else None, None)
     return report
 
 
@@ -170,11 +176,19 @@ class _ChainWalk:
         if seq <= self.prev_seq:
             self.bad("record", f"seq {seq} used twice (record and tombstone)", seq, event_id)
             return
+        gap = (self.prev_seq + 1, seq - 1) if seq > self.prev_seq + 1 else None
         self.prev_seq = seq
         if row["kind"] == "tombstone":
             self._tombstone(row, seq, event_id)
         else:
             self._record(row, seq, event_id)
+        if gap:  # seq is never skipped: a gap is records removed
+            self.bad(
+                "record",
+                f"seq {gap[0]}..{gap[1]} missing before this record (neither kept nor tombstoned)",
+                seq,
+                event_id,
+            )
         self.prev_hash = str(row["hash"])
 
     def _tombstone(self, row: sqlite3.Row, seq: int, event_id: str) -> None:
