@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 from pathlib import Path
 
@@ -97,3 +98,21 @@ def test_legal_id_of_this_build_covers_exactly_the_legally_relevant_code() -> No
     )
     assert "agent/store/evidence.py" not in files
     assert len(legalid.legal_software_id()) == 64
+
+
+@pytest.mark.parametrize(("simulated", "level"), [(False, logging.ERROR), (True, logging.WARNING)])
+def test_unsynchronised_clock_is_an_error_where_evidence_is_at_stake(
+    simulated: bool, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    alarms: list[str] = []
+    mon = timesync.ClockMonitor(
+        FakeClockSync(False), alarm=lambda msg, at: alarms.append(msg), simulated=simulated
+    )
+    caplog.set_level(logging.DEBUG, logger="agent.station.timesync")
+    for _ in range(3):
+        mon.poll(T0)
+    said = [r for r in caplog.records if "NTP" in r.getMessage()]
+    assert [r.levelno for r in said] == [level]  # once, at that level
+    assert len(alarms) == 1  # the platform hears of it either way
+    if simulated:
+        assert "an officer cannot rely on the time" in said[0].getMessage()

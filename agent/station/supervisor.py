@@ -105,7 +105,9 @@ class Station:
         self.legal_id = legalid.legal_software_id()
         self._audit_legal_parameters(db)
         self.clock_monitor = timesync.ClockMonitor(
-            timesync.clock_synchronized, alarm=timesync.outbox_alarm(db, cfg.station.id)
+            timesync.clock_synchronized,
+            alarm=timesync.outbox_alarm(db, cfg.station.id),
+            simulated=all(lane.scale.type == "simulated" for lane in cfg.lanes),
         )
         self.clock_monitor.poll(self.clock.now())
         self.retention = retention.Retention(

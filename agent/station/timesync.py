@@ -113,15 +113,23 @@ class ClockMonitor:
     ``alarm(message, at)`` is called once when the clock becomes unsynchronised (or is
     found so at start-up) and again only after it was synchronised in between; the recovery is
     logged at WARNING. :attr:`synchronized` is what records and heartbeats should carry.
+
+    The journal line is an ERROR on a station whose records can reach an officer. With
+    ``simulated`` (every scale of the station is a simulated one: the demo, a bench) nothing it
+    stores is evidence, so a machine without NTP is said once as a WARNING with what it would
+    mean; the records are flagged and the alarm raised all the same.
     """
 
     def __init__(
         self,
         source: SyncSource = clock_synchronized,
         alarm: Callable[[str, datetime], None] | None = None,
+        *,
+        simulated: bool = False,
     ) -> None:
         self.source = source
         self.alarm = alarm
+        self.simulated = simulated
         self.synchronized: bool | None = None
         self._alarmed = False
 
@@ -139,7 +147,15 @@ class ClockMonitor:
                 "system clock is not NTP-synchronised (kernel STA_UNSYNC): records are "
                 "flagged clock.synchronized=false until it is"
             )
-            log.error("timesync: %s", message)
+            if self.simulated:
+                log.warning(
+                    "timesync: %s. This station is simulated, so no evidence is at stake; on a "
+                    "real station an officer cannot rely on the time of such records "
+                    "(it is an ERROR there): run an NTP client (chrony, systemd-timesyncd)",
+                    message,
+                )
+            else:
+                log.error("timesync: %s", message)
             if self.alarm is not None:
                 self.alarm(message, at)
         elif state is True and self._alarmed:
