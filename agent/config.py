@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -237,10 +237,7 @@ def _loc_path(loc: tuple[str | int, ...]) -> str:
 
 
 def _suggest(bad: str, model: type[BaseModel] | None) -> str:
-    if model is None:
-        return ""
-    hint = difflib.get_close_matches(bad, list(model.model_fields), n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+    return "" if model is None else _close(bad, list(model.model_fields))
 
 
 def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
@@ -276,24 +273,98 @@ def _problems(
         loc = tuple(e["loc"])
         full = prefix + loc
         value = "" if e["type"] == "missing" else repr(e.get("input"))[:60]
-        message = e["msg"]
-        if e["type"] == "extra_forbidden":
-            message = "unknown key" + _suggest(str(loc[-1]), _model_at(model, loc[:-1]))
-        elif e["type"] == "missing":
-            message = "required key is missing"
         line = locate(text, full) if e["type"] != "missing" else locate(text, full[:-1])
-        problems.append(Problem(line, _loc_path(full), value, message))
+        problems.append(Problem(line, _loc_path(full), value, _message(e, loc, model)))
     return problems
+
+
+def _choices(expected: str) -> str:
+    """``"'kg' or 't'"`` (pydantic's ``expected``) as ``kg, t``."""
+    return ", ".join(c.strip().strip("'\"") for c in re.split(r",|\bor\b", expected) if c.strip())
+
+
+def _close(value: Any, choices: list[str]) -> str:
+    hint = difflib.get_close_matches(str(value), choices, n=1) if isinstance(value, str) else []
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _pattern_message(pattern: str, field: FieldInfo | None, value: Any) -> str:
+    """A regex the value did not match, said for a technician (choices, or the field's doc)."""
+    m = re.fullmatch(r"\^\(?([\w|]+)\)?\$", pattern)
+    if m and "|" in m.group(1):
+        choices = m.group(1).split("|")
+        return "must be one of " + ", ".join(choices) + _close(value, choices)
+    m = re.fullmatch(r"\^\[(\w+)\]\$", pattern)
+    if m:
+        return "must be one of " + ", ".join(m.group(1))
+    what = field.description if field is not None and field.description else ""
+    return f"not of the expected form ({what})" if what else "not of the expected form"
+
+
+# pydantic error types → what a technician reads; {name} is filled from the error's ctx.
+_MESSAGES = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text (in quotes)",
+    "date_type": "must be a date (YYYY-MM-DD, without quotes)",
+    "date_parsing": "must be a date (YYYY-MM-DD, without quotes)",
+    "date_from_datetime_parsing": "must be a date (YYYY-MM-DD, without quotes)",
+    "date_from_datetime_inexact": "must be a date (YYYY-MM-DD), not a date and time",
+    "list_type": "must be a list ([...])",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "too_short": "needs at least {min_length} entries",
+    "too_long": "takes at most {max_length} entries",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+}
+
+
+def _message(e: Any, loc: tuple[str | int, ...], model: type[BaseModel]) -> str:
+    """The problem of one pydantic error in words, never pydantic's own text."""
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggest(str(loc[-1]), _model_at(model, loc[:-1]))
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        choices = _choices(str(ctx.get("expected", "")))
+        return "must be one of " + choices + _close(e.get("input"), choices.split(", "))
+    if kind == "string_pattern_mismatch":
+        owner = _model_at(model, loc[:-1]) if loc else None
+        field = owner.model_fields.get(str(loc[-1])) if owner is not None and loc else None
+        return _pattern_message(str(ctx.get("pattern", "")), field, e.get("input"))
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", e["msg"])) or e["msg"]
+    if kind in _MESSAGES:
+        try:
+            return _MESSAGES[kind].format(**ctx)
+        except (KeyError, IndexError):
+            pass
+    msg = str(e["msg"])
+    return msg[:1].lower() + msg[1:]
 
 
 def _device(
     registry: Registry[Any],
-    table: dict[str, Any],
+    table: Any,
     text: str,
     where: tuple[str | int, ...],
     problems: list[Problem],
     context: dict[str, Any],
 ) -> Any:
+    if not isinstance(table, dict):
+        return None  # the file-level validation said what is wrong with it
     kind = table.get("type")
     if not isinstance(kind, str):
         problems.append(
@@ -322,47 +393,216 @@ def _device(
         return None
 
 
-def parse_config(text: str, path: Path | None = None) -> StationConfig:
-    """Validate TOML ``text``. Raises :class:`ConfigError` listing every problem."""
-    filename = str(path) if path else "<config>"
-    context = {"base_dir": str(Path(path).resolve().parent) if path else os.getcwd()}
+def _parse_toml(text: str, filename: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         m = re.search(r"line (\d+)", str(err))
         raise ConfigError(
             filename, [Problem(int(m.group(1)) if m else None, "", "", f"not valid TOML: {err}")]
         ) from err
-    try:
-        file = StationConfigFile.model_validate(data, context=context)
-    except ValidationError as err:
-        raise ConfigError(filename, _problems(err, text, (), StationConfigFile)) from err
 
-    problems: list[Problem] = []
-    lanes = []
-    numbers: set[int] = set()
-    for i, lane in enumerate(file.lanes):
-        if lane.number in numbers:
+
+def _lane_devices(
+    data: dict[str, Any], text: str, problems: list[Problem], context: dict[str, Any]
+) -> list[tuple[Any, list[Any]]]:
+    """Each raw ``[[lanes]]`` table's scale and cameras validated by their backends (``None``
+    where invalid), and lane numbers used twice; done even when the rest of the file is bad,
+    so one pass reports every problem."""
+    raw = data.get("lanes")
+    devices: list[tuple[Any, list[Any]]] = []
+    numbers: set[Any] = set()
+    for i, lane in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(lane, dict):
+            continue
+        number = lane.get("number")
+        if isinstance(number, int) and number in numbers:
             problems.append(
                 Problem(
                     locate(text, ("lanes", i, "number")),
                     f"lanes[{i}].number",
-                    str(lane.number),
+                    str(number),
                     "lane number used twice",
                 )
             )
-        numbers.add(lane.number)
-        scale = _device(SCALES, lane.scale, text, ("lanes", i, "scale"), problems, context)
+        numbers.add(number)
+        scale = _device(SCALES, lane.get("scale"), text, ("lanes", i, "scale"), problems, context)
+        cameras = lane.get("cameras", [])
         cams = [
             _device(CAMERAS, cam, text, ("lanes", i, "cameras", j), problems, context)
-            for j, cam in enumerate(lane.cameras)
+            for j, cam in enumerate(cameras if isinstance(cameras, list) else [])
         ]
-        if scale is not None and all(c is not None for c in cams):
-            lanes.append(Lane(lane.number, lane.vehicle_class, scale, tuple(cams), lane.weighing))
-    plate = _device(PLATE_READERS, file.plate, text, ("plate",), problems, context)
-    if problems:
+        devices.append((scale, cams))
+    return devices
+
+
+# -- what the daemon would refuse at start-up ------------------------------------------------
+#
+# Each check calls the code ``run`` calls (load_map, DeviceFacts, load_rules, make_client), so
+# check-config cannot pass a file the daemon then refuses.
+
+_Found = list[tuple[tuple[str | int, ...], str, str]]  # (key path, value, what is wrong)
+
+
+def _start_problems(
+    file: StationConfigFile | None,
+    data: dict[str, Any],
+    devices: list[tuple[Any, list[Any]]],
+    plate: Any,
+    text: str,
+    context: dict[str, Any],
+) -> list[Problem]:
+    found: _Found = []
+    for i, (scale, cams) in enumerate(devices):
+        if scale is not None:
+            found += [(("lanes", i, "scale", *k), v, m) for k, v, m in _scale_problems(scale)]
+        for j, cam in enumerate(cams):
+            folder = getattr(cam, "folder", "")
+            if isinstance(folder, str) and folder and not Path(folder).is_dir():
+                found.append(
+                    (("lanes", i, "cameras", j, "folder"), repr(folder), "folder not found")
+                )
+    if plate is not None:
+        bundle = getattr(plate, "bundle", "")
+        if isinstance(bundle, str) and bundle and not Path(bundle).is_dir():
+            found.append((("plate", "bundle"), repr(bundle), "folder not found"))
+    legal = _section(file, data, "legal", LegalConfig, context)
+    if legal is not None:
+        found += _legal_problems(legal)
+    uplink = _section(file, data, "uplink", UplinkConfig, context)
+    if uplink is not None:
+        found += [(("uplink", *k), v, m) for k, v, m in _uplink_problems(uplink)]
+    return [Problem(locate(text, key), _loc_path(key), value, msg) for key, value, msg in found]
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _section(
+    file: StationConfigFile | None,
+    data: dict[str, Any],
+    name: str,
+    model: type[_M],
+    context: dict[str, Any],
+) -> _M | None:
+    """Table ``name`` validated, also when another part of the file is bad (``None`` when
+    this table is bad too: its problems are already reported)."""
+    if file is not None:
+        section: _M = getattr(file, name)
+        return section
+    try:
+        return model.model_validate(data.get(name, {}), context=context)
+    except ValidationError:
+        return None
+
+
+def _scale_problems(scale: ScaleConfig) -> _Found:
+    """Speed range (as the verdict checks it) and register map of one scale. (A simulated
+    scale's missing ``photos`` folder is no problem: it generates pictures instead.)"""
+    from agent.legal import DeviceFacts, InvalidFactsError
+    from drivers.scale.base import ScaleConfigError
+    from drivers.scale.registermap import load_map
+    from drivers.scale.wim_modbus import WimModbusConfig
+
+    found: _Found = []
+    try:
+        DeviceFacts(
+            scale_id=scale.id, min_speed_kmh=scale.min_speed_kmh, max_speed_kmh=scale.max_speed_kmh
+        )
+    except InvalidFactsError as err:
+        key = "min_speed_kmh" if scale.min_speed_kmh < 0 else "max_speed_kmh"
+        found.append(((key,), f"{getattr(scale, key):g}", str(err)))
+    name = getattr(scale, "map", None)
+    if isinstance(name, str):
+        try:
+            rmap = load_map(name)
+            # the section the backend reads: a WIM controller's record, an indicator's weight
+            if isinstance(scale, WimModbusConfig):
+                rmap.record_block()
+            else:
+                rmap.weight_block()
+        except ScaleConfigError as err:
+            found.append((("map",), repr(name), str(err)))
+    return found
+
+
+def _legal_problems(legal: LegalConfig) -> _Found:
+    from agent.legal import LegalRulesError, load_rules
+
+    try:
+        load_rules(legal)
+    except LegalRulesError as err:
+        return [(("legal", "rules_dir"), repr(legal.rules_dir), str(err))]
+    return []
+
+
+def _uplink_problems(uplink: UplinkConfig) -> _Found:
+    """TLS and password files that do not exist, then what paho refuses to load.
+
+    A relative name is a systemd credential (``LoadCredential=``): it is checked only where
+    ``$CREDENTIALS_DIRECTORY`` is set (``ExecStartPre=`` and ``run`` under the unit), not in a
+    technician's shell, where the daemon's credentials are not visible.
+    """
+    from agent.uplink.client import UplinkError, credential_path, make_client
+
+    named: list[tuple[tuple[str, ...], str]] = []
+    if uplink.tls is not None:
+        named += [
+            (("tls", k), getattr(uplink.tls, k)) for k in ("ca_file", "cert_file", "key_file")
+        ]
+    if uplink.password_file:
+        named.append((("password_file",), uplink.password_file))
+    checkable = [
+        (key, name)
+        for key, name in named
+        if Path(name).is_absolute() or os.environ.get("CREDENTIALS_DIRECTORY")
+    ]
+    found: _Found = [
+        # the value of a secret key (key_file, password_file) stays out of the message
+        (key, "", "file not found")
+        if is_secret_key(key[-1])
+        else (key, repr(name), f"file not found ({credential_path(name)})")
+        for key, name in checkable
+        if not credential_path(name).is_file()
+    ]
+    if found or len(checkable) < len(named):
+        return found
+    try:
+        make_client(uplink, "roadside-check-config")
+    except UplinkError as err:
+        return [(("tls",) if uplink.tls is not None else (), "", str(err))]
+    return []
+
+
+def parse_config(text: str, path: Path | None = None) -> StationConfig:
+    """Validate TOML ``text``. Raises :class:`ConfigError` listing every problem.
+
+    Besides the keys and values, it checks what the daemon would refuse at start-up (see
+    :func:`_start_problems`): register maps, files named in the config, speed ranges, the
+    rule tables, the TLS files. ``check-config`` and ``run`` share this one function.
+    """
+    filename = str(path) if path else "<config>"
+    context = {"base_dir": str(Path(path).resolve().parent) if path else os.getcwd()}
+    data = _parse_toml(text, filename)
+    problems: list[Problem] = []
+    file: StationConfigFile | None = None
+    try:
+        file = StationConfigFile.model_validate(data, context=context)
+    except ValidationError as err:
+        problems.extend(_problems(err, text, (), StationConfigFile))
+    devices = _lane_devices(data, text, problems, context)
+    plate = _device(
+        PLATE_READERS, data.get("plate", {"type": "simulated"}), text, ("plate",), problems, context
+    )
+    problems.extend(_start_problems(file, data, devices, plate, text, context))
+    if problems or file is None:
+        problems.sort(key=lambda p: p.line or 0)
         raise ConfigError(filename, problems)
-    return StationConfig(path, text, file, tuple(lanes), plate)
+    lanes = tuple(
+        Lane(lane.number, lane.vehicle_class, scale, tuple(cams), lane.weighing)
+        for lane, (scale, cams) in zip(file.lanes, devices, strict=True)
+    )
+    return StationConfig(path, text, file, lanes, plate)
 
 
 def load_config(path: str | Path) -> StationConfig:

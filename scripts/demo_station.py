@@ -1,9 +1,10 @@
 """The demo: a simulated station end to end, one line per truck, then a summary.
 
-Started by ``./scripts/demo`` inside its own virtualenv. It starts a broker (Mosquitto when
-installed, else the embedded ``scripts/minibroker.py``), the platform simulator, and the station
-of ``firmware_config/examples/demo.toml`` on a fresh data directory; it prints each truck once the
-platform has acknowledged it and exits 0 when every record is delivered (1 otherwise).
+Started by ``./scripts/demo`` inside its own virtualenv (which installs Mosquitto with apt-get
+when run as root). It starts Mosquitto on a free loopback port, the platform simulator, and the
+station of ``firmware_config/examples/demo.toml`` on a fresh data directory; it prints each truck
+once the platform has acknowledged it and exits 0 when every record is delivered (1 otherwise,
+69 when Mosquitto is not installed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from platform_sim import PlatformSim  # noqa: E402
 
+from agent.commands._common import format_kg  # noqa: E402
 from agent.commands.verify import verify_data_dir  # noqa: E402
 from agent.config import parse_config  # noqa: E402
 from agent.station.supervisor import Station  # noqa: E402
@@ -42,48 +44,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def broker(workdir: Path, choice: str = "auto") -> Iterator[tuple[str, int]]:
-    """Mosquitto on a free loopback port if installed, else the embedded broker."""
-    exe = shutil.which("mosquitto") or (
+MOSQUITTO_MISSING = (
+    "Mosquitto is not installed: run 'sudo apt-get install mosquitto' (Debian, Raspberry Pi OS; "
+    "./scripts/demo does it itself when run as root), then ./scripts/demo again"
+)
+
+
+def mosquitto_path() -> str | None:
+    return shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
-    if choice == "embedded":
-        exe = None
-    elif choice == "mosquitto" and exe is None:
-        raise SystemExit("--broker mosquitto: mosquitto is not installed")
-    if exe:
-        port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-        )
-        proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5),
-                ):
-                    break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited with {proc.returncode}")
-                time.sleep(0.05)
-            yield f"Mosquitto ({exe})", port
-        finally:
-            proc.terminate()
-            proc.wait(5)
-    else:
-        from minibroker import start_in_thread  # type: ignore[import-not-found]
 
-        port, stop = start_in_thread("127.0.0.1", 0)
-        try:
-            yield "embedded MQTT 5 broker (Mosquitto not installed)", port
-        finally:
-            stop()
+
+@contextlib.contextmanager
+def broker(workdir: Path, exe: str) -> Iterator[tuple[str, int]]:
+    """Mosquitto ``exe`` on a free loopback port, for as long as the block runs."""
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+    )
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.5),
+            ):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {proc.returncode}")
+            time.sleep(0.05)
+        yield f"Mosquitto ({exe})", port
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 def demo_config_text(port: int, trucks: int, rate_per_min: float) -> str:
@@ -98,23 +96,17 @@ def demo_config_text(port: int, trucks: int, rate_per_min: float) -> str:
     return text
 
 
-def fmt_kg(kg: int | None) -> str:
-    return "-" if kg is None else f"{kg:,}".replace(",", " ")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--trucks", type=int, default=20, help="how many trucks (default 20)")
     ap.add_argument("--rate", type=float, default=60.0, help="trucks per minute (default 60)")
     ap.add_argument("--timeout", type=float, default=90.0, help="give up after this many s")
     ap.add_argument("--keep", help="keep the station's data in this folder")
-    ap.add_argument(
-        "--broker",
-        choices=("auto", "mosquitto", "embedded"),
-        default="auto",
-        help="auto: Mosquitto when installed, else the embedded MQTT 5 broker",
-    )
     args = ap.parse_args()
+    exe = mosquitto_path()
+    if exe is None:
+        print(MOSQUITTO_MISSING, file=sys.stderr)
+        return 69
     logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(message)s")
 
     with tempfile.TemporaryDirectory(prefix="roadside-demo-") as tmp:
@@ -123,7 +115,7 @@ def main() -> int:
         if data_dir.exists() and any(data_dir.iterdir()):
             print(f"{data_dir} is not empty; choose an empty folder for --keep", file=sys.stderr)
             return 2
-        with broker(work, args.broker) as (broker_name, port):
+        with broker(work, exe) as (broker_name, port):
             print(f"broker     {broker_name} on 127.0.0.1:{port}")
             cfg = parse_config(demo_config_text(port, args.trucks, args.rate), DEMO_CONFIG)
             sim = PlatformSim(cfg.uplink, db_path=work / "platform.db")
@@ -171,13 +163,13 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
             v, veh = rec["verdict"], rec["vehicle"]
             plate = rec["plates"][0]["text"] if rec["plates"] else "(no plate)"
             limit = (
-                f"limit {fmt_kg(v['limit_kg'])} + {fmt_kg(v['tolerance_kg'])}"
+                f"limit {format_kg(v['limit_kg'])} + {format_kg(v['tolerance_kg'])}"
                 if v.get("limit_kg")
                 else v.get("explanation", "")[:40]
             )
             counts[v["status"]] = counts.get(v["status"], 0) + 1
             print(
-                f"{event_id}  {plate:9}  {veh['axle_count']} axles  {fmt_kg(veh['gross_kg']):>7} kg"
+                f"{event_id}  {plate:9}  {veh['axle_count']} axles  {format_kg(veh['gross_kg']):>9}"
                 f"  {v['status']:13} ({limit})  delivered",
                 flush=True,
             )

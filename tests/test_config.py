@@ -162,3 +162,190 @@ def test_camera_source_file_resolves_but_urls_and_indexes_stay(tmp_path: Path) -
         path.write_text(base.replace("SOURCE", source))
         cam = load_config(path).lanes[0].cameras[0]
         assert cam.source == expected  # type: ignore[attr-defined]
+
+
+# -- check-config catches what run would refuse (issue 16) ----------------------------------
+
+MODBUS_LANE = """\
+[[lanes]]
+number = 3
+vehicle_class = "VEHICLE_CLASS"
+[lanes.scale]
+type = "modbus_tcp"
+id = "ind-3"
+host = "127.0.0.1"
+map = "MAP"
+min_speed_kmh = MIN
+max_speed_kmh = MAX
+[[lanes.cameras]]
+type = "CAMERA"
+id = "cam-3"
+role = "front"
+"""
+
+
+def _lane(**values: object) -> str:
+    text = MODBUS_LANE
+    defaults = {
+        "VEHICLE_CLASS": "truck",
+        "MAP": "generic",
+        "MIN": 0,
+        "MAX": 100,
+        "CAMERA": "replay",
+    }
+    for key, default in defaults.items():
+        text = text.replace(key, str(values.get(key, default)))
+    return GOOD + text
+
+
+def test_the_modbus_lane_is_valid_as_written() -> None:
+    assert [lane.number for lane in parse_config(_lane()).lanes] == [1, 2, 3]
+
+
+def test_misspelt_register_map_is_caught_with_the_known_names() -> None:
+    lines = _problems(_lane(MAP="genric"))
+    assert len(lines) == 1
+    assert lines[0].startswith("station.toml:27  lanes[2].scale.map  'genric' → register map")
+    assert "known: generic, generic_wim" in lines[0]
+
+
+def test_a_wim_controller_map_without_a_record_section_is_caught() -> None:
+    text = GOOD.replace('type = "simulated"\nid = "wim-2"', 'type = "wim_modbus"\nid = "wim-2"')
+    text = text.replace("vehicles_per_min = 12", 'host = "127.0.0.1"\nmap = "generic"')
+    lines = _problems(text)
+    assert len(lines) == 1 and "lanes[1].scale.map  'generic'" in lines[0]
+    assert "has no [record] section" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "key", "what"),
+    [
+        (-5, 100, "min_speed_kmh  -5", "min speed is negative"),
+        (60, 5, "max_speed_kmh  5", "max speed 5.0 km/h is below min speed 60.0 km/h"),
+    ],
+)
+def test_negative_or_inverted_speed_ranges_are_caught(
+    low: int, high: int, key: str, what: str
+) -> None:
+    lines = _problems(_lane(MIN=low, MAX=high))
+    assert len(lines) == 1
+    assert f"lanes[2].scale.{key} →" in lines[0] and what in lines[0]
+
+
+def test_every_kind_of_problem_is_reported_in_one_pass() -> None:
+    lines = _problems(
+        _lane(VEHICLE_CLASS="trcuk", MAP="genric", MIN=-1, CAMERA="replya").replace(
+            "port = 1883", "port = 0"
+        )
+    )
+    assert [line.split("  ")[1] for line in lines] == [
+        "uplink.port",
+        "lanes[2].vehicle_class",
+        "lanes[2].scale.map",
+        "lanes[2].scale.min_speed_kmh",
+        "lanes[2].cameras[0].type",
+    ]
+    assert "did you mean 'replay'?" in lines[-1]
+
+
+def test_messages_are_words_not_pydantic_texts() -> None:
+    text = _lane(VEHICLE_CLASS="trcuk").replace('id = "JS-ZJ-0001"', 'id = "JS ZJ"')
+    text = text.replace("vehicles_per_min = 12", 'vehicles_per_min = "many"')
+    text = text.replace("[uplink]\n", "[uplink]\nkeepalive_s = 0\nmax_inflight = 1.5\n")
+    text += '[legal]\ntolerance_policy = "percnt"\n'
+    lines = _problems(text)
+    by_key = {line.split("  ")[1]: line.rsplit(" → ", 1)[1] for line in lines}
+    assert by_key == {
+        "station.id": "not of the expected form (station id as registered with the platform, "
+        "e.g. JS-ZJ-0001 (letters, digits, - and _; it prefixes every record id and MQTT topic))",
+        "uplink.keepalive_s": "must be at least 1",
+        "uplink.max_inflight": "must be a whole number",
+        "lanes[1].scale.vehicles_per_min": "must be a number",
+        "lanes[2].vehicle_class": "must be one of truck, combination, unknown "
+        "(did you mean 'truck'?)",
+        "legal.tolerance_policy": "must be one of none, percent, absolute, accuracy_class "
+        "(did you mean 'percent'?)",
+    }
+    for line in lines:
+        assert "should" not in line and "Value error" not in line, line
+
+
+def test_missing_files_are_caught(tmp_path: Path) -> None:
+    tls = '[uplink.tls]\nca_file = "CA"\ncert_file = "CERT"\nkey_file = "KEY"\n'
+    text = GOOD.replace("port = 1883\n", "port = 1883\n" + tls)
+    text = text.replace(
+        'id = "wim-1"\n',
+        'id = "wim-1"\n[[lanes.cameras]]\ntype = "replay"\nid = "c1"\nmode = "cycle"\n'
+        'folder = "nowhere"\n',
+        1,
+    )
+    text += '[legal]\nrules_dir = "rules"\n[plate]\ntype = "tflite"\nbundle = "models"\n'
+    files = {name: tmp_path / f"{name.lower()}.pem" for name in ("CA", "CERT", "KEY")}
+    for name, file in files.items():
+        text = text.replace(f'"{name}"', f'"{file}"')
+    path = tmp_path / "station.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = [p.format("station.toml") for p in info.value.problems]
+    assert [line.split("  ")[1].split(" ")[0] for line in lines] == [
+        "uplink.tls.ca_file",
+        "uplink.tls.cert_file",
+        "uplink.tls.key_file",
+        "lanes[0].cameras[0].folder",
+        "legal.rules_dir",
+        "plate.bundle",
+    ]
+    assert f"file not found ({files['CA']})" in lines[0]
+    assert lines[2].endswith("uplink.tls.key_file → file not found")  # a secret's path stays out
+    assert str(tmp_path / "rules" / "limits.toml") in lines[4]
+
+
+def test_tls_files_that_paho_cannot_load_are_caught(tmp_path: Path) -> None:
+    for name in ("ca", "cert", "key"):
+        (tmp_path / f"{name}.pem").write_text("not a PEM file\n")
+    tls = (
+        f'[uplink.tls]\nca_file = "{tmp_path}/ca.pem"\ncert_file = "{tmp_path}/cert.pem"\n'
+        f'key_file = "{tmp_path}/key.pem"\n'
+    )
+    lines = _problems(GOOD.replace("port = 1883\n", "port = 1883\n" + tls))
+    assert len(lines) == 1 and lines[0].startswith("station.toml:7  uplink.tls → uplink TLS:")
+
+
+def test_credential_names_are_checked_where_systemd_hands_them_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls = '[uplink.tls]\nca_file = "ca.pem"\ncert_file = "cert.pem"\nkey_file = "client-key"\n'
+    text = GOOD.replace("port = 1883\n", "port = 1883\n" + tls)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    parse_config(text)  # a technician's shell does not see the unit's credentials
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    lines = _problems(text)
+    assert len(lines) == 3
+    assert f"file not found ({tmp_path / 'ca.pem'})" in lines[0]
+
+
+def test_run_exits_78_on_a_misspelt_register_map(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_lane(MAP="genric"))
+    res = _cli("run", "--config", str(bad), "--data-dir", str(tmp_path / "data"))
+    assert res.returncode == EX_CONFIG, res.stderr
+    assert "lanes[2].scale.map  'genric' → register map 'genric' not found" in res.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_config_caused_start_failure_exits_78_others_1() -> None:
+    from agent.commands.run import start_failure_exit
+    from agent.legal import InvalidFactsError, LegalRulesError
+    from drivers.registry import BackendError
+    from drivers.scale.base import ScaleConfigError
+
+    for err in (
+        ScaleConfigError("line loop:// is already read by a continuous-output scale"),
+        LegalRulesError("limits.toml"),
+        BackendError("unknown scale type"),
+        InvalidFactsError("max speed below min speed"),
+    ):
+        assert start_failure_exit(err) == EX_CONFIG, err
+    assert start_failure_exit(OSError("disk full")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 from pathlib import Path
 
@@ -169,3 +170,21 @@ def test_a_stepped_record_carries_clock_stepped_s(tmp_path: Path) -> None:
     assert record["clock"] == {"synchronized": True, "stepped_s": -3600.0}
     plain = store.commit(make_event(2), make_verdict(), CTX).record
     assert plain["clock"] == {"synchronized": True}
+
+
+@pytest.mark.parametrize(("simulated", "level"), [(False, logging.ERROR), (True, logging.WARNING)])
+def test_unsynchronised_clock_is_an_error_where_evidence_is_at_stake(
+    simulated: bool, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    alarms: list[str] = []
+    mon = timesync.ClockMonitor(
+        FakeClockSync(False), alarm=lambda msg, at: alarms.append(msg), simulated=simulated
+    )
+    caplog.set_level(logging.DEBUG, logger="agent.station.timesync")
+    for _ in range(3):
+        mon.poll(T0)
+    said = [r for r in caplog.records if "NTP" in r.getMessage()]
+    assert [r.levelno for r in said] == [level]  # once, at that level
+    assert len(alarms) == 1  # the platform hears of it either way
+    if simulated:
+        assert "an officer cannot rely on the time" in said[0].getMessage()

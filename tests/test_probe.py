@@ -204,3 +204,26 @@ def test_probe_type_help_lists_the_formats(capsys: pytest.CaptureFixture[str]) -
         "stx=false",
     ):
         assert name in text
+
+
+def test_probe_ports_labels_what_pyserial_does_not_know(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # what pyserial's comports() reports for a built-in UART (/dev/ttyS0) and a USB adapter
+    ports = [
+        {"device": "/dev/ttyS0", "by_id": "", "by_path": "", "description": "n/a", "hwid": "n/a"},
+        {
+            "device": "/dev/ttyUSB0",
+            "by_id": "/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0",
+            "by_path": "",
+            "description": "FT232R USB UART",
+            "hwid": "USB VID:PID=0403:6001 SER=A50285BI LOCATION=1-1.2:1.0",
+        },
+    ]
+    monkeypatch.setattr(probe, "list_ports", lambda: ports)
+    assert run_probe(["ports"]) == 0
+    out = capsys.readouterr().out
+    assert "n/a" not in out
+    assert out.count("description: not reported by the kernel") == 1
+    assert "  description: FT232R USB UART\n" in out
+    assert "  hardware id: USB VID:PID=0403:6001" in out

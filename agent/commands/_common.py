@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sqlite3
 import sys
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,8 @@ class Location:
     data_dir: Path
     evidence: EvidenceConfig
     note: str = ""
+    #: ``[station] utc_offset_hours``: the offset record times are written in
+    utc_offset_hours: float = 8.0
 
 
 def add_location_args(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -108,18 +112,24 @@ def locate(config_file: str | Path | None, data_dir: str | Path | None) -> Locat
         note = f"{path} does not validate ({first}); read only [station] and [evidence]"
         log.warning("%s", note)
     else:
-        return Location(path, loaded.data_dir(data_dir), loaded.evidence)
+        offset = loaded.station.utc_offset_hours
+        return Location(path, loaded.data_dir(data_dir), loaded.evidence, "", offset)
     table = _read_toml(path)
     try:
         evidence = EvidenceConfig.model_validate(table.get("evidence", {}))
     except ValueError as err:
         raise LocateError(f"{path}: [evidence]: {err}") from err
+    station = table.get("station", {})
+    offset = station.get("utc_offset_hours", 8.0)
+    offset = float(offset) if isinstance(offset, (int, float)) else 8.0
+    configured = station.get("data_dir")
     if data_dir:
-        return Location(path, Path(data_dir), evidence, note)
-    configured = table.get("station", {}).get("data_dir")
-    if configured:
-        return Location(path, (path.parent / str(configured)).resolve(), evidence, note)
-    return Location(path, DEFAULT_DATA_DIR, evidence, note)
+        found = Path(data_dir)
+    elif configured:
+        found = (path.parent / str(configured)).resolve()
+    else:
+        found = DEFAULT_DATA_DIR
+    return Location(path, found, evidence, note, offset)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -167,3 +177,79 @@ def _value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+# -- how commands print and read values -----------------------------------------------------
+
+
+def format_kg(kg: float | None, *, signed: bool = False) -> str:
+    """A mass as every command prints it: whole kilograms, thousands set off by a space as in
+    the regulation's tables (``49 000 kg``), ``—`` when not known; ``signed`` for an excess
+    (``+1 100 kg``, ``-300 kg``)."""
+    if kg is None:
+        return "—"
+    value = round(kg)
+    sign = ("+" if value > 0 else "-" if value < 0 else "±") if signed else "-" * (value < 0)
+    return f"{sign}{abs(value):,} kg".replace(",", " ")
+
+
+_SPAN_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 7 * 86400,
+    "week": 7 * 86400,
+    "weeks": 7 * 86400,
+}
+_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+_DAYS = {"today": 0, "yesterday": -1, "tomorrow": 1}
+TIME_FORMS = (
+    'ISO 8601 ("2026-05-31", "2026-05-31 14:00", "2026-05-31T14:00:00+08:00"), "now", '
+    '"today", "yesterday", or a time ago ("1 hour ago", "90 min ago", "-2d", "1h 30min ago")'
+)
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """A point in time as journalctl ``--since`` reads it (systemd.time(7)), aware.
+
+    ``now`` (aware) gives the relative forms and the offset of times written without one
+    (the station's offset: record times are written in it). Raises ``ValueError`` naming the
+    forms understood.
+    """
+    word = " ".join(text.strip().lower().split())
+    if word == "now":
+        return now
+    if word in _DAYS:
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight + timedelta(days=_DAYS[word])
+    span = word.removesuffix(" ago") if word.endswith(" ago") else word.removeprefix("-")
+    if span != word:
+        return now - timedelta(seconds=_span_s(span, text))
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time; use {TIME_FORMS}") from None
+    return when if when.tzinfo else when.replace(tzinfo=now.tzinfo)
+
+
+def _span_s(span: str, text: str) -> float:
+    """``"1h 30min"`` in seconds. Raises ``ValueError``."""
+    parts = _SPAN_PART.findall(span)
+    if not parts or _SPAN_PART.sub("", span).strip() or any(u not in _SPAN_UNITS for _, u in parts):
+        raise ValueError(
+            f'{text!r}: not a time span (units: s, min, h, d, w, e.g. "2 hours ago"); '
+            f"use {TIME_FORMS}"
+        )
+    return sum(float(n) * _SPAN_UNITS[u] for n, u in parts)

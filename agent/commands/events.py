@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.commands._common import add_location_args, location_of, open_db
+from agent.commands._common import (
+    EX_USAGE,
+    Location,
+    add_location_args,
+    format_kg,
+    location_of,
+    open_db,
+    parse_time,
+)
+from agent.domain import VerdictStatus
+from agent.legal.facts import normalize_plate
 from agent.store.readonly import (
     DB_FILE,
     EventFilter,
@@ -41,11 +53,22 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "the last records oldest first, then each new record as it is stored, until Ctrl-C.",
     )
     add_location_args(p)
-    p.add_argument("--limit", type=int, default=20, help="how many records (default 20)")
-    p.add_argument("--status", help="only this verdict status (overloaded, warning, ...)")
-    p.add_argument("--plate", help="only records with this plate text")
-    p.add_argument("--lane", type=int, help="only this lane")
-    p.add_argument("--since", help="only records measured at or after this ISO time")
+    p.add_argument("--limit", type=_positive, default=20, help="how many records (default 20)")
+    p.add_argument(
+        "--status", type=_status, help=f"only this verdict status ({', '.join(STATUSES)})"
+    )
+    p.add_argument(
+        "--plate",
+        help="only records with this plate (case, spaces, dots and dashes do not matter)",
+    )
+    p.add_argument("--lane", type=_positive, help="only this lane")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only records measured at or after TIME, as journalctl reads it: ISO 8601 "
+        '("2026-05-31 14:00"; without an offset: the station\'s), "today", "yesterday", '
+        '"1 hour ago", "-2d"',
+    )
     p.add_argument("--undelivered", action="store_true", help="only records not yet acked")
     p.add_argument("--full", action="store_true", help="with --json: the whole signed record")
     p.add_argument(
@@ -57,12 +80,48 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _filter(args: argparse.Namespace) -> EventFilter:
+STATUSES = tuple(s.value for s in VerdictStatus)
+
+
+def _status(text: str) -> str:
+    """``--status``: a verdict status, else a usage error naming them (exit 2)."""
+    word = text.strip().lower()
+    if word not in STATUSES:
+        hint = difflib.get_close_matches(word, STATUSES, n=1)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a verdict status"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; one of: {', '.join(STATUSES)}"
+        )
+    return word
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return value
+
+
+def _filter(args: argparse.Namespace, location: Location) -> EventFilter:
+    """The filter of the arguments. Raises ``ValueError`` for a time or plate it cannot read."""
+    since = None
+    if args.since is not None:
+        zone = timezone(timedelta(hours=location.utc_offset_hours))
+        since = parse_time(args.since, datetime.now(zone)).isoformat(timespec="milliseconds")
+    plate = None
+    if args.plate is not None:
+        plate = normalize_plate(args.plate)  # as the store and the permit book compare plates
+        if not plate:
+            raise ValueError(f"--plate {args.plate!r}: no plate text in it")
     return EventFilter(
         status=args.status,
-        plate=args.plate,
+        plate=plate,
         lane=args.lane,
-        since=args.since,
+        since=since,
         undelivered=args.undelivered,
     )
 
@@ -87,10 +146,10 @@ def _line(row: EventRow, args: argparse.Namespace) -> str:
             ensure_ascii=False,
         )
     v = rec["verdict"]
-    over = f"{v['over_kg']:+d} kg" if v.get("over_kg") is not None else ""
+    over = format_kg(v["over_kg"], signed=True) if v.get("over_kg") is not None else ""
     return (
         f"{row.event_id}  lane {row.lane}  {row.plate or '(no plate)':10}  "
-        f"{rec['vehicle']['axle_count']} axles  {row.gross_kg:>6} kg  "
+        f"{rec['vehicle']['axle_count']} axles  {format_kg(row.gross_kg):>9}  "
         f"{row.status:13} {over:>10}  {'delivered' if row.acked_at else 'queued'}"
     )
 
@@ -100,12 +159,18 @@ FOLLOW_BUSY_TIMEOUT_S = 0.5  # a locked database is retried at the next poll: Ct
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = location_of(args, "events").data_dir
+    location = location_of(args, "events")
+    try:
+        flt = _filter(args, location)
+    except ValueError as err:
+        print(f"roadside-agent events: {err}", file=sys.stderr)
+        return EX_USAGE
+    data_dir = location.data_dir
     if args.follow:
-        return follow(args, data_dir)
+        return follow(args, data_dir, flt=flt)
     conn = open_db(data_dir, "events")
     try:
-        for row in newest_events(conn, _filter(args), args.limit):
+        for row in newest_events(conn, flt, args.limit):
             print(_line(row, args), flush=True)
     finally:
         conn.close()
@@ -113,11 +178,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def follow(
-    args: argparse.Namespace, data_dir: Path, poll_interval_s: float = POLL_INTERVAL_S
+    args: argparse.Namespace,
+    data_dir: Path,
+    poll_interval_s: float = POLL_INTERVAL_S,
+    *,
+    flt: EventFilter | None = None,
 ) -> int:
     """Print the last records, then every new one once, until SIGINT (Ctrl-C). Returns 0."""
     path = data_dir / DB_FILE
-    flt = _filter(args)
+    flt = flt or EventFilter()
     conn: sqlite3.Connection | None = None
     last: int | None = None  # highest seq printed; None until the first listing
     told: set[str] = set()  # conditions already explained on stderr (each once)

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands._common import EX_CONFIG, EX_USAGE
+from agent.commands._common import EX_CONFIG, EX_USAGE, format_kg
 
 EPILOG = """\
 examples:
@@ -151,7 +151,7 @@ def _legal_config(path: str | None) -> Any:
 
 
 def _kg(value: int | None) -> str:
-    return "—" if value is None else f"{value} kg"
+    return format_kg(value)
 
 
 def _render(verdict: Any, registry_line: str) -> str:

@@ -529,8 +529,14 @@ def probe_ports(args: argparse.Namespace) -> int:
     for p in ports:
         print(p["device"])
         if p["by_id"]:
-            print(f"  by-id:   {p['by_id']}   <- use this name in the config")
+            print(f"  by-id:       {p['by_id']}   <- use this name in the config")
         if p["by_path"]:
-            print(f"  by-path: {p['by_path']}")
-        print(f"  {p['description']}  {p['hwid']}")
+            print(f"  by-path:     {p['by_path']}")
+        print(f"  description: {_reported(p['description'])}")
+        print(f"  hardware id: {_reported(p['hwid'])}")
     return EX_OK
+
+
+def _reported(value: str) -> str:
+    """pyserial says ``n/a`` for what the kernel does not report (a built-in UART)."""
+    return "not reported by the kernel" if value in ("", "n/a") else value

@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from agent import logs
-    from agent.commands._common import EX_CONFIG, EX_FAILED, EX_TEMPFAIL
+    from agent.commands._common import EX_CONFIG, EX_TEMPFAIL
     from agent.config import ConfigError, load_config
     from agent.station import sdnotify
     from agent.station.supervisor import Station
@@ -69,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         station.start()
     except Exception as err:
-        log.error("station did not start: %s", err)
-        notifier.status(f"start failed: {err}")
+        code = start_failure_exit(err)
+        kind = "bad config" if code == EX_CONFIG else "start failed"
+        log.error("station did not start (%s): %s", kind, err)
+        notifier.status(f"{kind}: {err}")
         station.stop()
-        return EX_FAILED
+        return code
     sdnotify.wait_for_first_readings(
         notifier, station.scales_without_reading, station.stop_event, timeout_s=READY_TIMEOUT_S
     )
@@ -81,3 +83,23 @@ def run(args: argparse.Namespace) -> int:
     station.stop(timeout_s=STOP_TIMEOUT_S)
     # set-config applied: exit 75 so systemd (Restart=on-failure) starts us on the new file
     return EX_TEMPFAIL if station.restart_requested else 0
+
+
+def start_failure_exit(err: BaseException) -> int:
+    """The exit code of a start-up failure: 78 when the config caused it (a register map, a
+    rule table, a backend name, a speed range: systemd must not restart into the same error,
+    ``RestartPreventExitStatus=78``), else 1 (systemd restarts: a disk, a lock may recover)."""
+    from agent.commands._common import EX_CONFIG, EX_FAILED
+    from agent.config import ConfigError
+    from agent.legal import InvalidFactsError, LegalRulesError
+    from drivers.registry import BackendError
+    from drivers.scale.base import ScaleConfigError
+
+    config_caused = (
+        ConfigError,
+        ScaleConfigError,
+        LegalRulesError,
+        BackendError,
+        InvalidFactsError,
+    )
+    return EX_CONFIG if isinstance(err, config_caused) else EX_FAILED

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands._common import add_location_args, location_of, open_db
+from agent.commands._common import add_location_args, format_kg, location_of, open_db
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -74,39 +76,92 @@ def collect(data_dir: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     doc = collect(location_of(args, "status").data_dir)
+    running, state = daemon_state(
+        doc["daemon"],
+        datetime.now().astimezone(),
+        doc["service"],
+        pid_alive(doc["daemon"].get("pid")),
+    )
+    doc["daemon_running"], doc["daemon_state"] = running, state
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=1))
         return 0
-    _print_daemon(doc["daemon"])
+    _print_daemon(doc["daemon"], doc["service"])
     _print_store(doc)
     return 0
 
 
-def _print_daemon(d: dict[str, Any]) -> None:
+STALE_AFTER_S = 30.0  # the daemon rewrites status.json every 2 s
+
+
+def pid_alive(pid: Any) -> bool | None:
+    """Whether process ``pid`` exists (``None``: no pid to ask about)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user (the service's)
+    except OSError:
+        return None
+    return True
+
+
+def daemon_state(
+    d: dict[str, Any], now: datetime, service: str | None, alive: bool | None
+) -> tuple[bool, str]:
+    """``(running, what to say)`` from ``status.json`` ``d``, the unit's state (``service``,
+    ``None`` without systemd) and whether its pid lives: a file left by a stopped or killed
+    daemon must not read as a running station."""
+    if not d:
+        return False, "not running (no status.json: the daemon has not run here)"
+    age_s: float | None = None
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        age_s = (now - datetime.fromisoformat(d["written_at"])).total_seconds()
+    age = f"status.json written {_ago(age_s)} ago" if age_s is not None else "status.json undated"
+    if service is not None and service not in ("active", "activating", "reloading"):
+        return False, f"NOT running (systemd: {service}; {age})"
+    if not d.get("running"):
+        return False, f"NOT running (stopped; {age})"
+    if alive is False:
+        return False, f"NOT running (pid {d.get('pid')} is gone; {age})"
+    if age_s is None or age_s > STALE_AFTER_S:
+        return False, f"NOT running or hung ({age}, expected every 2 s)"
+    return True, f"running (pid {d.get('pid', '?')}, {age})"
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+def _print_daemon(d: dict[str, Any], service: str | None) -> None:
     """What the daemon last wrote in ``status.json``: itself, devices, broker, clock, stages."""
-    written = d.get("written_at")
-    age = ""
-    if written:
-        try:
-            age_s = (datetime.now().astimezone() - datetime.fromisoformat(written)).total_seconds()
-            age = f" (status written {age_s:.0f} s ago)"
-        except ValueError:
-            pass
+    running, state = daemon_state(d, datetime.now().astimezone(), service, pid_alive(d.get("pid")))
     print(
-        f"station   {d.get('station_id', '?')}  software {d.get('software_version', '?')}  "
-        f"{'running' if d.get('running') else 'not running'}{age}"
+        f"station   {d.get('station_id', '?')}  software {d.get('software_version', '?')}  {state}"
     )
+    as_of = "" if running else "  (when it last ran)"
     for dev_id, dev in sorted(d.get("devices", {}).items()):
         print(
             f"device    {dev_id:16} {dev.get('kind', ''):12} {dev.get('state', '?'):8} "
-            f"last good {dev.get('last_good_at') or '-'}  {dev.get('last_error', '')}"
+            f"last good {dev.get('last_good_at') or '-'}  {dev.get('last_error', '')}{as_of}"
         )
     up = d.get("uplink", {})
     if up:
         unacked = up.get("oldest_unacked_age_s")
         print(
             f"broker    {up.get('broker', '?')} "
-            f"{'connected' if up.get('connected') else 'NOT connected'}"
+            f"{'connected' if up.get('connected') and running else 'NOT connected'}"
+            f"  {up.get('connects', 0)} connect(s), {up.get('connect_failures', 0)} failed"
             f"  in flight {up.get('in_flight', 0)}"
             + (f"  oldest unacked {unacked:.0f} s" if isinstance(unacked, (int, float)) else "")
             + (f"  last error: {up['last_error']}" if up.get("last_error") else "")
@@ -127,7 +182,7 @@ def _print_daemon(d: dict[str, Any]) -> None:
                 else ""
             )
         )
-    if d.get("stages"):
+    if d.get("stages") and running:
         slow = {n: age for n, age in d["stages"].items() if age > 10}
         print(
             "stages    "
@@ -137,6 +192,8 @@ def _print_daemon(d: dict[str, Any]) -> None:
                 else ", ".join(f"{n} silent {a:.0f} s" for n, a in slow.items())
             )
         )
+    elif d.get("stages"):
+        print("stages    none beating: the daemon is not running")
 
 
 def _print_store(doc: dict[str, Any]) -> None:
@@ -151,6 +208,6 @@ def _print_store(doc: dict[str, Any]) -> None:
     for v in doc["last_vehicles"]:
         print(
             f"  {v['event_id']}  lane {v['lane']}  {v['plate'] or '(no plate)':10} "
-            f"{v['gross_kg']:>6} kg  {v['status']:13} "
+            f"{format_kg(v['gross_kg']):>9}  {v['status']:13} "
             f"{'delivered' if v['delivered'] else 'queued'}"
         )

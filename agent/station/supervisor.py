@@ -119,6 +119,7 @@ class Station:
             alarm=timesync.outbox_alarm(db, cfg.station.id),
             clock=self.clock,
             step_alarm=timesync.outbox_alarm(db, cfg.station.id, "clock_step"),
+            simulated=all(lane.scale.type == "simulated" for lane in cfg.lanes),
         )
         self.clock_monitor.poll(self.clock.now())
         self.retention = retention.Retention(

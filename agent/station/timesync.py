@@ -167,6 +167,11 @@ class ClockMonitor:
     the last poll, the wall clock was stepped. Each step is logged at ERROR, kept
     (:attr:`steps`) and given to ``step_alarm(message, at, details)``; :meth:`stepped_since`
     tells the supervisor which records were taken across it. Thread-safe.
+
+    The journal line is an ERROR on a station whose records can reach an officer. With
+    ``simulated`` (every scale of the station is a simulated one: the demo, a bench) nothing it
+    stores is evidence, so a machine without NTP is said once as a WARNING with what it would
+    mean; the records are flagged and the alarm raised all the same.
     """
 
     def __init__(
@@ -177,12 +182,14 @@ class ClockMonitor:
         clock: Clock | None = None,
         step_alarm: AlarmFn | None = None,
         step_threshold_s: float = STEP_THRESHOLD_S,
+        simulated: bool = False,
     ) -> None:
         self.source = source
         self.alarm = alarm
         self.clock = clock
         self.step_alarm = step_alarm
         self.step_threshold_s = step_threshold_s
+        self.simulated = simulated
         self.synchronized: bool | None = None
         self.steps: list[ClockStep] = []
         self._alarmed = False
@@ -212,7 +219,15 @@ class ClockMonitor:
                 "system clock is not NTP-synchronised (kernel STA_UNSYNC): records are "
                 "flagged clock.synchronized=false until it is"
             )
-            log.error("timesync: %s", message)
+            if self.simulated:
+                log.warning(
+                    "timesync: %s. This station is simulated, so no evidence is at stake; on a "
+                    "real station an officer cannot rely on the time of such records "
+                    "(it is an ERROR there): run an NTP client (chrony, systemd-timesyncd)",
+                    message,
+                )
+            else:
+                log.error("timesync: %s", message)
             if self.alarm is not None:
                 try:
                     self.alarm(message, at)

@@ -93,7 +93,7 @@ class EventFilter:
     status: str | None = None
     plate: str | None = None
     lane: int | None = None
-    since: str | None = None  # ISO time: measured at or after it
+    since: str | None = None  # ISO time with offset: measured at or after that instant
     undelivered: bool = False
 
 
@@ -133,8 +133,8 @@ def _events_query(flt: EventFilter, *extra: tuple[str, Any]) -> tuple[str, list[
         conds.append(("r.plate = ?", flt.plate))
     if flt.lane is not None:
         conds.append(("r.lane = ?", flt.lane))
-    if flt.since:
-        conds.append(("r.measured_at >= ?", flt.since))
+    if flt.since:  # as instants: records and the argument may carry different offsets
+        conds.append(("julianday(r.measured_at) >= julianday(?)", flt.since))
     where = [c for c, _ in conds]
     if flt.undelivered:
         where.append("o.acked_at IS NULL")

@@ -29,6 +29,7 @@ for a day catches up by itself, alarms first, then live violations, then the bac
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -388,12 +389,14 @@ class _Link:
         self.connected = threading.Event()
         self.gen = 0  # connections made (this thread writes, the sender reads)
         self.connects = 0
+        self.connect_failures = 0
         self.pubacks: deque[tuple[int, bool, str]] = deque()  # (mid, failed, reason)
         #: one entry per ack message: its claims, and why its signature was refused (or None)
         self.acks: deque[tuple[list[AckClaim], str | None]] = deque()
 
     def attach(self, client: mqtt.Client) -> None:
         client.on_connect = self.on_connect
+        client.on_connect_fail = self.on_connect_fail
         client.on_disconnect = self.on_disconnect
         client.on_publish = self.on_publish
         client.on_message = self.on_message
@@ -421,6 +424,14 @@ class _Link:
                 getattr(flags, "session_present", "?"),
             )
         self.wake.set()
+
+    @guarded
+    def on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """No connection at all (refused, unreachable, unknown host, TLS handshake): paho calls
+        this inside its ``except OSError``, so the exception being handled is the reason."""
+        self.connect_failures += 1
+        err = sys.exc_info()[1]
+        self.trouble.note(f"cannot connect to the broker: {err}" if err else "cannot connect")
 
     @guarded
     def on_disconnect(
@@ -650,6 +661,7 @@ class Uplink:
             "acked": self._books.acked,
             "puback_failures": counts["puback_failures"],
             "connects": self._link.connects,
+            "connect_failures": self._link.connect_failures,
             "commands": self._commands.handled,
             "acks_refused": self._refused_acks.total,
             "acks_refused_by_reason": dict(self._refused_acks.by_reason),
