@@ -232,7 +232,7 @@ def test_six_axles_with_a_single_drive_axle_is_a_46t_combination(
     assert "第三条第一款第（八）项" in data["explanation_zh"]
     assert "超出限值与允差之和1千克：初判超限，待审核" in data["explanation_zh"]
     code, out, _ = cli(argv, capsys)
-    assert "over         2301 kg  (5.00 %)" in out
+    assert "over         2 301 kg  (5.00 %)" in out
     assert "允差2300千克（限值的5.00%）" in out and "容差" not in out
 
 
@@ -283,4 +283,4 @@ def test_plate_with_config_uses_the_station_vehicle_registry(
     assert "facts        registry  (vehicle registry version 2026-11-26.1: 苏L12345 registered)" \
         in out  # fmt: skip
     code, out, _ = cli([*argv, "--plate", "苏A99999", "--config", str(config)], capsys)
-    assert "苏A99999 not registered" in out and "limit        37000 kg" in out
+    assert "苏A99999 not registered" in out and "limit        37 000 kg" in out
