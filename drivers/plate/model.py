@@ -32,6 +32,7 @@ from drivers.plate.bundle import (
 )
 from drivers.plate.pipeline import U8, PlatePipeline, PlateResult, decode_image
 from drivers.plate.runtimes import ModelRunner, OnnxRunner, TfliteRunner, tflite_runtime_available
+from drivers.plate.second import SecondOpinion, open_second_opinion
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,13 @@ class ModelPlateReaderConfig(PlateReaderConfig):
     num_threads: int = Field(default=2, ge=1, le=16, description="interpreter threads")
     det_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="plate detector score threshold"
+    )
+    second_opinion: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="the second, independent recogniser (PP-OCRv4 from the rapidocr-onnxruntime "
+        "wheel) read on the same crop; two readings that differ leave the plate unread. auto: "
+        "used when installed (a warning when not), required: the reader refuses to start "
+        "without it, off: the first recogniser alone (every character must then be sure)",
     )
     tiles: bool = Field(
         default=True,
@@ -81,6 +89,20 @@ def _runners_onnx(
     return load("detector"), load("recognizer"), text
 
 
+def _second_opinion(config: ModelPlateReaderConfig) -> SecondOpinion | None:
+    if config.second_opinion == "off":
+        return None
+    try:
+        return open_second_opinion(config.num_threads)
+    except PlateReaderError as err:
+        if config.second_opinion == "required" or (
+            isinstance(err, BundleError) and ("SHA-256" in str(err) or "bytes" in str(err))
+        ):
+            raise  # required, or present but tampered with: the technician must know
+        log.warning("plate reader: no second opinion, the first recogniser reads alone: %s", err)
+        return None
+
+
 class ModelPlateReader(PlateReader):
     """Shared by the ``tflite``, ``onnx`` and ``auto`` types; subclasses pick the bundle."""
 
@@ -96,6 +118,7 @@ class ModelPlateReader(PlateReader):
             runners = _runners_onnx(self.bundle, config)
         detector, recognizer, text_detector = runners
         self.runtime = detector.runtime
+        self.second = _second_opinion(config)
         self.pipeline = PlatePipeline(
             detector,
             recognizer,
@@ -103,6 +126,7 @@ class ModelPlateReader(PlateReader):
             text_detector,
             det_threshold=config.det_threshold,
             tiles=config.tiles,
+            second=self.second,
         )
         self._lock = threading.Lock()  # interpreters are not re-entrant
         log.info(
@@ -117,7 +141,8 @@ class ModelPlateReader(PlateReader):
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"{self.bundle.name} on {self.runtime}"
+        second = f" + {self.second.name} on onnxruntime" if self.second else ""
+        return f"{self.bundle.name} on {self.runtime}{second}"
 
     def read_results(self, image: U8) -> list[PlateResult]:
         """Every detected plate, read or unread (``valid`` False), in detector order.
