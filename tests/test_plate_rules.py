@@ -162,10 +162,11 @@ def test_check_views_that_merge_or_drop_a_character_do_not_count() -> None:
     assert result.valid and result.text == "粤ZR066港"
 
 
-def test_uncertain_last_character_gives_low_confidence() -> None:
+def test_uncertain_last_character_leaves_the_plate_unread() -> None:
+    # issue 14: per-character trust; one character at 0.6 used to give a plate at 0.2
     pipeline, _ = _pipeline([("皖A12345", 0.6)])
     result = pipeline.read_plate(BLUE)
-    assert result.valid and result.confidence < 0.21
+    assert not result.valid and result.confidence == 0.0 and "uncertain" in result.reason
     pipeline, _ = _pipeline([("皖A12345", 0.99)])
     assert pipeline.read_plate(BLUE).confidence > 0.9
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
 
@@ -401,7 +402,8 @@ class PlatePipeline:
         own input height; separators it reads, such as the plate's raised dot, dropped)."""
         import cv2
 
-        runner, charset, name = self.recognizer, self.charset, "recognizer"
+        runner, name = self.recognizer, "recognizer"
+        charset: Sequence[str] = self.charset
         if second:
             assert self.second is not None
             runner, charset, name = self.second.runner, self.second.charset, "second_recognizer"
@@ -447,8 +449,8 @@ class PlatePipeline:
             empty = LineRead("", ())
             return _unread(self._result(empty, "unknown", False, detection), "plate too small")
         color = plate_color(plate)
+        lines: list[tuple[int, int, int, int]] | None = None
         if self.text_detector is None:  # no line evidence: the plate's shape must do
-            lines: list[tuple[int, int, int, int]] = []
             double = w < self.double_row_aspect * h
         else:
             lines = self.text_lines(plate)
@@ -855,7 +857,8 @@ def untrusted(text: str, char_probs: tuple[float, ...]) -> list[int]:
 def fuse(first: PlateResult, second: PlateResult | None) -> PlateResult:
     """One decision from two opinions on the same crop; disagreement only ever makes it unread.
 
-    * both read a possible plate: the same text is read, each character trusted when the surer
+    * both read a possible plate (for the second: a possible string, even where the colour
+      checks refuse it): the same text is read, each character trusted when the surer
       recogniser is at ≥ ``TRUST_AGREED`` and its confidence that of the surer one per
       character; different texts (a substituted, dropped or added character) — unread;
     * one of them reads a possible plate, the other nothing possible (an empty or impossible
@@ -866,9 +869,14 @@ def fuse(first: PlateResult, second: PlateResult | None) -> PlateResult:
     """
     a = first if first.valid else None
     b = second if second is not None and second.valid else None
-    if a is not None and b is not None:
-        if a.text != b.text:
-            return _unread(first, f"recognisers disagree: {a.text!r} / {b.text!r}", disagree=True)
+    if a is not None and second is not None and is_valid_plate(second.text):
+        # a possible plate string counts as an opinion even where the colour checks refuse
+        # it: a green plate's 7-character second reading is a dropped character
+        if a.text != second.text:
+            return _unread(
+                first, f"recognisers disagree: {a.text!r} / {second.text!r}", disagree=True
+            )
+        b = second
         probs = tuple(max(p, q) for p, q in zip(a.char_probs, b.char_probs, strict=True))
         weak = [i for i, p in enumerate(probs) if p < TRUST_AGREED]
         if weak:
