@@ -204,3 +204,24 @@ def colour_length_conflict(
     if fmt == "new_energy_small" and not is_green and f["plain_green"] < 0.1 and color != "green":
         return f"{text!r} is a new-energy number, but the plate shows no green"
     return None
+
+
+# Per-character trust (issue 14: a province replaced by 皖 at 0.56, a plate reported although
+# one character was a guess). A reading by one recogniser alone is trusted only when every
+# character is: its province character at ≥ TRUST_PROVINCE, every other at ≥ TRUST_CHAR. Where
+# two independent recognisers read the same character, it is trusted when the surer of the two
+# is at ≥ TRUST_AGREED (the other's agreement is the evidence the probability lacks).
+TRUST_PROVINCE = 0.9
+TRUST_CHAR = 0.8
+TRUST_AGREED = 0.75
+
+
+def untrusted(text: str, char_probs: tuple[float, ...]) -> list[int]:
+    """Positions of ``text`` whose character one recogniser alone does not vouch for."""
+    if len(char_probs) != len(text):
+        return list(range(len(text)))
+    return [
+        i
+        for i, (c, p) in enumerate(zip(text, char_probs, strict=True))
+        if p < (TRUST_PROVINCE if c in PROVINCES or c == "使" else TRUST_CHAR)
+    ]

@@ -48,11 +48,13 @@ from drivers.plate.chinese import (
     LETTERS,
     PROVINCES,
     SUFFIXES,
+    TRUST_AGREED,
     PlateColor,
     colour_format_conflict,
     colour_length_conflict,
     is_valid_plate,
     plate_color,
+    untrusted,
 )
 from drivers.plate.runtimes import ModelRunner
 from drivers.plate.second import SEPARATORS, SecondOpinion
@@ -831,27 +833,6 @@ def _group_rows(
         else:
             rows.append([x0, y0, x1, y1])
     return [(r[0], r[1], r[2], r[3]) for r in sorted(rows, key=lambda r: r[1])]
-
-
-# Per-character trust (issue 14: a province replaced by 皖 at 0.56, a plate reported although
-# one character was a guess). A reading by one recogniser alone is trusted only when every
-# character is: its province character at ≥ TRUST_PROVINCE, every other at ≥ TRUST_CHAR. Where
-# two independent recognisers read the same character, it is trusted when the surer of the two
-# is at ≥ TRUST_AGREED (the other's agreement is the evidence the probability lacks).
-TRUST_PROVINCE = 0.9
-TRUST_CHAR = 0.8
-TRUST_AGREED = 0.75
-
-
-def untrusted(text: str, char_probs: tuple[float, ...]) -> list[int]:
-    """Positions of ``text`` whose character one recogniser alone does not vouch for."""
-    if len(char_probs) != len(text):
-        return list(range(len(text)))
-    return [
-        i
-        for i, (c, p) in enumerate(zip(text, char_probs, strict=True))
-        if p < (TRUST_PROVINCE if c in PROVINCES or c == "使" else TRUST_CHAR)
-    ]
 
 
 def fuse(first: PlateResult, second: PlateResult | None) -> PlateResult:
