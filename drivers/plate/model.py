@@ -14,6 +14,7 @@ skipped in favour of another bundle, because the technician must learn that it w
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ from drivers.plate.bundle import (
     default_bundle_folder,
     load_bundle,
     onnx_bundle,
+    package_folder,
 )
 from drivers.plate.pipeline import U8, PlatePipeline, PlateResult, decode_image
 from drivers.plate.runtimes import ModelRunner, OnnxRunner, TfliteRunner, tflite_runtime_available
@@ -57,6 +59,11 @@ class ModelPlateReaderConfig(PlateReaderConfig):
         "wheel) read on the same crop; two readings that differ leave the plate unread. auto: "
         "used when installed (a warning when not), required: the reader refuses to start "
         "without it, off: the first recogniser alone (every character must then be sure)",
+    )
+    second_bundle: str = Field(
+        default="",
+        description="folder of the second recogniser's LiteRT bundle (scripts/build-plate-model "
+        "--second); empty: the ONNX file of the rapidocr-onnxruntime wheel on ONNX Runtime",
     )
     tiles: bool = Field(
         default=True,
@@ -90,17 +97,20 @@ def _runners_onnx(
 
 
 def _second_opinion(config: ModelPlateReaderConfig) -> SecondOpinion | None:
+    """The second recogniser the config asks for. Only ``auto`` without the wheel (or without
+    ONNX Runtime) goes on without one, with a warning; a configured bundle that cannot be
+    loaded, or a wheel whose file fails its hash, is an error the technician must see."""
     if config.second_opinion == "off":
         return None
-    try:
-        return open_second_opinion(config.num_threads)
-    except PlateReaderError as err:
-        if config.second_opinion == "required" or (
-            isinstance(err, BundleError) and ("SHA-256" in str(err) or "bytes" in str(err))
-        ):
-            raise  # required, or present but tampered with: the technician must know
-        log.warning("plate reader: no second opinion, the first recogniser reads alone: %s", err)
-        return None
+    if config.second_opinion == "auto" and not config.second_bundle:
+        missing = package_folder("rapidocr_onnxruntime") is None
+        if missing or importlib.util.find_spec("onnxruntime") is None:
+            log.warning(
+                "plate reader: no second opinion (install rapidocr-onnxruntime==1.4.4 "
+                "--no-deps and onnxruntime): the first recogniser reads alone"
+            )
+            return None
+    return open_second_opinion(config.num_threads, config.second_bundle, config.runtime)
 
 
 class ModelPlateReader(PlateReader):
@@ -141,7 +151,7 @@ class ModelPlateReader(PlateReader):
         raise NotImplementedError
 
     def describe(self) -> str:
-        second = f" + {self.second.name} on onnxruntime" if self.second else ""
+        second = f" + {self.second.name} on {self.second.runner.runtime}" if self.second else ""
         return f"{self.bundle.name} on {self.runtime}{second}"
 
     def read_results(self, image: U8) -> list[PlateResult]:

@@ -19,8 +19,8 @@ separators; any character outside the plate alphabet makes its reading impossibl
 from __future__ import annotations
 
 from drivers.plate.base import PlateReaderError
-from drivers.plate.bundle import Bundle, BundleError, second_opinion_bundle
-from drivers.plate.runtimes import ModelRunner, OnnxRunner
+from drivers.plate.bundle import Bundle, BundleError, load_bundle, second_opinion_bundle
+from drivers.plate.runtimes import ModelRunner, OnnxRunner, TfliteRunner, TfliteRuntime
 
 #: what the second recogniser writes between characters of a plate that are not part of it
 SEPARATORS = frozenset("·•.-— ")
@@ -40,10 +40,17 @@ class SecondOpinion:
         self.name = name
 
 
-def open_second_opinion(num_threads: int = 2, bundle: Bundle | None = None) -> SecondOpinion:
-    """The PP-OCRv4 recogniser on ONNX Runtime, hash-checked (:class:`BundleError` if not)."""
-    bundle = bundle or second_opinion_bundle()
+def open_second_opinion(
+    num_threads: int = 2, folder: str = "", runtime: TfliteRuntime = "auto"
+) -> SecondOpinion:
+    """The PP-OCRv4 recogniser, hash-checked (:class:`BundleError` if not): from the bundle in
+    ``folder`` (the LiteRT conversion of ``scripts/build-plate-model --second``, its characters
+    in the bundle's charset file), else from the rapidocr-onnxruntime wheel on ONNX Runtime."""
+    bundle: Bundle = load_bundle(folder) if folder else second_opinion_bundle()
     spec = bundle.model("second_recognizer")
+    if bundle.format == "tflite":
+        tflite = TfliteRunner(spec.path, runtime, num_threads)
+        return SecondOpinion(tflite, list(bundle.charset), bundle.name)
     runner = OnnxRunner(spec.path, spec.input_nhwc, num_threads)
     characters = runner.metadata.get("character")
     if not characters:
