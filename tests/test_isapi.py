@@ -9,14 +9,12 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from platform_sim import PlatformSim
 
 from agent.config import StationConfig, parse_config
 from agent.station.supervisor import Station
-from drivers import traffic
 from drivers.camera.base import Frame, OnboardRead
 from drivers.camera.isapi import (
     IsapiAnprCamera,
@@ -31,7 +29,9 @@ from drivers.plate import PLATE_READERS
 from drivers.plate.base import ONBOARD_SUFFIX, PlateReaderConfig, onboard_plate_reads
 
 from .conftest import DEMO_CONFIG, Mosquitto, uplink_config, wait_until
-from .test_end_to_end import station_rows
+from .test_end_to_end import run_station, station_rows
+
+__all__ = ["run_station"]  # the station fixture, shared with test_end_to_end
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"  # a JPEG's start and end markers
 T0 = datetime(2026, 11, 26, 10, 30, 15, 120000, tzinfo=timezone(timedelta(hours=8)))
@@ -209,22 +209,6 @@ def test_twin_builds_what_the_parser_reads(its_camera: IsapiAnprCamera) -> None:
 # -- the whole station with the simulated ITS camera --------------------------------------------
 
 
-@pytest.fixture
-def run_station(tmp_path: Path) -> Iterator[Callable[[StationConfig], Station]]:
-    started: list[Station] = []
-
-    def start(cfg: StationConfig) -> Station:
-        traffic.forget_roads()
-        st = Station(cfg, data_dir=tmp_path / "station")
-        started.append(st)
-        st.start()
-        return st
-
-    yield start
-    for st in started:
-        st.stop(10.0)
-
-
 def test_station_records_carry_the_its_cameras_plates(
     broker: Mosquitto,
     make_sim: Callable[..., PlatformSim],
@@ -248,3 +232,19 @@ def test_station_records_carry_the_its_cameras_plates(
     for record in plated:
         assert record["images"], record["event_id"]
         assert record["plates"][0]["position"] == "front"
+
+
+def test_each_push_is_handed_out_once(its_camera: IsapiAnprCamera) -> None:
+    # two trucks 0.7 s apart: the second weighing must get its own push, not the first again
+    clock = its_camera.clock
+    assert isinstance(clock, ManualClock)
+    first_at = clock.now()
+    assert _post(its_camera, GUIDE_PUSH, GUIDE_TYPE)[0] == 200
+    (first,) = its_camera.capture(first_at, 2)
+    clock.advance(0.7)
+    assert its_camera.capture(clock.now(), 2) == []  # its push has not come (no wait here)
+    xml = GUIDE_XML.replace("苏L12345".encode(), "苏L67890".encode())
+    body, ctype = build_anpr_push(xml, {"detectionPicture.jpg": JPEG})
+    assert _post(its_camera, body, ctype)[0] == 200
+    (second,) = its_camera.capture(clock.now(), 2)
+    assert (first.onboard[0].text, second.onboard[0].text) == ("苏L12345", "苏L67890")

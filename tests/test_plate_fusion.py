@@ -40,7 +40,7 @@ SECOND_CHARSET = [*CHARSET, "·", "字", "锁", *(chr(0x4E00 + k) for k in range
 Script = list[tuple[str, Sequence[float]]]
 
 
-class _Scripted:
+class Scripted:
     """A stand-in recogniser: emits the scripted strings in turn, one per call, each character
     at its scripted probability (a simulator of the CTC output, not a mock of our code)."""
 
@@ -92,12 +92,12 @@ SURE = (1.0,) * 8
 
 
 def _pipeline(first: Script, second: Script | None = None) -> PlatePipeline:
-    rec = _Scripted((1, 32, 320, 3), CHARSET, first)
-    det = _Scripted((1, 64, 64, 3), CHARSET, [("", ())])
+    rec = Scripted((1, 32, 320, 3), CHARSET, first)
+    det = Scripted((1, 64, 64, 3), CHARSET, [("", ())])
     opinion = None
     if second is not None:
         opinion = SecondOpinion(
-            _Scripted((1, 48, 320, 3), SECOND_CHARSET, second), SECOND_CHARSET, "scripted"
+            Scripted((1, 48, 320, 3), SECOND_CHARSET, second), SECOND_CHARSET, "scripted"
         )
     return PlatePipeline(det, rec, CHARSET, second=opinion)
 

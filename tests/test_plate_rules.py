@@ -7,7 +7,7 @@ test fails if the rule is removed), and on the real photos where the rule matter
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from drivers.plate.chinese import colour_format_conflict
 from drivers.plate.model import ModelPlateReader
 from drivers.plate.pipeline import PlatePipeline, confidence_from_chars
 from drivers.plate.runtimes import tflite_runtime_available
+
+from .test_plate_fusion import Scripted
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "plates"
 CHARSET = (
@@ -99,38 +101,13 @@ def test_one_uncertain_character_sinks_the_plate() -> None:
 # -- the pipeline with a scripted recogniser ----------------------------------------------------
 
 
-class _Scripted:
-    """A stand-in model: the recogniser emits the scripted strings in turn (one per call)."""
-
-    runtime = "test"
+class _Scripted(Scripted):
+    """The scripted recogniser of test_plate_fusion, each string's last character at ``p``."""
 
     def __init__(self, shape: tuple[int, int, int, int], texts: list[tuple[str, float]]):
-        self.name = "scripted"
-        self.input_shape = shape
-        self.texts = texts
-        self.calls = 0
-
-    def __call__(self, x: F32) -> list[F32]:
-        text, p = self.texts[min(self.calls, len(self.texts) - 1)]
-        self.calls += 1
-        steps = np.zeros((40, len(CHARSET) + 1), np.float32)
-        steps[:, 0] = 1.0
-        for k, ch in enumerate(text):
-            t = 2 + 2 * k  # a character every other step, blanks between
-            steps[t, 0] = 0.0
-            steps[t, CHARSET.index(ch) + 1] = p if k == len(text) - 1 else 1.0
-        return [steps[None]]
-
-    def run_filled(self, fill: Callable[[F32], None]) -> list[F32]:
-        x = np.zeros(self.input_shape, np.float32)
-        fill(x)
-        return self(x)
-
-    def set_input(self, x: F32) -> None:
-        pass
-
-    def invoke(self) -> None:
-        pass
+        super().__init__(
+            shape, CHARSET, [(t, (1.0,) * max(len(t) - 1, 0) + (p,)) for t, p in texts]
+        )
 
 
 def _pipeline(texts: list[tuple[str, float]]) -> tuple[PlatePipeline, _Scripted]:
