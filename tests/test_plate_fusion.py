@@ -76,7 +76,8 @@ class Scripted:
         pass
 
 
-def _plate(bgr: tuple[int, int, int], ink: tuple[int, int, int], w: int = 140) -> U8:
+def synthetic_plate(bgr: tuple[int, int, int], ink: tuple[int, int, int], w: int = 140) -> U8:
+    """A synthetic single-row plate: background colour with seven ink blocks."""
     h = round(w / 3.4)
     img = np.full((h, w, 3), bgr, np.uint8)
     for k in range(7):
@@ -85,9 +86,9 @@ def _plate(bgr: tuple[int, int, int], ink: tuple[int, int, int], w: int = 140) -
     return img
 
 
-BLUE = _plate((160, 60, 20), (240, 240, 240))
-GREEN = _plate((90, 200, 60), (20, 20, 20))  # hue ≈ 53: new-energy green
-YELLOW = _plate((30, 190, 230), (20, 20, 20))
+BLUE = synthetic_plate((160, 60, 20), (240, 240, 240))
+GREEN = synthetic_plate((90, 200, 60), (20, 20, 20))  # hue ≈ 53: new-energy green
+YELLOW = synthetic_plate((30, 190, 230), (20, 20, 20))
 SURE = (1.0,) * 8
 
 

@@ -24,6 +24,7 @@ from drivers.plate.pipeline import PlatePipeline, confidence_from_chars
 from drivers.plate.runtimes import tflite_runtime_available
 
 from .test_plate_fusion import Scripted
+from .test_plate_fusion import synthetic_plate as _plate
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "plates"
 CHARSET = (
@@ -32,16 +33,6 @@ CHARSET = (
 )
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
-
-
-def _plate(bgr: tuple[int, int, int], ink: tuple[int, int, int], w: int = 140) -> U8:
-    """A synthetic single-row plate: background colour with seven ink blocks."""
-    h = round(w / 3.4)
-    img = np.full((h, w, 3), bgr, np.uint8)
-    for k in range(7):
-        x0 = round(w * (0.06 + k * 0.13))
-        img[h // 5 : h - h // 5, x0 : x0 + round(w * 0.06)] = ink
-    return img
 
 
 BLUE = _plate((160, 60, 20), (240, 240, 240))
