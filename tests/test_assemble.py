@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from agent.domain import Frame, PlateRead, VehicleWeighing
 from agent.pipeline.assemble import (
     AMBIGUOUS_PLATE,
+    FRONT_REAR_DIFFER,
     NO_IMAGE,
     NO_PLATE,
     PLATE_WITHOUT_WEIGHING,
@@ -161,3 +163,48 @@ def test_reads_take_the_lane_they_were_added_for() -> None:
     a.add_reads(3, [read("苏L88888", 0.0)])  # the read itself carries lane 0
     (event,) = a.ready(at(10))
     assert event.plates[0].lane == 3
+
+
+# -- front and rear, cameras (issue 14) ---------------------------------------------------------
+
+
+def test_front_and_rear_plates_that_differ_are_both_kept_and_flagged() -> None:
+    a = Assembler(CONFIG)
+    a.add_weighing(weighing(0))
+    a.add_reads(1, [read("苏L12345", -0.2), read("苏L12346", 1.5, "rear")])
+    (event,) = a.ready(at(10))
+    assert [(p.position, p.text) for p in event.plates] == [
+        ("front", "苏L12345"),
+        ("rear", "苏L12346"),
+    ]
+    assert FRONT_REAR_DIFFER in event.match_flags
+
+
+def test_trailer_rear_plate_differing_from_the_front_is_not_flagged() -> None:
+    a = Assembler(CONFIG)
+    a.add_weighing(weighing(0))
+    a.add_reads(1, [read("苏L12345", -0.2), read("苏L6789挂", 1.5, "rear")])
+    (event,) = a.ready(at(10))
+    assert FRONT_REAR_DIFFER not in event.match_flags and len(event.plates) == 2
+
+
+def test_two_cameras_naming_different_plates_leave_the_position_unread() -> None:
+    # the station's camera (two frames) against an ITS camera's on-board reading (one frame):
+    # the frames of one camera must not outvote another camera
+    own = [replace(read("苏L12345", -0.2 + 0.1 * k), camera_id="cam-front") for k in range(2)]
+    its = [replace(read("苏L12845", -0.1), camera_id="its-front")]
+    a = Assembler(CONFIG)
+    a.add_weighing(weighing(0))
+    a.add_reads(1, own + its)
+    (event,) = a.ready(at(10))
+    assert event.plates == () and {AMBIGUOUS_PLATE, NO_PLATE} <= event.match_flags
+
+
+def test_two_cameras_agreeing_give_one_plate() -> None:
+    own = [replace(read("苏L12345", -0.2), camera_id="cam-front")]
+    its = [replace(read("苏L12345", -0.1, conf=0.9), camera_id="its-front")]
+    a = Assembler(CONFIG)
+    a.add_weighing(weighing(0))
+    a.add_reads(1, own + its)
+    (event,) = a.ready(at(10))
+    assert [p.text for p in event.plates] == ["苏L12345"] and event.match_flags == {NO_IMAGE}

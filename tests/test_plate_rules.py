@@ -7,7 +7,7 @@ test fails if the rule is removed), and on the real photos where the rule matter
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +23,9 @@ from drivers.plate.model import ModelPlateReader
 from drivers.plate.pipeline import PlatePipeline, confidence_from_chars
 from drivers.plate.runtimes import tflite_runtime_available
 
+from .test_plate_fusion import Scripted
+from .test_plate_fusion import synthetic_plate as _plate
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "plates"
 CHARSET = (
     "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -30,16 +33,6 @@ CHARSET = (
 )
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
-
-
-def _plate(bgr: tuple[int, int, int], ink: tuple[int, int, int], w: int = 140) -> U8:
-    """A synthetic single-row plate: background colour with seven ink blocks."""
-    h = round(w / 3.4)
-    img = np.full((h, w, 3), bgr, np.uint8)
-    for k in range(7):
-        x0 = round(w * (0.06 + k * 0.13))
-        img[h // 5 : h - h // 5, x0 : x0 + round(w * 0.06)] = ink
-    return img
 
 
 BLUE = _plate((160, 60, 20), (240, 240, 240))
@@ -99,38 +92,13 @@ def test_one_uncertain_character_sinks_the_plate() -> None:
 # -- the pipeline with a scripted recogniser ----------------------------------------------------
 
 
-class _Scripted:
-    """A stand-in model: the recogniser emits the scripted strings in turn (one per call)."""
-
-    runtime = "test"
+class _Scripted(Scripted):
+    """The scripted recogniser of test_plate_fusion, each string's last character at ``p``."""
 
     def __init__(self, shape: tuple[int, int, int, int], texts: list[tuple[str, float]]):
-        self.name = "scripted"
-        self.input_shape = shape
-        self.texts = texts
-        self.calls = 0
-
-    def __call__(self, x: F32) -> list[F32]:
-        text, p = self.texts[min(self.calls, len(self.texts) - 1)]
-        self.calls += 1
-        steps = np.zeros((40, len(CHARSET) + 1), np.float32)
-        steps[:, 0] = 1.0
-        for k, ch in enumerate(text):
-            t = 2 + 2 * k  # a character every other step, blanks between
-            steps[t, 0] = 0.0
-            steps[t, CHARSET.index(ch) + 1] = p if k == len(text) - 1 else 1.0
-        return [steps[None]]
-
-    def run_filled(self, fill: Callable[[F32], None]) -> list[F32]:
-        x = np.zeros(self.input_shape, np.float32)
-        fill(x)
-        return self(x)
-
-    def set_input(self, x: F32) -> None:
-        pass
-
-    def invoke(self) -> None:
-        pass
+        super().__init__(
+            shape, CHARSET, [(t, (1.0,) * max(len(t) - 1, 0) + (p,)) for t, p in texts]
+        )
 
 
 def _pipeline(texts: list[tuple[str, float]]) -> tuple[PlatePipeline, _Scripted]:
@@ -162,10 +130,11 @@ def test_check_views_that_merge_or_drop_a_character_do_not_count() -> None:
     assert result.valid and result.text == "粤ZR066港"
 
 
-def test_uncertain_last_character_gives_low_confidence() -> None:
+def test_uncertain_last_character_leaves_the_plate_unread() -> None:
+    # issue 14: per-character trust; one character at 0.6 used to give a plate at 0.2
     pipeline, _ = _pipeline([("皖A12345", 0.6)])
     result = pipeline.read_plate(BLUE)
-    assert result.valid and result.confidence < 0.21
+    assert not result.valid and result.confidence == 0.0 and "uncertain" in result.reason
     pipeline, _ = _pipeline([("皖A12345", 0.99)])
     assert pipeline.read_plate(BLUE).confidence > 0.9
 

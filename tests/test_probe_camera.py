@@ -252,7 +252,7 @@ def test_unknown_type_is_a_usage_error_with_a_suggestion(
     assert code == 2
     assert err.strip() == (
         "probe: unknown camera type 'opencvv' (did you mean 'opencv'?); "
-        "known: opencv, picamera2, replay"
+        "known: isapi-anpr, isapi-anpr-simulated, opencv, picamera2, replay"
     )
 
 

@@ -19,8 +19,12 @@ Rules, so that nothing is ever paired wrongly in silence:
   close together), the read goes to neither and both are flagged ``ambiguous_plate``; such a
   photo is attached to neither.
 * The reads of one weighing are voted per position (front, rear: a tractor and its trailer carry
-  different plates). Reads of one position that do not agree give ``ambiguous_plate`` and no
-  plate for that position.
+  different plates), each camera's frames first (:mod:`agent.pipeline.voting`). Reads of one
+  position that do not agree (frames without a majority, or two cameras naming different
+  plates) give ``ambiguous_plate`` and no plate for that position.
+* The record carries the front and the rear plate separately. When both are read and differ,
+  and the rear one is not a trailer (挂) plate, the event is flagged ``front_rear_differ``: both
+  plates stay in the record for the reviewing officer, neither is chosen.
 * A weighing without any plate is flagged ``no_plate`` (no camera, no reader, no readable plate:
   the station keeps weighing); without any photo also ``no_image``.
 * A read that no weighing claimed is returned by :meth:`Assembler.take_unmatched` as a
@@ -41,12 +45,13 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, PlateRead, VehicleEvent, VehicleWeighing
-from agent.pipeline.voting import vote_by_position
+from agent.pipeline.voting import front_rear_mismatch, vote_by_position
 
 NO_PLATE = "no_plate"
 NO_IMAGE = "no_image"
 AMBIGUOUS_PLATE = "ambiguous_plate"
 PLATE_WITHOUT_WEIGHING = "plate_without_weighing"
+FRONT_REAR_DIFFER = "front_rear_differ"
 
 
 class AssembleConfig(BaseModel):
@@ -250,6 +255,8 @@ class Assembler:
             flags.add(AMBIGUOUS_PLATE)  # reads of one position disagree
         if not plates:
             flags.add(NO_PLATE)
+        if front_rear_mismatch(plates):
+            flags.add(FRONT_REAR_DIFFER)
         if not pending.frames:
             flags.add(NO_IMAGE)
         frames = tuple(sorted(pending.frames, key=lambda f: (f.captured_at, f.camera_id)))
@@ -276,6 +283,8 @@ class Assembler:
         flags = {PLATE_WITHOUT_WEIGHING}
         if len(plates) < len({r.position for r in reads}):
             flags.add(AMBIGUOUS_PLATE)
+        if front_rear_mismatch(plates):
+            flags.add(FRONT_REAR_DIFFER)
         return PlatePassage(lane, first, tuple(plates), tuple(frames), frozenset(flags))
 
 

@@ -1,4 +1,5 @@
-"""Camera drivers: picamera2, OpenCV (V4L2 / RTSP / files), and a replay source."""
+"""Camera drivers: picamera2, OpenCV (V4L2 / RTSP / files), Hikvision ITS cameras (ISAPI ANPR
+push), and a replay source."""
 
 from drivers.camera.base import Camera, CameraConfig, CameraError
 from drivers.registry import Registry
@@ -9,6 +10,8 @@ CAMERAS: Registry[Camera] = Registry(
         "replay": "drivers.camera.replay:ReplayCamera",
         "opencv": "drivers.camera.opencv:OpenCvCamera",
         "picamera2": "drivers.camera.picamera2:Picamera2Camera",
+        "isapi-anpr": "drivers.camera.isapi:IsapiAnprCamera",
+        "isapi-anpr-simulated": "drivers.camera.isapi_twin:SimulatedIsapiAnprCamera",
     },
 )
 

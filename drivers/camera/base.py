@@ -19,13 +19,30 @@ from drivers.clock import Clock, SystemClock
 
 
 @dataclass(frozen=True)
+class OnboardRead:
+    """A plate the camera itself read (an ITS camera's on-board ANPR), as the camera sent it.
+
+    ``confidence`` and ``char_confidences`` are 0..1 (the vendors send percentages); the plate
+    reader checks it like any other reading before it becomes a plate
+    (:func:`drivers.plate.base.onboard_plate_reads`).
+    """
+
+    text: str
+    color: str  # blue | yellow | green | white | black | unknown
+    confidence: float
+    char_confidences: tuple[float, ...] = ()
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the frame, pixels
+
+
+@dataclass(frozen=True)
 class Frame:
     """One camera picture, kept as the JPEG bytes that become evidence.
 
     ``source`` names where a replayed picture came from (a file path); live cameras leave it
     ``None``. ``pixels`` is the decoded picture (a BGR ``uint8`` array, height × width × 3) when
     the camera already has it, so the plate reader need not decode the JPEG again; it is not
-    part of the evidence and not compared.
+    part of the evidence and not compared. ``onboard`` holds the plates an ITS camera read on
+    board and sent with the picture.
     """
 
     camera_id: str
@@ -35,6 +52,7 @@ class Frame:
     jpeg: bytes
     source: str | None = None
     pixels: Any = field(default=None, compare=False, hash=False, repr=False)
+    onboard: tuple[OnboardRead, ...] = ()
 
 
 class CameraError(Exception):

@@ -1,4 +1,5 @@
-"""Plate readers: the on-device model (LiteRT / tflite-runtime / ONNX Runtime) and a twin."""
+"""Plate readers: the on-device model (LiteRT / tflite-runtime / ONNX Runtime), the ITS cameras'
+on-board readings alone (``onboard``), and a twin."""
 
 from drivers.plate.base import PlateReader, PlateReaderConfig, PlateReaderError
 from drivers.registry import Registry
@@ -10,6 +11,7 @@ PLATE_READERS: Registry[PlateReader] = Registry(
         "tflite": "drivers.plate.model:TflitePlateReader",
         "onnx": "drivers.plate.model:OnnxPlateReader",
         "auto": "drivers.plate.model:AutoPlateReader",
+        "onboard": "drivers.plate.base:OnboardPlateReader",
     },
 )
 

@@ -10,6 +10,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.camera.base import Frame
+from drivers.plate.chinese import is_valid_plate, plate_format, untrusted
+
+#: what the camera id of an ITS camera's on-board reading ends with: a witness of its own,
+#: voted apart from the station's reading of the same picture (agent.pipeline.voting)
+ONBOARD_SUFFIX = "/onboard"
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,12 @@ class PlateReader(ABC):
         self.config = config
 
     def read(self, frame: Frame) -> list[PlateRead]:
-        """The plates in ``frame``, best first, confidence ≥ ``min_confidence``."""
+        """The plates in ``frame``, best first, confidence ≥ ``min_confidence``: this reader's
+        own readings and those an ITS camera made on board (:func:`onboard_plate_reads`)."""
         reads = [
-            r for r in self._read_internal(frame) if r.confidence >= self.config.min_confidence
+            r
+            for r in [*self._read_internal(frame), *onboard_plate_reads(frame)]
+            if r.confidence >= self.config.min_confidence
         ]
         return sorted(reads, key=lambda r: r.confidence, reverse=True)
 
@@ -74,3 +82,47 @@ class PlateReader(ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release the model. Idempotent."""
+
+
+def onboard_plate_reads(frame: Frame) -> list[PlateRead]:
+    """The plates an ITS camera read on board and sent with ``frame``, checked like the
+    station's own readings: an impossible string, a green plate without an 8-character
+    new-energy number, or any character under the per-character trust
+    (:func:`drivers.plate.chinese.untrusted`; the camera's per-character confidences, else its
+    plate confidence for every character) is left out. Their ``camera_id`` ends with
+    ``/onboard``: the vote treats the camera's opinion and the station's reading of the same
+    picture as two witnesses that must agree."""
+    out: list[PlateRead] = []
+    for read in frame.onboard:
+        text = read.text.strip()
+        if not is_valid_plate(text):
+            continue
+        fmt = plate_format(text) or ""
+        if read.color == "green" and not fmt.startswith("new_energy"):
+            continue
+        chars = read.char_confidences
+        if len(chars) != len(text):
+            chars = (read.confidence,) * len(text)
+        if untrusted(text, chars):
+            continue
+        out.append(
+            PlateRead(
+                text=text,
+                color=read.color,
+                confidence=read.confidence,
+                position="rear" if frame.role == "rear" else "front",
+                box=read.box,
+                lane=frame.lane,
+                read_at=frame.captured_at,
+                camera_id=frame.camera_id + ONBOARD_SUFFIX,
+            )
+        )
+    return out
+
+
+class OnboardPlateReader(PlateReader):
+    """``[plate] type = "onboard"``: no model of the station's own; only the plates the ITS
+    cameras read on board (checked as in :func:`onboard_plate_reads`)."""
+
+    def _read_internal(self, frame: Frame) -> list[PlateRead]:
+        return []

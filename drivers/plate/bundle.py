@@ -39,7 +39,9 @@ ENV_BUNDLE = "ROADSIDE_PLATE_BUNDLE"
 ENV_FIRMWARE_CONFIG = "ROADSIDE_FIRMWARE_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_BUNDLE = REPO_ROOT.parent / "shared" / "models" / "plate"
-ROLES = ("detector", "recognizer", "recognizer_unrolled", "text_detector")
+ROLES = ("detector", "recognizer", "recognizer_unrolled", "text_detector", "second_recognizer")
+#: a charset stored in the ONNX file's own metadata (covered by the file's hash)
+CHARSET_IN_MODEL = "onnx-metadata:character"
 
 
 class BundleError(PlateReaderError):
@@ -132,15 +134,19 @@ def _check(folder: Path, manifest: dict[str, Any], manifest_path: Path) -> Bundl
             models[role] = ModelFile(
                 role, folder / spec["file"], (shape[0], shape[1], shape[2], shape[3])
             )
-        if manifest["charset"] not in files:
+        if manifest["charset"] == CHARSET_IN_MODEL:
+            charset_lines = []  # read from the model by its runner (drivers.plate.second)
+        elif manifest["charset"] not in files:
             raise BundleError(f"{manifest_path}: charset {manifest['charset']} has no hash")
-        charset_lines = (folder / manifest["charset"]).read_text(encoding="utf-8").splitlines()
+        else:
+            charset_lines = (folder / manifest["charset"]).read_text(encoding="utf-8").splitlines()
         fmt = str(manifest["format"])
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"plate model manifest {manifest_path} is malformed: {err!r}") from err
     if fmt not in ("tflite", "onnx"):
         raise BundleError(f"{manifest_path}: format must be tflite or onnx, not {fmt!r}")
-    for role in ("detector", "recognizer"):
+    needed = ("second_recognizer",) if "second_recognizer" in models else ("detector", "recognizer")
+    for role in needed:
         if role not in models:
             raise BundleError(f"{manifest_path}: the bundle needs a {role} model")
     return Bundle(
@@ -202,6 +208,31 @@ def onnx_bundle() -> Bundle:
         )
     shipped = firmware_config_dir() / "models" / "plate-onnx.json"
     return _check(resources, _read_manifest(shipped), shipped)
+
+
+def package_folder(name: str) -> Path | None:
+    """The folder of an installed package, found without importing it (``None``: missing)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def second_opinion_bundle() -> Bundle:
+    """The PP-OCRv4 recogniser inside the installed ``rapidocr-onnxruntime`` 1.4.4 wheel,
+    hash-checked against ``firmware_config/models/plate-second-onnx.json``."""
+    folder = package_folder("rapidocr_onnxruntime")
+    if folder is None:
+        raise BundleError(
+            "the second plate recogniser (PP-OCRv4) comes from the PyPI package "
+            "rapidocr-onnxruntime==1.4.4, which is not installed "
+            "(pip install --no-deps rapidocr-onnxruntime==1.4.4)"
+        )
+    shipped = firmware_config_dir() / "models" / "plate-second-onnx.json"
+    return _check(folder, _read_manifest(shipped), shipped)
 
 
 def default_bundle_folder() -> Path | None:

@@ -116,12 +116,23 @@ _FORMATS_BY_STRONG_COLOUR: dict[str, frozenset[str]] = {
 def colour_fractions(plate_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
     """Shares of the inner plate pixels that are clearly blue, yellow or green (saturation and
     value above 40: dark blue plates at dusk still count as blue) or dark and unsaturated, and
-    the median brightness (0-1: the background's, which covers most of the plate)."""
+    the median brightness (0-1: the background's, which covers most of the plate); and for the
+    green test of :func:`colour_length_conflict` the share of pixels of a plain green hue
+    (35-85 on OpenCV's 0-180 scale; the blue of CCPD's plates sits at 90-127, the new-energy
+    green at 60-80) and the median hue of the coloured pixels."""
     import cv2
 
     h, w = plate_bgr.shape[:2]
     if h < 4 or w < 4:
-        return {"blue": 0.0, "yellow": 0.0, "green": 0.0, "dark": 0.0, "median_value": 0.0}
+        return {
+            "blue": 0.0,
+            "yellow": 0.0,
+            "green": 0.0,
+            "dark": 0.0,
+            "median_value": 0.0,
+            "plain_green": 0.0,
+            "median_hue": -1.0,
+        }
     inner = plate_bgr[h // 8 : h - h // 8, w // 16 : w - w // 16]
     hsv = cv2.cvtColor(inner, cv2.COLOR_BGR2HSV).reshape(-1, 3).astype(np.int32)
     hue, sat, val = hsv[:, 0], hsv[:, 1], hsv[:, 2]
@@ -133,6 +144,8 @@ def colour_fractions(plate_bgr: npt.NDArray[np.uint8]) -> dict[str, float]:
         "blue": float(np.count_nonzero(chroma & (hue >= 95) & (hue < 135))) / total,
         "dark": float(np.count_nonzero(~chroma & (val < 90))) / total,
         "median_value": float(np.median(val)) / 255.0,
+        "plain_green": float(np.count_nonzero(chroma & (hue >= 35) & (hue < 85))) / total,
+        "median_hue": float(np.median(hue[chroma])) if np.any(chroma) else -1.0,
     }
 
 
@@ -166,3 +179,49 @@ def colour_format_conflict(text: str, plate_bgr: npt.NDArray[np.uint8]) -> str |
     if strong is not None and fmt not in _FORMATS_BY_STRONG_COLOUR[strong]:
         return f"a {strong} plate cannot carry {text!r} (a {fmt.replace('_', '-')} number)"
     return None
+
+
+def colour_length_conflict(
+    text: str, color: PlateColor, plate_bgr: npt.NDArray[np.uint8]
+) -> str | None:
+    """Why ``text`` cannot be the number of a plate of this colour by its length, or None.
+
+    Green new-energy plates carry 8 characters (GA 36-2018 supplement): a green plate read with
+    7 is a plate with a dropped character (issue 14: 8 read as 7 at 0.97), and an 8-character
+    small-car new-energy number needs some green on the plate (the large-vehicle ones are
+    yellow-green). The plate counts as green when the median hue of its coloured pixels is a
+    plain green and at least a fifth of it is (faded new-energy plates are a white-to-green
+    gradient); ``color`` (the loose estimate) is not enough on its own: CCPD's blue plates sit
+    at the blue/green hue boundary.
+    """
+    fmt = plate_format(text)
+    if fmt is None:
+        return None
+    f = colour_fractions(plate_bgr)
+    is_green = 35 <= f["median_hue"] < 85 and f["plain_green"] >= 0.2
+    if is_green and not fmt.startswith("new_energy"):
+        return f"a green plate carries 8 characters, not {text!r} ({len(text)})"
+    if fmt == "new_energy_small" and not is_green and f["plain_green"] < 0.1 and color != "green":
+        return f"{text!r} is a new-energy number, but the plate shows no green"
+    return None
+
+
+# Per-character trust (issue 14: a province replaced by 皖 at 0.56, a plate reported although
+# one character was a guess). A reading by one recogniser alone is trusted only when every
+# character is: its province character at ≥ TRUST_PROVINCE, every other at ≥ TRUST_CHAR. Where
+# two independent recognisers read the same character, it is trusted when the surer of the two
+# is at ≥ TRUST_AGREED (the other's agreement is the evidence the probability lacks).
+TRUST_PROVINCE = 0.9
+TRUST_CHAR = 0.8
+TRUST_AGREED = 0.75
+
+
+def untrusted(text: str, char_probs: tuple[float, ...]) -> list[int]:
+    """Positions of ``text`` whose character one recogniser alone does not vouch for."""
+    if len(char_probs) != len(text):
+        return list(range(len(text)))
+    return [
+        i
+        for i, (c, p) in enumerate(zip(text, char_probs, strict=True))
+        if p < (TRUST_PROVINCE if c in PROVINCES or c == "使" else TRUST_CHAR)
+    ]

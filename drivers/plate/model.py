@@ -14,6 +14,7 @@ skipped in favour of another bundle, because the technician must learn that it w
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -29,9 +30,11 @@ from drivers.plate.bundle import (
     default_bundle_folder,
     load_bundle,
     onnx_bundle,
+    package_folder,
 )
 from drivers.plate.pipeline import U8, PlatePipeline, PlateResult, decode_image
 from drivers.plate.runtimes import ModelRunner, OnnxRunner, TfliteRunner, tflite_runtime_available
+from drivers.plate.second import SecondOpinion, open_second_opinion
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,18 @@ class ModelPlateReaderConfig(PlateReaderConfig):
     num_threads: int = Field(default=2, ge=1, le=16, description="interpreter threads")
     det_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="plate detector score threshold"
+    )
+    second_opinion: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="the second, independent recogniser (PP-OCRv4 from the rapidocr-onnxruntime "
+        "wheel) read on the same crop; two readings that differ leave the plate unread. auto: "
+        "used when installed (a warning when not), required: the reader refuses to start "
+        "without it, off: the first recogniser alone (every character must then be sure)",
+    )
+    second_bundle: str = Field(
+        default="",
+        description="folder of the second recogniser's LiteRT bundle (scripts/build-plate-model "
+        "--second); empty: the ONNX file of the rapidocr-onnxruntime wheel on ONNX Runtime",
     )
     tiles: bool = Field(
         default=True,
@@ -81,6 +96,23 @@ def _runners_onnx(
     return load("detector"), load("recognizer"), text
 
 
+def _second_opinion(config: ModelPlateReaderConfig) -> SecondOpinion | None:
+    """The second recogniser the config asks for. Only ``auto`` without the wheel (or without
+    ONNX Runtime) goes on without one, with a warning; a configured bundle that cannot be
+    loaded, or a wheel whose file fails its hash, is an error the technician must see."""
+    if config.second_opinion == "off":
+        return None
+    if config.second_opinion == "auto" and not config.second_bundle:
+        missing = package_folder("rapidocr_onnxruntime") is None
+        if missing or importlib.util.find_spec("onnxruntime") is None:
+            log.warning(
+                "plate reader: no second opinion (install rapidocr-onnxruntime==1.4.4 "
+                "--no-deps and onnxruntime): the first recogniser reads alone"
+            )
+            return None
+    return open_second_opinion(config.num_threads, config.second_bundle, config.runtime)
+
+
 class ModelPlateReader(PlateReader):
     """Shared by the ``tflite``, ``onnx`` and ``auto`` types; subclasses pick the bundle."""
 
@@ -96,6 +128,7 @@ class ModelPlateReader(PlateReader):
             runners = _runners_onnx(self.bundle, config)
         detector, recognizer, text_detector = runners
         self.runtime = detector.runtime
+        self.second = _second_opinion(config)
         self.pipeline = PlatePipeline(
             detector,
             recognizer,
@@ -103,6 +136,7 @@ class ModelPlateReader(PlateReader):
             text_detector,
             det_threshold=config.det_threshold,
             tiles=config.tiles,
+            second=self.second,
         )
         self._lock = threading.Lock()  # interpreters are not re-entrant
         log.info(
@@ -117,7 +151,8 @@ class ModelPlateReader(PlateReader):
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"{self.bundle.name} on {self.runtime}"
+        second = f" + {self.second.name} on {self.second.runner.runtime}" if self.second else ""
+        return f"{self.bundle.name} on {self.runtime}{second}"
 
     def read_results(self, image: U8) -> list[PlateResult]:
         """Every detected plate, read or unread (``valid`` False), in detector order.

@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 import numpy as np
@@ -47,12 +48,16 @@ from drivers.plate.chinese import (
     LETTERS,
     PROVINCES,
     SUFFIXES,
+    TRUST_AGREED,
     PlateColor,
     colour_format_conflict,
+    colour_length_conflict,
     is_valid_plate,
     plate_color,
+    untrusted,
 )
 from drivers.plate.runtimes import ModelRunner
+from drivers.plate.second import SEPARATORS, SecondOpinion
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -100,6 +105,9 @@ class PlateResult:
     detection: Detection | None
     raw_score: float
     reason: str = ""  # why it is unread
+    char_probs: tuple[float, ...] = ()
+    disagree: bool = False  # unread because two readings named different plates
+    opinions: tuple[str, ...] = ()  # the recognisers whose reading it is (first, second)
 
     @property
     def box(self) -> tuple[int, int, int, int] | None:
@@ -212,6 +220,7 @@ class PlatePipeline:
         tiles: bool = True,
         check_aspects: tuple[float, ...] = (3.0, 3.2),
         line_margins: tuple[float, ...] = (0.25, 0.5),
+        second: SecondOpinion | None = None,
     ) -> None:
         self.detector = detector
         self.recognizer = recognizer
@@ -225,6 +234,7 @@ class PlatePipeline:
         self.tiles = tiles
         self.check_aspects = check_aspects  # (): no check views
         self.line_margins = line_margins  # double-row lines: margins (× line height) read
+        self.second = second  # the independent second recogniser (None: the first alone)
         _, self._det_h, self._det_w, _ = detector.input_shape
         _, self._rec_h, self._rec_w, _ = recognizer.input_shape
         self._priors = _priors(self._det_h, self._det_w)
@@ -388,13 +398,21 @@ class PlatePipeline:
         return out
 
     # -- 4. recogniser -----------------------------------------------------------------------
-    def recognize_line(self, line: U8) -> LineRead:
-        """One row of characters (BGR) to text with per-character probabilities."""
+    def recognize_line(self, line: U8, second: bool = False) -> LineRead:
+        """One row of characters (BGR) to text with per-character probabilities, by the
+        bundle's recogniser or (``second``) by the second opinion's (same normalisation, its
+        own input height; separators it reads, such as the plate's raised dot, dropped)."""
         import cv2
 
+        runner, name = self.recognizer, "recognizer"
+        charset: Sequence[str] = self.charset
+        if second:
+            assert self.second is not None
+            runner, charset, name = self.second.runner, self.second.charset, "second_recognizer"
+        _, rec_h, rec_w, _ = runner.input_shape
         h, w = line.shape[:2]
-        target_w = min(self._rec_w, max(1, math.ceil(self._rec_h * w / max(h, 1))))
-        resized = cv2.resize(line, (target_w, self._rec_h), interpolation=cv2.INTER_LINEAR)
+        target_w = min(rec_w, max(1, math.ceil(rec_h * w / max(h, 1))))
+        resized = cv2.resize(line, (target_w, rec_h), interpolation=cv2.INTER_LINEAR)
 
         def fill(x: F32) -> None:
             # (v/255 − 0.5)/0.5 = v/127.5 − 1 written straight into the model input (no
@@ -404,8 +422,8 @@ class PlatePipeline:
             np.subtract(view, np.float32(1.0), out=view)
             x[0, :, target_w:] = 0.0
 
-        (logits,) = self.recognizer.run_filled(fill)[:1]
-        self.calls.counts["recognizer"] += 1
+        (logits,) = runner.run_filled(fill)[:1]
+        self.calls.counts[name] += 1
         probs = logits.reshape(-1, logits.shape[-1])
         best = probs.argmax(axis=1)
         best_p = probs[np.arange(len(best)), best]
@@ -414,12 +432,15 @@ class PlatePipeline:
         previous = 0
         for cls, p in zip(best, best_p, strict=True):
             cls_i = int(cls)
-            if cls_i not in (0, previous) and cls_i <= len(self.charset):
-                text.append(self.charset[cls_i - 1])
+            if cls_i not in (0, previous) and cls_i <= len(charset):
+                text.append(charset[cls_i - 1])
                 char_probs.append(float(p))
             elif cls_i != 0 and cls_i == previous and char_probs:
                 char_probs[-1] = max(char_probs[-1], float(p))
             previous = cls_i
+        if second:
+            kept = [(c, p) for c, p in zip(text, char_probs, strict=True) if c not in SEPARATORS]
+            return LineRead("".join(c for c, _ in kept), tuple(p for _, p in kept))
         return LineRead("".join(text), tuple(char_probs))
 
     # -- whole plate -------------------------------------------------------------------------
@@ -430,9 +451,15 @@ class PlatePipeline:
             empty = LineRead("", ())
             return _unread(self._result(empty, "unknown", False, detection), "plate too small")
         color = plate_color(plate)
-        if w >= self.double_row_aspect * h:
+        lines: list[tuple[int, int, int, int]] | None = None
+        if self.text_detector is None:  # no line evidence: the plate's shape must do
+            double = w < self.double_row_aspect * h
+        else:
+            lines = self.text_lines(plate)
+            double = is_double_row(lines, h)
+        if not double:
             return self._read_single_checked(plate, color, detection)
-        return self._read_double(plate, color, detection)
+        return self._read_double(plate, color, detection, lines)
 
     def _read_single_checked(
         self, plate: U8, color: PlateColor, detection: Detection | None
@@ -451,22 +478,27 @@ class PlatePipeline:
         A reading that fails only for want of its suffix character gets a second look at the
         plate's last character cell (:meth:`_recover_suffix`).
         """
-        read = self._read_single(plate, color)
+        shaped = self._shape_single(plate, color)
+        read = self.recognize_line(shaped)
+        second = self.recognize_line(shaped, second=True) if self.second else None
         result = self._result(read, color, False, detection, plate)
         if not result.valid:
             recovered = self._recover_suffix(plate, color, detection, read)
-            if recovered is None:
-                return result
-            result = recovered
-        for aspect in self.check_aspects:
-            alt = self._read_single(plate, color, aspect)
-            if (
-                alt.text != result.text
-                and len(alt.text) == len(result.text)
-                and is_valid_plate(alt.text)
-            ):
-                return _unread(result, f"views disagree: {result.text!r} / {alt.text!r}")
-        return result
+            if recovered is not None:
+                result = recovered
+        if result.valid:
+            for aspect in self.check_aspects:
+                alt = self.recognize_line(self._shape_single(plate, color, aspect))
+                if (
+                    alt.text != result.text
+                    and len(alt.text) == len(result.text)
+                    and is_valid_plate(alt.text)
+                ):
+                    result = _unread(
+                        result, f"views disagree: {result.text!r} / {alt.text!r}", disagree=True
+                    )
+                    break
+        return self._fuse(result, second, color, False, detection, plate)
 
     def _recover_suffix(
         self, plate: U8, color: PlateColor, detection: Detection | None, read: LineRead
@@ -509,7 +541,11 @@ class PlatePipeline:
         return result if result.valid else None
 
     def _read_double(
-        self, plate: U8, color: PlateColor, detection: Detection | None
+        self,
+        plate: U8,
+        color: PlateColor,
+        detection: Detection | None,
+        lines: list[tuple[int, int, int, int]] | None = None,
     ) -> PlateResult:
         """A double-row plate: two readings of the two text lines, which must agree.
 
@@ -526,8 +562,11 @@ class PlatePipeline:
         none. If the text-line detector does not find two lines, the box may still be a
         single-row plate seen at a steep angle, which is tried last.
         """
-        lines = self.text_lines(plate)
+        # long: the two readings of a double-row plate, their checks and the second opinion
+        # are one decision; split, each part would have to re-derive the rows
+        lines = self.text_lines(plate) if lines is None else lines
         candidates: list[PlateResult] = []
+        second: LineRead | None = None
         if len(lines) == 2:
             gap = (lines[0][3] + lines[1][1]) // 2
             limits = ((0, gap), (gap, plate.shape[0]))
@@ -539,6 +578,8 @@ class PlatePipeline:
                 "".join(r.text for r in reads), tuple(p for r in reads for p in r.char_probs)
             )
             stitched = self._read_stitched(plate, lines, limits)
+            if self.second is not None:
+                second = self._read_rows_second(plate, lines, limits)
             joined_result = self._result(joined, color, True, detection, plate)
             if joined_result.valid and (len(reads[0].text), len(reads[1].text)) != (2, 5):
                 joined_result = _unread(
@@ -548,15 +589,24 @@ class PlatePipeline:
             if any(r.text == "?" for r in reads):
                 # a row whose two margins disagree is a disagreement, whatever the stitched
                 # reading says
-                return _unread(joined_result, "a row reads differently at its two margins")
+                return _unread(
+                    joined_result, "a row reads differently at its two margins", disagree=True
+                )
             if len(stitched.text) == 7 and min(stitched.char_probs) > 0.5:
                 candidates.append(self._result(stitched, color, True, detection, plate))
         valid = [c for c in candidates if c.valid]
         texts = {c.text for c in valid}
         if len(texts) == 1:
-            return max(valid, key=lambda c: c.raw_score)
+            best = max(valid, key=lambda c: c.raw_score)
+            return self._fuse(best, second, color, True, detection, plate)
         if len(texts) > 1:
-            return _unread(valid[0], f"double-row readings disagree: {sorted(texts)}")
+            return _unread(
+                valid[0], f"double-row readings disagree: {sorted(texts)}", disagree=True
+            )
+        if candidates and second is not None:
+            fused = self._fuse(candidates[0], second, color, True, detection, plate)
+            if fused.valid:
+                return fused
         single = self._read_single_checked(plate, color, detection)
         if single.valid:
             return single
@@ -580,6 +630,22 @@ class PlatePipeline:
         top_w = max(1, round(top.shape[1] * height / max(top.shape[0], 1)))
         top_scaled = np.asarray(cv2.resize(top, (top_w, height)), dtype=np.uint8)
         return self.recognize_line(np.hstack([top_scaled, bottom]))
+
+    def _read_rows_second(
+        self,
+        plate: U8,
+        lines: list[tuple[int, int, int, int]],
+        limits: tuple[tuple[int, int], tuple[int, int]],
+    ) -> LineRead:
+        """The second opinion on a double-row plate: each line on its own at the first margin,
+        top first; the top line must give exactly 2 characters (else no reading)."""
+        reads = [
+            self.recognize_line(_crop_line(plate, box, rows, self.line_margins[0]), second=True)
+            for box, rows in zip(lines, limits, strict=True)
+        ]
+        if len(reads[0].text) != 2:
+            return LineRead("", ())
+        return LineRead(reads[0].text + reads[1].text, (*reads[0].char_probs, *reads[1].char_probs))
 
     def _read_row(
         self, plate: U8, box: tuple[int, int, int, int], rows: tuple[int, int], index: int
@@ -608,8 +674,8 @@ class PlatePipeline:
             tuple(float(np.mean(c)) for c in zip(*(r.char_probs for r in same), strict=True)),
         )
 
-    def _read_single(self, plate: U8, color: PlateColor, aspect: float | None = None) -> LineRead:
-        """A single-row plate, first brought to the standard plate shape.
+    def _shape_single(self, plate: U8, color: PlateColor, aspect: float | None = None) -> U8:
+        """A single-row plate brought to the standard plate shape.
 
         Plates are 440×140 mm (480×140 for the green new-energy plates), so every single-row
         plate is resized to one width/height ratio (the plate with its margin): the landmarks'
@@ -621,10 +687,9 @@ class PlatePipeline:
         h = plate.shape[0]
         aspect = (aspect or self.single_row_aspect) * (480 / 440 if color == "green" else 1.0)
         width = max(1, round(aspect * h))
-        resized = np.asarray(
+        return np.asarray(
             cv2.resize(plate, (width, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
         )
-        return self.recognize_line(resized)
 
     def _result(
         self,
@@ -640,7 +705,9 @@ class PlatePipeline:
         valid = is_valid_plate(read.text)
         reason = "" if valid else f"{read.text!r} is not a possible plate"
         if valid and plate is not None:
-            conflict = colour_format_conflict(read.text, plate)
+            conflict = colour_format_conflict(read.text, plate) or colour_length_conflict(
+                read.text, color, plate
+            )
             if conflict:
                 valid, reason = False, conflict
         return PlateResult(
@@ -652,7 +719,23 @@ class PlatePipeline:
             detection=detection,
             raw_score=raw,
             reason=reason,
+            char_probs=read.char_probs,
         )
+
+    def _fuse(
+        self,
+        first: PlateResult,
+        second: LineRead | None,
+        color: PlateColor,
+        double: bool,
+        detection: Detection | None,
+        plate: U8,
+    ) -> PlateResult:
+        """The first recogniser's result with the second opinion on the same crop
+        (:func:`fuse`); without a second recogniser, the first alone under per-character
+        trust."""
+        other = None if second is None else self._result(second, color, double, detection, plate)
+        return fuse(first, other)
 
     def read_image(self, image: U8) -> list[PlateResult]:
         """Every plate the detector finds in a BGR picture, read or marked unread.
@@ -726,16 +809,13 @@ def _crop_line(
     return out
 
 
-def _unread(result: PlateResult, reason: str) -> PlateResult:
-    return PlateResult(
-        text=result.text,
-        color=result.color,
+def _unread(result: PlateResult, reason: str, *, disagree: bool = False) -> PlateResult:
+    return replace(
+        result,
         confidence=0.0,
         valid=False,
-        double_row=result.double_row,
-        detection=result.detection,
-        raw_score=result.raw_score,
         reason=reason,
+        disagree=disagree or result.disagree,
     )
 
 
@@ -753,3 +833,57 @@ def _group_rows(
         else:
             rows.append([x0, y0, x1, y1])
     return [(r[0], r[1], r[2], r[3]) for r in sorted(rows, key=lambda r: r[1])]
+
+
+def fuse(first: PlateResult, second: PlateResult | None) -> PlateResult:
+    """One decision from two opinions on the same crop; disagreement only ever makes it unread.
+
+    * both read a possible plate (for the second: a possible string, even where the colour
+      checks refuse it): the same text is read, each character trusted when the surer
+      recogniser is at ≥ ``TRUST_AGREED`` and its confidence that of the surer one per
+      character; different texts (a substituted, dropped or added character) — unread;
+    * one of them reads a possible plate, the other nothing possible (an empty or impossible
+      string, a character outside the plate alphabet): that reading alone, every character
+      trusted on its own (:func:`untrusted`); a first reading already left unread because its
+      own views disagree stays unread;
+    * neither: unread.
+    """
+    a = first if first.valid else None
+    b = second if second is not None and second.valid else None
+    if a is not None and second is not None and is_valid_plate(second.text):
+        # a possible plate string counts as an opinion even where the colour checks refuse
+        # it: a green plate's 7-character second reading is a dropped character
+        if a.text != second.text:
+            return _unread(
+                first, f"recognisers disagree: {a.text!r} / {second.text!r}", disagree=True
+            )
+        b = second
+        probs = tuple(max(p, q) for p, q in zip(a.char_probs, b.char_probs, strict=True))
+        weak = [i for i, p in enumerate(probs) if p < TRUST_AGREED]
+        if weak:
+            return _unread(first, f"{a.text!r}: characters {weak} uncertain in both readings")
+        return replace(
+            a,
+            confidence=confidence_from_chars(probs),
+            char_probs=probs,
+            opinions=("first", "second"),
+        )
+    alone = a if a is not None else (b if b is not None and not first.disagree else None)
+    if alone is None:
+        return first
+    weak = untrusted(alone.text, alone.char_probs)
+    if weak:
+        what = "province" if weak == [0] else f"characters {weak}"
+        return _unread(alone, f"{alone.text!r}: {what} uncertain")
+    return replace(alone, opinions=("first",) if alone is a else ("second",))
+
+
+def is_double_row(lines: list[tuple[int, int, int, int]], plate_h: int) -> bool:
+    """A double-row plate by its text lines (GA 36: a small province + letter line centred above
+    the five large characters), not by the box's shape: exactly two lines, each at least a
+    sixth of the plate's height, the upper one narrower than the lower one."""
+    if len(lines) != 2:
+        return False
+    (tx0, ty0, tx1, ty1), (bx0, by0, bx1, by1) = lines
+    tall_enough = min(ty1 - ty0, by1 - by0) >= plate_h / 6
+    return tall_enough and (tx1 - tx0) < 0.85 * (bx1 - bx0) and ty1 <= (by0 + by1) / 2

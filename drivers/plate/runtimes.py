@@ -152,6 +152,9 @@ class OnnxRunner:
         except Exception as err:  # onnxruntime raises its own untyped exceptions
             raise PlateReaderError(f"onnxruntime cannot load model {path}: {err}") from err
         self._input_name: str = self._session.get_inputs()[0].name
+        #: the model's custom metadata (PaddleOCR's converted recognisers keep their
+        #: character list here, under ``character``)
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
         self._feed: dict[str, Any] = {}
 
     def set_input(self, x: F32) -> None:
