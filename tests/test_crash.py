@@ -38,6 +38,7 @@ def run_and_kill(data_dir: Path, rng: random.Random, wait_ready: bool) -> list[t
     assert proc.stdout is not None
     lines: list[bytes] = []
     ready = threading.Event()
+    committing = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -45,12 +46,17 @@ def run_and_kill(data_dir: Path, rng: random.Random, wait_ready: bool) -> list[t
             lines.append(line)
             if line == b"ready\n":
                 ready.set()
+            elif line.startswith(b"committed "):
+                committing.set()
 
     reader = threading.Thread(target=read, name="crash-reader", daemon=True)
     reader.start()
     if wait_ready:
-        assert ready.wait(30), proc.stderr.read() if proc.stderr else b""
-        time.sleep(rng.uniform(0.0, 0.4))  # the random moment: under load
+        assert ready.wait(60), proc.stderr.read() if proc.stderr else b""
+        # under load: once it commits (a busy machine may take a while to get there), then
+        # at a random moment
+        assert committing.wait(60), proc.stderr.read() if proc.stderr else b""
+        time.sleep(rng.uniform(0.0, 0.4))
     else:
         time.sleep(rng.uniform(0.0, 0.6))  # maybe during imports, key load or recover()
     proc.send_signal(signal.SIGKILL)
@@ -68,7 +74,7 @@ def run_and_kill(data_dir: Path, rng: random.Random, wait_ready: bool) -> list[t
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
     seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
