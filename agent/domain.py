@@ -123,6 +123,8 @@ class Verdict:
             "class_source": self.class_source,
             "watchlist_hit": self.watchlist_hit,
             "rules_version": self.rules_version,
+            # the station flags, an officer decides (行政处罚法: review before a penalty)
+            "review_required": True,
         }
         if self.details:
             out["details"] = dict(self.details)

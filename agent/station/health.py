@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.provenance import site_facts
 from agent.station import sdnotify
 from agent.store.files import write_file_atomically
 from drivers.scale import Scale
@@ -63,6 +64,7 @@ def report(station: Station) -> dict[str, Any]:
         "stages": {n: round(now - b.last, 1) for n, b in station.beats.items()},
         "clock": {"synchronized": clock_monitor and clock_monitor.synchronized},
         "legal_id": getattr(station, "legal_id", ""),
+        "site": site_facts(station.config.station.site),
         "disk": disk(station.data_dir, getattr(station, "retention", None)),
         "vehicles": {
             "seen": counters.vehicles,

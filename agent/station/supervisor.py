@@ -33,11 +33,13 @@ from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, loa
 from agent.pipeline.assemble import Assembler
 from agent.pipeline.capture import capture_and_read
 from agent.pipeline.weighing import WeighingStage
+from agent.provenance import metrology_facts, metrology_keys, site_facts
 from agent.station import health, sdnotify, timesync
 from agent.station.handlers import StationCommands
 from agent.station.health import Counters, StageBeat
 from agent.store import audit, keys, readonly, retention
 from agent.store.alarms import raise_alarm
+from agent.store.completeness import Expected
 from agent.store.db import Database
 from agent.store.evidence import EvidenceError, EvidenceStore
 from agent.store.permits import PermitBook
@@ -176,7 +178,8 @@ class Station:
             "tolerance": self.config.legal.model_dump(mode="json"),
             "scale": {
                 name: lane.scale.model_dump(
-                    mode="json", exclude={"certificate", "certificate_valid_until"}
+                    mode="json",
+                    exclude={"certificate", "certificate_valid_until", *metrology_keys()},
                 )
                 for name, lane in lanes.items()
             },
@@ -193,6 +196,10 @@ class Station:
                 for name, lane in lanes.items()
             },
             "software": {"version": __version__, "legal_id": self.legal_id},
+            # DESIGN §4a: where and with which verified device; what a chargeable record needs
+            "site": site_facts(self.config.station.site),
+            "metrology": {name: metrology_facts(lane.scale) for name, lane in lanes.items()},
+            "evidence": {"required": list(self.config.evidence.required)},
         }
 
     def _alarm(self, kind: str, message: str, details: dict[str, Any]) -> None:
@@ -491,6 +498,10 @@ class Station:
             software_version=__version__,
             legal_id=self.legal_id,
             audit_counter=self.audit.counter(),
+            site=site_facts(self.config.station.site),
+            metrology=metrology_facts(scale_cfg),
+            required=tuple(self.config.evidence.required),
+            expected=self._expected(lane),
         )
         self.counters.vehicles += 1
         try:
@@ -507,6 +518,14 @@ class Station:
         if self.on_stored is not None:
             self.on_stored(stored)
         return stored
+
+    def _expected(self, lane: Lane) -> Expected:
+        """What the lane's cameras can give: their roles (configured) and clip roles."""
+        cams = self.cameras.get(lane.number, [])
+        return Expected(
+            camera_roles=tuple(sorted({c.role for c in lane.cameras})),
+            clip_roles=tuple(sorted({c.role for c in cams if c.gives_clips})),
+        )
 
     def _facts(self, lane: Lane, weighing: VehicleWeighing, plate: str | None) -> VehicleFacts:
         declared = VehicleClass(lane.vehicle_class)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
 from agent.store import files, integrity, outbox, readonly
+from agent.store.completeness import DEFAULT_REQUIRED, EvidenceName
 from agent.store.db import Database, DatabaseError
 from agent.store.record import RecordContext, StoredRecord, build_record, event_id_for, iso_ms
 from drivers.paths import ConfigPath
@@ -143,6 +144,12 @@ class EvidenceConfig(BaseModel):
     )
     eviction_batch: int = Field(
         default=200, ge=1, description="records evicted per database transaction"
+    )
+    required: list[EvidenceName] = Field(
+        default_factory=lambda: list(DEFAULT_REQUIRED),
+        description="what a chargeable record needs (names: plate, front_image, rear_image, "
+        "side_image (only where the lane has a side camera), video, clock_sync, certificate); "
+        "a record lacking one is sealed with evidence.complete false and never chargeable",
     )
 
 

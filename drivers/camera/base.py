@@ -79,6 +79,9 @@ class Camera(ABC):
     def role(self) -> str:
         return self.config.role
 
+    #: Whether this backend can give a video clip of a passage (:meth:`clip`).
+    gives_clips: ClassVar[bool] = False
+
     def capture(self, at: datetime, count: int = 1) -> list[Frame]:
         """Up to ``count`` frames showing the vehicle measured at ``at``.
 
