@@ -32,6 +32,7 @@ from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFl
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
 from agent.pipeline.capture import capture_and_read
+from agent.pipeline.composite import with_composite
 from agent.pipeline.weighing import WeighingStage
 from agent.provenance import metrology_facts, metrology_keys, site_facts
 from agent.station import health, sdnotify, timesync
@@ -483,26 +484,15 @@ class Station:
                     "measured_at": weighing.measured_at.isoformat(),
                 },
             )
-        scale_cfg = lane.scale
-        ctx = RecordContext(
-            station_id=self.config.station.id,
-            scale_id=scale_cfg.id,
-            accuracy_class=scale_cfg.accuracy_class,
-            certificate=scale_cfg.certificate,
-            certificate_valid_until=(
-                scale_cfg.certificate_valid_until.isoformat()
-                if scale_cfg.certificate_valid_until
-                else ""
-            ),
-            clock_synchronized=bool(self.clock_monitor.synchronized),
-            software_version=__version__,
-            legal_id=self.legal_id,
-            audit_counter=self.audit.counter(),
-            site=site_facts(self.config.station.site),
-            metrology=metrology_facts(scale_cfg),
-            required=tuple(self.config.evidence.required),
-            expected=self._expected(lane),
+        site = site_facts(self.config.station.site)
+        event, composite = with_composite(
+            event,
+            verdict,
+            site,
+            enabled=self.config.evidence.composite_image,
+            font_path=self.config.evidence.composite_font,
         )
+        ctx = self._record_context(lane, site, composite)
         self.counters.vehicles += 1
         try:
             stored = self.store.commit(event, verdict, ctx)
@@ -518,6 +508,30 @@ class Station:
         if self.on_stored is not None:
             self.on_stored(stored)
         return stored
+
+    def _record_context(self, lane: Lane, site: dict[str, Any], composite: str) -> RecordContext:
+        """The station facts sealed into a record of ``lane`` (DESIGN §4, §4a)."""
+        scale_cfg = lane.scale
+        return RecordContext(
+            station_id=self.config.station.id,
+            scale_id=scale_cfg.id,
+            accuracy_class=scale_cfg.accuracy_class,
+            certificate=scale_cfg.certificate,
+            certificate_valid_until=(
+                scale_cfg.certificate_valid_until.isoformat()
+                if scale_cfg.certificate_valid_until
+                else ""
+            ),
+            clock_synchronized=bool(self.clock_monitor.synchronized),
+            software_version=__version__,
+            legal_id=self.legal_id,
+            audit_counter=self.audit.counter(),
+            site=site,
+            metrology=metrology_facts(scale_cfg),
+            required=tuple(self.config.evidence.required),
+            expected=self._expected(lane),
+            composite=composite,
+        )
 
     def _expected(self, lane: Lane) -> Expected:
         """What the lane's cameras can give: their roles (configured) and clip roles."""

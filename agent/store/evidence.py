@@ -145,6 +145,18 @@ class EvidenceConfig(BaseModel):
     eviction_batch: int = Field(
         default=200, ge=1, description="records evicted per database transaction"
     )
+    composite_image: bool = Field(
+        default=True,
+        description="add the composite evidence image (合成图: front, side, rear photos and a "
+        "Chinese caption band) to every record with photos, as its own images entry "
+        "role=composite",
+    )
+    composite_font: ConfigPath = Field(
+        default="",
+        description="CJK font file for the composite's caption; empty: the first found of "
+        "fonts-noto-cjk, fonts-wqy-microhei (none found: no composite, evidence.composite "
+        "= no_cjk_font)",
+    )
     required: list[EvidenceName] = Field(
         default_factory=lambda: list(DEFAULT_REQUIRED),
         description="what a chargeable record needs (names: plate, front_image, rear_image, "

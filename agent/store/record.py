@@ -43,6 +43,8 @@ class RecordContext:
     #: ``[evidence] required`` and what the lane can give (:mod:`agent.store.completeness`)
     required: tuple[str, ...] = DEFAULT_REQUIRED
     expected: Expected = field(default_factory=Expected)
+    #: how the composite image went (:mod:`agent.pipeline.composite`); ``None``: not tried
+    composite: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _evidence(
     videos: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """``evidence``: complete or not, and what is missing (:mod:`agent.store.completeness`)."""
-    return assess(
+    out = assess(
         required=ctx.required,
         status=verdict.status.value,
         plates=event.plates,
@@ -142,3 +144,6 @@ def _evidence(
         certificate_valid_until=ctx.certificate_valid_until,
         measured_on=event.weighing.measured_at.date(),
     )
+    if ctx.composite is not None:
+        out["composite"] = ctx.composite
+    return out
