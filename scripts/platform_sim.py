@@ -261,6 +261,11 @@ class _PendingAck:
     due_mono: float
 
 
+def _evidence_files(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files a record names that must arrive intact before it is acked: images, videos."""
+    return [*record.get("images", []), *record.get("videos", [])]
+
+
 class PlatformSim:
     """The central platform's side of the contract, on any MQTT 5 broker.
 
@@ -518,12 +523,12 @@ class PlatformSim:
                     payload.decode(),
                     self._arrival + 1,
                     now,
-                    None if record["images"] else now,
+                    None if _evidence_files(record) else now,
                 ),
             ).fetchone()[0]
             if receipts == 1:
                 self._arrival += 1
-            if record["images"]:
+            if _evidence_files(record):
                 self._check_complete(station_id, event_id, record)
             else:
                 self._queue_ack(station_id, "event_ids", event_id)
@@ -573,7 +578,7 @@ class PlatformSim:
                 "SELECT name, sha256, evicted FROM images WHERE event_id = ?", (event_id,)
             )
         }
-        for img in record["images"]:
+        for img in _evidence_files(record):  # photos and video clips alike (DESIGN §4a)
             got = images.get(img["name"])
             if got is None:
                 self._changed.notify_all()
@@ -581,7 +586,7 @@ class PlatformSim:
             if got[0] != img["sha256"]:
                 self._reject(
                     f"{self.prefix}/{station_id}/evidence/{event_id}/{img['name']}",
-                    "image sha256 differs from the record",
+                    "evidence file sha256 differs from the record",
                     b"",
                 )
                 return

@@ -165,7 +165,7 @@ def _event(roles: tuple[str, ...] = ("front", "rear"), plate: bool = True) -> Ve
     return VehicleEvent(weighing=weighing, plates=plates, frames=frames)
 
 
-FRONT_REAR = Expected(("front", "rear"), ("front", "rear"))
+FRONT_REAR = Expected(("front", "rear"), (("cam-front", "front"), ("cam-rear", "rear")))
 
 
 def _record(
@@ -189,9 +189,7 @@ def _record(
         {"name": f"{f.role}.jpg", "role": f.role, "sha256": "0" * 64, "bytes": 4}
         for f in event.frames
     ]
-    vids = [
-        {"name": f"{r}.mjpeg", "role": r, "content_type": "video/x-motion-jpeg"} for r in videos
-    ]
+    vids = [{"name": f"{r}.mjpeg", "role": r, "camera_id": f"cam-{r}"} for r in videos]
     return build_record(
         event,
         verdict or _verdict(),
@@ -233,7 +231,7 @@ def test_an_overloaded_truck_without_plate_stays_overloaded_but_is_never_chargea
 
 
 def test_side_image_is_required_only_where_a_side_camera_is_configured() -> None:
-    with_side = Expected(("front", "rear", "side"), ("front", "rear"))
+    with_side = Expected(("front", "rear", "side"), FRONT_REAR.clip_cameras)
     assert _record(_event(), expected=with_side)["evidence"]["missing"] == ["side_image"]  # type: ignore[index]
     assert _record(_event(("front", "rear", "side")), expected=with_side)["evidence"][  # type: ignore[index]
         "complete"
@@ -249,7 +247,7 @@ def test_missing_clip_unsynced_clock_and_expired_certificate_are_each_named() ->
     )
     ev = rec["evidence"]
     assert ev["missing"] == ["rear_image", "video", "clock_sync", "certificate"]  # type: ignore[index]
-    assert "no clip from the rear camera" in " ".join(ev["details"])  # type: ignore[index]
+    assert "no clip from camera cam-rear (rear)" in " ".join(ev["details"])  # type: ignore[index]
     assert "expired on 2026-11-25" in " ".join(ev["details"])  # type: ignore[index]
 
 
@@ -275,7 +273,7 @@ def test_assess_with_no_clip_camera_names_video() -> None:
         status="overloaded",
         plates=[],
         image_roles=[],
-        video_roles=[],
+        video_cameras=[],
         expected=Expected(("front",), ()),
         clock_synchronized=True,
         certificate="c",

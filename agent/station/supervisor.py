@@ -22,16 +22,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, legalid
 from agent.config import Lane, StationConfig
-from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
+from agent.domain import Clip, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
-from agent.pipeline.capture import capture_and_read
+from agent.pipeline.capture import capture_and_read, capture_clips
 from agent.pipeline.composite import with_composite
 from agent.pipeline.weighing import WeighingStage
 from agent.provenance import metrology_facts, metrology_keys, site_facts
@@ -86,6 +87,8 @@ class Station:
         self.plate_reader: PlateReader | None = None
         self.assembler = Assembler(config.assemble)
         self.plate_error = ""
+        #: the clips captured with each weighing, by (lane, measured_at), until it is stored
+        self._clips: dict[tuple[int, datetime], tuple[Clip, ...]] = {}
         self.beats: dict[str, StageBeat] = {}
         self.recent: list[dict[str, Any]] = []  # the last vehicles stored, newest first
         self.db: Database | None = None
@@ -138,6 +141,7 @@ class Station:
         self.db = db = Database(self.data_dir / "station.db")
         self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
         self.store = store = EvidenceStore(db, self.data_dir, self.signer)
+        store.clip_max_bytes = int(self.config.evidence.clip_max_mb * 1024 * 1024)
         removed = store.recover()
         if removed:
             log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
@@ -415,6 +419,10 @@ class Station:
             self.config.assemble.frames_per_camera,
         )
         self.assembler.add_reads(lane.number, result.reads, result.frames)
+        clips, _ = capture_clips(self.cameras.get(lane.number, []), weighing.measured_at)
+        self._clips[(lane.number, weighing.measured_at)] = tuple(clips)
+        while len(self._clips) > QUEUE_SIZE:  # a weighing that never became an event
+            self._clips.pop(next(iter(self._clips)))
 
     def _store_events(self, events: list[VehicleEvent], lanes: dict[int, Lane]) -> None:
         for event in events:
@@ -484,6 +492,9 @@ class Station:
                     "measured_at": weighing.measured_at.isoformat(),
                 },
             )
+        clips = self._clips.pop((lane.number, weighing.measured_at), ())
+        if clips:
+            event = replace(event, clips=clips)
         site = site_facts(self.config.station.site)
         event, composite = with_composite(
             event,
@@ -534,11 +545,11 @@ class Station:
         )
 
     def _expected(self, lane: Lane) -> Expected:
-        """What the lane's cameras can give: their roles (configured) and clip roles."""
-        cams = self.cameras.get(lane.number, [])
+        """What the lane's cameras are to give: their roles and the clips (configured; a
+        camera that is down or cannot give clips is then named as missing)."""
         return Expected(
             camera_roles=tuple(sorted({c.role for c in lane.cameras})),
-            clip_roles=tuple(sorted({c.role for c in cams if c.gives_clips})),
+            clip_cameras=tuple((c.id, c.role) for c in lane.cameras if c.clip),
         )
 
     def _facts(self, lane: Lane, weighing: VehicleWeighing, plate: str | None) -> VehicleFacts:

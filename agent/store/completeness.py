@@ -12,8 +12,8 @@ the platform opens a case only from a record with ``evidence.chargeable: true``,
 officer decides (every verdict carries ``review_required: true``).
 
 The names of ``missing`` are fixed (:data:`EVIDENCE_NAMES`). ``side_image`` is required only on a
-lane that has a side camera configured; ``video`` names every camera role whose clip is missing
-(``details`` says which camera). This module is legally relevant (:mod:`agent.legalid`).
+lane that has a side camera configured; ``video`` is missing when any camera set to give a clip gave
+none (``details`` names the camera). This module is legally relevant (:mod:`agent.legalid`).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ IMAGE_NAMES = {"front": "front_image", "rear": "rear_image", "side": "side_image
 
 @dataclass(frozen=True)
 class Expected:
-    """What the lane can give: its camera roles and which of them are to give a clip."""
+    """What the lane is to give: its cameras' roles, and ``(camera id, role)`` of each camera
+    that is to give a clip (``clip = true`` in its config, whether or not it can)."""
 
     camera_roles: tuple[str, ...] = ()
-    clip_roles: tuple[str, ...] = ()
+    clip_cameras: tuple[tuple[str, str], ...] = ()
 
 
 def _certificate_problem(
@@ -72,7 +73,7 @@ def assess(
     status: str,
     plates: Sequence[Any],
     image_roles: Iterable[str],
-    video_roles: Iterable[str],
+    video_cameras: Iterable[str],
     expected: Expected,
     clock_synchronized: bool | None,
     certificate: str | None,
@@ -81,7 +82,7 @@ def assess(
 ) -> dict[str, Any]:
     """The record's ``evidence`` block. Pure: every fact is passed in."""
     need = [n for n in EVIDENCE_NAMES if n in set(required)]
-    images, videos = set(image_roles), set(video_roles)
+    images, videos = set(image_roles), set(video_cameras)
     details: list[str] = []
     missing: list[str] = []
     for name in need:
@@ -117,10 +118,10 @@ def _problem(
     if name == "clock_sync":
         return None if clock_synchronized is True else "clock_sync: the clock was not synchronised"
     if name == "video":
-        if not expected.clip_roles:
-            return "video: no camera of this lane gives clips"
-        lacking = [r for r in expected.clip_roles if r not in videos]
-        return f"video: no clip from the {', '.join(lacking)} camera" if lacking else None
+        if not expected.clip_cameras:
+            return "video: no camera of this lane is set to give clips"
+        lacking = [f"{cid} ({role})" for cid, role in expected.clip_cameras if cid not in videos]
+        return f"video: no clip from camera {', '.join(lacking)}" if lacking else None
     for role, image_name in IMAGE_NAMES.items():
         if name != image_name:
             continue

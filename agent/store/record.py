@@ -137,7 +137,7 @@ def _evidence(
         status=verdict.status.value,
         plates=event.plates,
         image_roles=[i["role"] for i in images],
-        video_roles=[v["role"] for v in videos],
+        video_cameras=[str(v.get("camera_id", "")) for v in videos],
         expected=ctx.expected,
         clock_synchronized=ctx.clock_synchronized,
         certificate=ctx.certificate,
