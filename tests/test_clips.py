@@ -217,7 +217,7 @@ def run_station(tmp_path: Path) -> Iterator[Callable[[StationConfig], Station]]:
         st.stop(10.0)
 
 
-def test_clips_reach_the_platform_intact_before_it_acks_the_record(
+def test_clips_reach_the_platform_intact_before_it_acks_and_the_heartbeat_has_the_site(
     broker: Mosquitto,
     make_sim: Callable[..., PlatformSim],
     run_station: Callable[[StationConfig], Station],
@@ -251,6 +251,9 @@ def test_clips_reach_the_platform_intact_before_it_acks_the_record(
         assert set(rec["evidence"]["missing"]) <= {"clock_sync"}  # the host's clock, not ours
         assert rec["site"]["stake"] == "K1234+500"
         assert {i["role"] for i in rec["images"]} == {"front", "side", "rear", "composite"}
+    wait_until(lambda: sim.count("SELECT count(*) FROM heartbeats") > 0, 30, "a heartbeat")
+    beat = json.loads(sim.query("SELECT payload FROM heartbeats LIMIT 1")[0][0])
+    assert beat["site"]["stake"] == "K1234+500" and beat["site"]["road"] == "G312"
     assert sim.count("SELECT count(*) FROM rejected") == 0, sim.query("SELECT * FROM rejected")
     st.stop()
     assert verify_data_dir(st.data_dir)["ok"]
