@@ -23,14 +23,13 @@ from agent.station.supervisor import Station
 from agent.store.clips import content_type
 from agent.store.evidence import EvidenceConfig
 from agent.store.retention import MB, Retention
-from drivers import traffic
 from drivers.camera.clip import remux, split
 from drivers.camera.opencv import OpenCvCamera, OpenCvCameraConfig
 from drivers.camera.replay import ReplayCamera, ReplayCameraConfig
 from drivers.clock import ManualClock, SystemClock
 from tests.crash_writer import CTX, T0, jpeg, make_event, make_verdict, open_store
 from tests.test_camera import _pictures, write_video
-from tests.test_end_to_end import station_config
+from tests.test_end_to_end import run_station, station_config
 from tests.test_retention import FakeDisk, ack, du
 
 from .conftest import Mosquitto, uplink_config, wait_until
@@ -200,21 +199,7 @@ def test_clip_travels_with_its_own_content_type() -> None:
 
 # -- the whole station through Mosquitto and the platform simulator --------------------------------
 
-
-@pytest.fixture
-def run_station(tmp_path: Path) -> Iterator[Callable[[StationConfig], Station]]:
-    started: list[Station] = []
-
-    def start(cfg: StationConfig) -> Station:
-        traffic.forget_roads()
-        st = Station(cfg, data_dir=tmp_path / "station")
-        started.append(st)
-        st.start()
-        return st
-
-    yield start
-    for st in started:
-        st.stop(10.0)
+__all__ = ["run_station"]  # the station fixture of the end-to-end tests
 
 
 def test_clips_reach_the_platform_intact_before_it_acks_and_the_heartbeat_has_the_site(

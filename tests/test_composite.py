@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFont
 
-from agent.domain import (
-    Frame,
-    PlateRead,
-    VehicleClass,
-    VehicleEvent,
-    VehicleWeighing,
-    Verdict,
-    VerdictStatus,
-)
+from agent.domain import Frame, PlateRead, VehicleEvent, VehicleWeighing
 from agent.pipeline import composite
 from agent.store.record import RecordContext
 from agent.store.verify import verify_store
 
 from .conftest import make_station
+from .crash_writer import make_verdict
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 26, 10, 30, 15, 120000, tzinfo=CST)
@@ -55,16 +48,7 @@ def _event(jpegs: list[bytes]) -> VehicleEvent:
     return VehicleEvent(weighing=w, plates=(plate,), frames=frames)
 
 
-VERDICT = Verdict(
-    status=VerdictStatus.OVERLOADED,
-    limit_kg=49000,
-    tolerance_kg=2450,
-    over_kg=11100,
-    over_pct=22.65,
-    rule="order62-art3-8",
-    explanation="6-axle combination over 49 000 kg",
-    vehicle_class=VehicleClass.COMBINATION,
-)
+VERDICT = make_verdict()  # overloaded: 60 100 kg over 49 000 kg by 11 100 kg (22.65 %)
 
 
 def test_caption_names_time_site_stake_lane_plate_axles_gross_limit_and_verdict() -> None:

@@ -16,19 +16,13 @@ import pytest
 
 from agent.commands._common import EX_CONFIG
 from agent.config import ConfigError, parse_config
-from agent.domain import (
-    Frame,
-    PlateRead,
-    VehicleClass,
-    VehicleEvent,
-    VehicleWeighing,
-    Verdict,
-    VerdictStatus,
-)
+from agent.domain import Frame, PlateRead, VehicleEvent, VehicleWeighing, Verdict, VerdictStatus
 from agent.provenance import metrology_facts, site_facts
 from agent.station.supervisor import Station
 from agent.store.completeness import Expected, assess
 from agent.store.record import RecordContext, build_record
+
+from .crash_writer import make_verdict
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 26, 10, 30, 15, tzinfo=CST)
@@ -141,16 +135,7 @@ def test_an_unconfigured_site_and_metrology_are_null_never_guessed() -> None:
 
 
 def _verdict(status: VerdictStatus = VerdictStatus.OVERLOADED) -> Verdict:
-    return Verdict(
-        status=status,
-        limit_kg=49000,
-        tolerance_kg=2450,
-        over_kg=11100,
-        over_pct=22.65,
-        rule="order62-art3-8",
-        explanation="6-axle combination over 49 000 kg",
-        vehicle_class=VehicleClass.COMBINATION,
-    )
+    return make_verdict(status)
 
 
 def _event(roles: tuple[str, ...] = ("front", "rear"), plate: bool = True) -> VehicleEvent:
