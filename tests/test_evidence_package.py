@@ -346,3 +346,21 @@ def test_station_record_and_heartbeat_health_carry_the_site(tmp_path: Path) -> N
     assert rec["evidence"]["complete"] is False  # no camera in this config  # type: ignore[index]
     assert {"front_image", "video"} <= set(rec["evidence"]["missing"])  # type: ignore[index]
     assert health["site"]["stake"] == "K1234+500"
+
+
+def test_unknown_site_and_metrology_add_no_null_audit_entries(tmp_path: Path) -> None:
+    """A station upgraded to this version without site or metrology keys logs no changes for
+    facts it does not know (no alarm flood of null → null)."""
+    from agent.store.db import Database
+
+    bare = re.sub(r"\[station\.site\].*?\n\n", "", BASE, flags=re.S).split("verified_by")[0]
+    _start_stop(bare, tmp_path)
+    db = Database(tmp_path / "station.db")
+    try:
+        keys = [
+            json.loads(e)["key"] for (e,) in db.read().execute("SELECT entry_json FROM audit_log")
+        ]
+    finally:
+        db.close()
+    assert not [k for k in keys if k.startswith("site.")]
+    assert [k for k in keys if k.startswith("metrology.")] == ["metrology.lane1.approved_speed_kmh"]

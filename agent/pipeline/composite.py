@@ -133,9 +133,12 @@ def render(originals: Sequence[Frame], caption: Caption, font: tuple[Path, int])
     photos = []
     for frame in originals:
         with Image.open(io.BytesIO(frame.jpeg)) as src:
+            # decode at the smallest DCT scale still >= the target (a big photo costs less)
+            src.draft("RGB", (src.width * PHOTO_HEIGHT_PX // src.height, PHOTO_HEIGHT_PX))
             rgb = src.convert("RGB")
         scale = PHOTO_HEIGHT_PX / rgb.height
-        photos.append(rgb.resize((max(1, round(rgb.width * scale)), PHOTO_HEIGHT_PX)))
+        size = (max(1, round(rgb.width * scale)), PHOTO_HEIGHT_PX)
+        photos.append(rgb.resize(size, Image.Resampling.BILINEAR))
     width = max(960, sum(p.width for p in photos))
     size = 30
     face = _font(str(font[0]), font[1], size)

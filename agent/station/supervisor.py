@@ -202,8 +202,12 @@ class Station:
             },
             "software": {"version": __version__, "legal_id": self.legal_id},
             # DESIGN §4a: where and with which verified device; what a chargeable record needs
-            "site": site_facts(self.config.station.site),
-            "metrology": {name: metrology_facts(lane.scale) for name, lane in lanes.items()},
+            # (unknown facts are left out: an upgrade that adds the keys logs no null changes;
+            # a fact later removed is logged as removed)
+            "site": _known(site_facts(self.config.station.site)),
+            "metrology": {
+                name: _known(metrology_facts(lane.scale)) for name, lane in lanes.items()
+            },
             "evidence": {"required": list(self.config.evidence.required)},
         }
 
@@ -625,6 +629,10 @@ class Station:
     def dump_diag(self) -> None:
         """Write ``diag/`` for ``roadside-agent diag`` (on SIGUSR1 and at shutdown)."""
         health.dump_diag(self)
+
+
+def _known(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def split(data: bytes, frame_bytes: list[int]) -> list[bytes]:
 
 
 def simulated_frames(
-    photo: bytes, *, start: datetime, end: datetime, fps: float, width_px: int = 480
+    photo: bytes, *, start: datetime, end: datetime, fps: float, width_px: int = 360
 ) -> list[tuple[datetime, bytes]]:
     """A still photo as a short clip: the picture panning slowly, ``fps`` frames a second.
 
@@ -98,14 +98,16 @@ def _pan(photo: bytes, n: int, width_px: int) -> tuple[bytes, ...]:
     from PIL import Image
 
     with Image.open(io.BytesIO(photo)) as src:
+        src.draft("RGB", (width_px, src.height * width_px // max(1, src.width)))
         im = src.convert("RGB")
     if im.width > width_px:
-        im = im.resize((width_px, max(1, round(im.height * width_px / im.width))))
+        size = (width_px, max(1, round(im.height * width_px / im.width)))
+        im = im.resize(size, Image.Resampling.BILINEAR)
     crop_w = max(1, int(im.width * 0.8))
     out = []
     for i in range(n):
         x = round((im.width - crop_w) * (i / max(1, n - 1)))
         buf = io.BytesIO()
-        im.crop((x, 0, x + crop_w, im.height)).save(buf, format="JPEG", quality=80)
+        im.crop((x, 0, x + crop_w, im.height)).save(buf, format="JPEG", quality=75)
         out.append(buf.getvalue())
     return tuple(out)
