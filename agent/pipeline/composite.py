@@ -137,8 +137,8 @@ def render(originals: Sequence[Frame], caption: Caption, font: tuple[Path, int])
             src.draft("RGB", (src.width * PHOTO_HEIGHT_PX // src.height, PHOTO_HEIGHT_PX))
             rgb = src.convert("RGB")
         scale = PHOTO_HEIGHT_PX / rgb.height
-        size = (max(1, round(rgb.width * scale)), PHOTO_HEIGHT_PX)
-        photos.append(rgb.resize(size, Image.Resampling.BILINEAR))
+        target = (max(1, round(rgb.width * scale)), PHOTO_HEIGHT_PX)
+        photos.append(rgb.resize(target, Image.Resampling.BILINEAR))
     width = max(960, sum(p.width for p in photos))
     size = 30
     face = _font(str(font[0]), font[1], size)
