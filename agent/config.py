@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from agent.legal import LegalConfig
 from agent.pipeline.assemble import AssembleConfig
 from agent.pipeline.weighing import WeighingConfig
+from agent.provenance import SiteConfig
 from agent.store.evidence import EvidenceConfig
 from agent.uplink.client import UplinkConfig
 from drivers.camera import CAMERAS, CameraConfig
@@ -58,6 +59,11 @@ class StationSection(BaseModel):
     )
     utc_offset_hours: float = Field(
         default=8.0, ge=-12, le=14, description="offset written into record times (China: 8)"
+    )
+    site: SiteConfig | None = Field(
+        default=None,
+        description="the published enforcement site (see [station.site]); sealed into every "
+        "record as `site` and sent in the heartbeat",
     )
 
 

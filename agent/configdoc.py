@@ -56,6 +56,7 @@ def render() -> str:
     from agent.config import LaneSection, StationConfigFile, StationSection
     from agent.legal import LegalConfig
     from agent.pipeline.assemble import AssembleConfig
+    from agent.provenance import SiteConfig
     from agent.store.evidence import EvidenceConfig
     from agent.uplink.client import UplinkConfig
     from drivers.camera import CAMERAS
@@ -73,6 +74,7 @@ def render() -> str:
     ]
     sections: list[tuple[str, type[BaseModel], tuple[str, ...]]] = [
         ("[station]", StationSection, ()),
+        ("[station.site]", SiteConfig, ()),
         ("[uplink]", UplinkConfig, ()),
         ("[legal]", LegalConfig, ()),
         ("[evidence]", EvidenceConfig, ()),

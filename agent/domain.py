@@ -20,10 +20,11 @@ from typing import Any
 # A camera picture and a plate read are what the drivers hand to the pipeline: they are
 # defined beside their drivers (nothing under drivers/ imports agent/) and named here for
 # the stages.
-from drivers.camera.base import Frame
+from drivers.camera.base import Clip, Frame
 from drivers.plate.base import PlateRead
 
 __all__ = [
+    "Clip",
     "Frame",
     "PlateRead",
     "VehicleClass",
@@ -126,6 +127,8 @@ class Verdict:
             "watchlist_hit": self.watchlist_hit,
             "rules_version": self.rules_version,
             "facts_source": self.facts_source,
+            # the station flags, an officer decides (行政处罚法: review before a penalty)
+            "review_required": True,
         }
         if self.details:
             out["details"] = dict(self.details)
@@ -140,3 +143,4 @@ class VehicleEvent:
     plates: tuple[PlateRead, ...] = ()
     frames: tuple[Frame, ...] = ()
     match_flags: frozenset[str] = frozenset()  # no_plate, ambiguous_plate, ...
+    clips: tuple[Clip, ...] = ()  # video of the passage, one per camera that gave one (§4a)

@@ -33,6 +33,8 @@ LEGALLY_RELEVANT = (
     "agent/pipeline/assemble.py",
     "agent/pipeline/voting.py",
     "agent/store/record.py",
+    "agent/store/completeness.py",
+    "agent/provenance.py",
     "agent/store/integrity.py",
     "drivers/camera/base.py",
     "drivers/camera/isapi.py",

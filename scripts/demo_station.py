@@ -148,6 +148,8 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
     db = open_readonly(data_dir)
     printed: set[str] = set()
     counts: dict[str, int] = {}
+    missing: dict[str, int] = {}  # evidence.missing names, counted over the records
+    complete = 0
     started = time.monotonic()
     deadline = started + timeout_s
     import json
@@ -168,9 +170,17 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
                 else v.get("explanation", "")[:40]
             )
             counts[v["status"]] = counts.get(v["status"], 0) + 1
+            ev = rec.get("evidence", {})
+            for name in ev.get("missing", []):
+                missing[name] = missing.get(name, 0) + 1
+            complete += bool(ev.get("complete"))
+            package = (
+                f"{len(rec.get('images', []))} photos, {len(rec.get('videos', []))} clips, "
+                + ("complete" if ev.get("complete") else "missing " + ",".join(ev["missing"]))
+            )
             print(
                 f"{event_id}  {plate:9}  {veh['axle_count']} axles  {format_kg(veh['gross_kg']):>9}"
-                f"  {v['status']:13} ({limit})  delivered",
+                f"  {v['status']:13} ({limit})  [{package}]  delivered",
                 flush=True,
             )
         if len(printed) >= trucks:
@@ -187,7 +197,18 @@ def watch(station: Station, data_dir: Path, trucks: int, timeout_s: float) -> tu
         f" in {elapsed:.1f} s ({summary}); {stored} records in the station database"
         + ("" if ok else " — NOT all delivered")
     )
+    print(evidence_summary(missing, complete, len(printed)))
     return len(printed), ok
+
+
+def evidence_summary(missing: dict[str, int], complete: int, n: int) -> str:
+    """One line: how many records have complete evidence (DESIGN §4a), and what the others lack."""
+    line = f"evidence   {complete}/{n} records complete (site, verified device, photos, clips)"
+    if missing:
+        line += "; lacking: " + ", ".join(f"{k} ({c})" for k, c in sorted(missing.items()))
+    if "clock_sync" in missing:
+        line += " — this computer's clock is not NTP-synchronised (chrony or timesyncd fixes it)"
+    return line
 
 
 if __name__ == "__main__":

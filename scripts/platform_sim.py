@@ -297,6 +297,11 @@ def sign_properties(
     return props
 
 
+def _evidence_files(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files a record names that must arrive intact before it is acked: images, videos."""
+    return [*record.get("images", []), *record.get("videos", [])]
+
+
 class PlatformSim:
     """The central platform's side of the contract, on any MQTT 5 broker.
 
@@ -585,12 +590,12 @@ class PlatformSim:
                     payload.decode(),
                     self._arrival + 1,
                     now,
-                    None if record["images"] else now,
+                    None if _evidence_files(record) else now,
                 ),
             ).fetchone()[0]
             if receipts == 1:
                 self._arrival += 1
-            if record["images"]:
+            if _evidence_files(record):
                 self._check_complete(station_id, event_id, record)
             else:
                 self._queue_ack(station_id, "event_ids", event_id)
@@ -640,7 +645,7 @@ class PlatformSim:
                 "SELECT name, sha256, evicted FROM images WHERE event_id = ?", (event_id,)
             )
         }
-        for img in record["images"]:
+        for img in _evidence_files(record):  # photos and video clips alike (DESIGN §4a)
             got = images.get(img["name"])
             if got is None:
                 self._changed.notify_all()
@@ -648,7 +653,7 @@ class PlatformSim:
             if got[0] != img["sha256"]:
                 self._reject(
                     f"{self.prefix}/{station_id}/evidence/{event_id}/{img['name']}",
-                    "image sha256 differs from the record",
+                    "evidence file sha256 differs from the record",
                     b"",
                 )
                 return
@@ -708,17 +713,21 @@ class PlatformSim:
         self._acks.append(_PendingAck(station_id, key, ref, time.monotonic() + delay, proof))
 
     def _event_proof(self, event_id: str) -> dict[str, Any]:
-        """The record hash the simulator verified and each image's hash as it stored it."""
+        """The record hash the simulator verified and each photo's and clip's hash as it stored
+        them (the clips are the files the record lists under ``videos``)."""
         row = self._db.execute(
             "SELECT record_json FROM records WHERE event_id = ?", (event_id,)
         ).fetchone()
-        images = {
-            name: sha
-            for name, sha in self._db.execute(
-                "SELECT name, sha256 FROM images WHERE event_id = ?", (event_id,)
-            )
+        record = json.loads(row[0])
+        clips = {str(v.get("name")) for v in record.get("videos") or []}
+        stored = dict(
+            self._db.execute("SELECT name, sha256 FROM images WHERE event_id = ?", (event_id,))
+        )
+        return {
+            "hash": record["integrity"]["hash"],
+            "images": {n: h for n, h in stored.items() if n not in clips},
+            "videos": {n: h for n, h in stored.items() if n in clips},
         }
-        return {"hash": json.loads(row[0])["integrity"]["hash"], "images": images, "videos": {}}
 
     def _alarm_proof(self, alarm_id: str) -> str:
         row = self._db.execute(

@@ -1,7 +1,8 @@
 """Commits vehicle records with images as fast as it can, for the SIGKILL crash test.
 
 Run as ``python tests/crash_writer.py DATA_DIR [IMAGE_BYTES]``. It opens the store like the
-station does (``recover()`` first), then loops: commit a record with two images, and only after
+station does (``recover()`` first), then loops: commit a record with two images and a video clip
+(four frames, DESIGN §4a), and only after
 ``commit`` returned print ``committed <event_id> <seq>`` and flush. Anything printed is a record
 the station promised to keep.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.domain import (
+    Clip,
     Frame,
     PlateRead,
     VehicleClass,
@@ -69,6 +71,7 @@ def make_event(
     images: int = 2,
     image_bytes: int = 0,
     axle_loads_kg: tuple[int, ...] = (7100, 9800, 9700, 11200, 11300, 11000),
+    clip_frames: int = 0,
 ) -> VehicleEvent:
     t = at or (T0 + timedelta(seconds=n))
     roles = ["front", "rear", "side", "overview"]
@@ -93,7 +96,15 @@ def make_event(
         for i in range(images)
     )
     plate = PlateRead(text=f"苏L{n % 100000:05d}", color="yellow", confidence=0.97)
-    return VehicleEvent(weighing=weighing, plates=(plate,), frames=frames)
+    clips = ()
+    if clip_frames:
+        clip_at = [t + timedelta(seconds=(i - clip_frames // 2) / 5) for i in range(clip_frames)]
+        shots = tuple(
+            Frame("cam-front", "front", 1, c, jpeg(n * 1000 + i, image_bytes))
+            for i, c in enumerate(clip_at)
+        )
+        clips = (Clip("cam-front", "front", 1, clip_at[0], clip_at[-1], shots),)
+    return VehicleEvent(weighing=weighing, plates=(plate,), frames=frames, clips=clips)
 
 
 def make_verdict(
@@ -130,7 +141,9 @@ def main() -> int:
         n += 1
         status = VerdictStatus.OVERLOADED if n % 3 == 0 else VerdictStatus.WITHIN_LIMIT
         stored = store.commit(
-            make_event(n, images=2, image_bytes=image_bytes), make_verdict(status), CTX
+            make_event(n, images=2, image_bytes=image_bytes, clip_frames=4),
+            make_verdict(status),
+            CTX,
         )
         sys.stdout.write(f"committed {stored.event_id} {stored.seq}\n")
         sys.stdout.flush()

@@ -92,6 +92,7 @@ def test_sigkill_under_load_loses_nothing(tmp_path: Path) -> None:
         str(p.relative_to(tmp_path)) for p in (tmp_path / "images").rglob("*") if p.is_file()
     }
     assert on_disk == known, f"seed {seed}: orphan or missing image files"
+    assert any(k.endswith(".mjpeg") for k in known), "the writer's records carry clips"
 
     result = verify_data_dir(tmp_path)
     assert result["ok"], f"seed {seed}: {result['problems'][:5]}"

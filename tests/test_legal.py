@@ -208,6 +208,7 @@ def test_design_example_six_axle_tractor(rules: Rules) -> None:
     v = judge(facts, rules, AT)
     assert v.to_dict() | {"explanation": "", "explanation_zh": "", "details": {}} == {
         "status": "overloaded",
+        "review_required": True,  # the station flags, an officer decides (DESIGN §4a)
         "limit_kg": 49000,
         "tolerance_kg": 2450,
         "over_kg": 11100,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 from agent.commands._common import EX_FAILED, add_location_args, location_of, open_db
+from agent.commands._export_evidence import clip_html, package_html
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -119,7 +120,10 @@ def export_one(
     if key is not None:
         files["public_key.pem"] = integrity.public_pem(key).encode()
     photos = _photos(conn, data_dir, event_id, record, files, problems)
-    page = render_html(record, seal, photos, problems, files.get("public_key.pem", b"").decode())
+    clips = _photos(conn, data_dir, event_id, record, files, problems, kind="videos")
+    page = render_html(
+        record, seal, photos, problems, files.get("public_key.pem", b"").decode(), clips
+    )
     pkg = out / event_id
     _write_package(pkg, files, page)
     return {
@@ -137,15 +141,16 @@ def _photos(
     record: dict[str, Any],
     files: dict[str, bytes],
     problems: list[str],
+    kind: str = "images",
 ) -> list[Photo]:
-    """The record's photos as the page shows them; each one still there and matching its signed
-    hash goes into ``files`` (as ``images/{name}``), each one missing or altered into
-    ``problems`` (evicted by retention is not a problem)."""
+    """The record's photos (``kind="videos"``: its clips) as the page shows them; each one still
+    there and matching its signed hash goes into ``files`` (as ``{kind}/{name}``), each one
+    missing or altered into ``problems`` (evicted by retention is not a problem)."""
     from agent.store import readonly
 
     image_rows = {r.name: (r.path, r.evicted_at) for r in readonly.image_rows(conn, event_id)}
     photos: list[Photo] = []
-    for img in record.get("images", []):
+    for img in record.get(kind, []):
         name = img["name"]
         path, evicted = image_rows.get(name, (None, None))
         data: bytes | None = None
@@ -162,9 +167,9 @@ def _photos(
         if data is not None and hashlib.sha256(data).hexdigest() != img["sha256"]:
             note = "SHA-256 differs from the signed record"
         if note and not evicted:
-            problems.append(f"image {name}: {note}")
+            problems.append(f"{'video' if kind == 'videos' else 'image'} {name}: {note}")
         if data is not None:
-            files[f"images/{name}"] = data
+            files[f"{kind}/{name}"] = data
         photos.append((img, data, note))
     return photos
 
@@ -175,6 +180,7 @@ def _write_package(pkg: Path, files: dict[str, bytes], page: str) -> None:
         shutil.rmtree(pkg)
     (pkg / "images").mkdir(parents=True)
     for name, data in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)  # images/, videos/
         (pkg / name).write_bytes(data)
     sums = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n"
@@ -318,6 +324,7 @@ def render_html(
     photos: list[Photo],
     problems: list[str],
     public_key_pem: str,
+    clips: list[Photo] | None = None,
 ) -> str:
     e = html.escape
     v = record.get("verdict", {})
@@ -348,6 +355,8 @@ def render_html(
         explanation_zh=e(str(v.get("explanation_zh", ""))),
         plates=_plates_html(record.get("plates", [])),
         photos="".join(_photo_html(photo) for photo in photos),
+        clips="".join(clip_html(clip) for clip in clips or []) or "<em>no clip</em>",
+        package=package_html(record),
         chart=chart,
         table=table,
         verified=verified,
@@ -508,6 +517,10 @@ officer's review (Administrative Penalty Law Art. 41).</small></p>
 <p>{plates}</p>
 <h2>照片 <small>Photos</small></h2>
 <div class="photos">{photos}</div>
+<h2>过车视频 <small>Video of the passage</small></h2>
+<div class="photos">{clips}</div>
+<h2>地点、设备与证据完整性 <small>Where, with which device, how complete</small></h2>
+{package}
 <h2>轴荷与总质量限值 <small>Axle loads and the gross limit</small></h2>
 <p><small>限值仅适用于总质量，不适用于单轴。The limit applies to the gross only; no axle
 limits apply.</small></p>
@@ -578,12 +591,14 @@ try:
     check(True, "Ed25519 signature")
 except Exception:
     check(False, "Ed25519 signature")
-for img in record.get("images", []):
-    p = d / "images" / img["name"]
-    if p.exists():
-        check(hashlib.sha256(p.read_bytes()).hexdigest() == img["sha256"], "image " + img["name"])
-    else:
-        print("--   image " + img["name"] + " not in the package (evicted or missing)")
+for kind, what in (("images", "image "), ("videos", "video ")):
+    for img in record.get(kind, []):
+        p = d / kind / img["name"]
+        if p.exists():
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            check(digest == img["sha256"], what + img["name"])
+        else:
+            print("--   " + what + img["name"] + " not in the package (evicted or missing)")
 print("VERIFIED" if ok else "NOT VERIFIED")
 sys.exit(0 if ok else 1)
 '''

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from agent.domain import Frame, PlateRead
-from drivers.camera.base import Camera, CameraError
+from drivers.camera.base import Camera, CameraError, Clip
 from drivers.plate.base import PlateReader, PlateReaderError
 
 log = logging.getLogger(__name__)
@@ -60,3 +60,22 @@ def capture_and_read(
                 log.warning("%s", err)
                 result.faults.append(str(err))
     return result
+
+
+def capture_clips(cameras: Sequence[Camera], at: datetime) -> tuple[list[Clip], list[str]]:
+    """``(clips, faults)``: a clip of the passage at ``at`` from every camera with ``clip`` on.
+
+    Never raises for a device fault: a camera that cannot give a clip is logged and listed, and
+    the record then names ``video`` in ``evidence.missing``; it is never a lost record.
+    """
+    clips: list[Clip] = []
+    faults: list[str] = []
+    for camera in cameras:
+        if not camera.config.clip:
+            continue
+        try:
+            clips.append(camera.clip(at))
+        except CameraError as err:
+            log.warning("%s", err)
+            faults.append(str(err))
+    return clips, faults

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.provenance import site_facts
 from agent.station import sdnotify
 from agent.store.files import write_file_atomically
 from drivers.scale import Scale
@@ -72,6 +73,7 @@ def report(station: Station) -> dict[str, Any]:
         "queued_vehicles": station._work.qsize(),
         "clock": clock_monitor.report() if clock_monitor is not None else {"synchronized": None},
         "legal_id": getattr(station, "legal_id", ""),
+        "site": site_facts(station.config.station.site),
         "disk": disk(station.data_dir, getattr(station, "retention", None)),
         "vehicles": {
             "seen": counters.vehicles,

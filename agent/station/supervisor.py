@@ -24,22 +24,26 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, legalid
 from agent.config import Lane, StationConfig
-from agent.domain import VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
+from agent.domain import Clip, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
-from agent.pipeline.capture import capture_and_read
+from agent.pipeline.capture import capture_and_read, capture_clips
+from agent.pipeline.composite import with_composite
 from agent.pipeline.weighing import WeighingStage
+from agent.provenance import metrology_facts, metrology_keys, site_facts
 from agent.station import health, sdnotify, timesync
 from agent.station.handlers import StationCommands
 from agent.station.health import Counters, StageBeat
 from agent.store import audit, chainhead, keys, readonly, retention
 from agent.store.alarms import raise_alarm
+from agent.store.completeness import Expected
 from agent.store.db import AUTO_VACUUM_INCREMENTAL, Database, DatabaseError
 from agent.store.evidence import DiskFullError, EvidenceError, EvidenceStore
 from agent.store.permits import PermitBook
@@ -90,6 +94,8 @@ class Station:
         self.plate_reader: PlateReader | None = None
         self.assembler = Assembler(config.assemble)
         self.plate_error = ""
+        #: the clips captured with each weighing, by (lane, measured_at), until it is stored
+        self._clips: dict[tuple[int, datetime], tuple[Clip, ...]] = {}
         self.beats: dict[str, StageBeat] = {}
         self.recent: list[dict[str, Any]] = []  # the last vehicles stored, newest first
         self.db: Database | None = None
@@ -156,6 +162,7 @@ class Station:
         self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
         self.store = store = EvidenceStore(db, self.data_dir, self.signer)
         store.reserve = self.reserve
+        store.clip_max_bytes = int(self.config.evidence.clip_max_mb * 1024 * 1024)
         removed = store.recover()
         if removed:
             log.warning("evidence: cleaned %d stray file(s) after an interrupted run", removed)
@@ -211,7 +218,8 @@ class Station:
             "tolerance": self.config.legal.model_dump(mode="json"),
             "scale": {
                 name: lane.scale.model_dump(
-                    mode="json", exclude={"certificate", "certificate_valid_until"}
+                    mode="json",
+                    exclude={"certificate", "certificate_valid_until", *metrology_keys()},
                 )
                 for name, lane in lanes.items()
             },
@@ -228,6 +236,14 @@ class Station:
                 for name, lane in lanes.items()
             },
             "software": {"version": __version__, "legal_id": self.legal_id},
+            # DESIGN §4a: where and with which verified device; what a chargeable record needs
+            # (unknown facts are left out: an upgrade that adds the keys logs no null changes;
+            # a fact later removed is logged as removed)
+            "site": _known(site_facts(self.config.station.site)),
+            "metrology": {
+                name: _known(metrology_facts(lane.scale)) for name, lane in lanes.items()
+            },
+            "evidence": {"required": list(self.config.evidence.required)},
         }
 
     def _alarm(self, kind: str, message: str, details: dict[str, Any]) -> None:
@@ -500,6 +516,10 @@ class Station:
             self.config.assemble.frames_per_camera,
         )
         self.assembler.add_reads(lane.number, result.reads, result.frames)
+        clips, _ = capture_clips(self.cameras.get(lane.number, []), weighing.measured_at)
+        self._clips[(lane.number, weighing.measured_at)] = tuple(clips)
+        while len(self._clips) > QUEUE_SIZE:  # a weighing that never became an event
+            self._clips.pop(next(iter(self._clips)))
 
     def _store_events(self, events: list[VehicleEvent], lanes: dict[int, Lane]) -> None:
         for event in events:
@@ -575,24 +595,19 @@ class Station:
                     "measured_at": weighing.measured_at.isoformat(),
                 },
             )
-        scale_cfg = lane.scale
-        self.clock_monitor.poll(self.clock.now())  # a step made just now is seen by this record
-        ctx = RecordContext(
-            station_id=self.config.station.id,
-            scale_id=scale_cfg.id,
-            accuracy_class=scale_cfg.accuracy_class,
-            certificate=scale_cfg.certificate,
-            certificate_valid_until=(
-                scale_cfg.certificate_valid_until.isoformat()
-                if scale_cfg.certificate_valid_until
-                else ""
-            ),
-            clock_synchronized=bool(self.clock_monitor.synchronized),
-            software_version=__version__,
-            legal_id=self.legal_id,
-            audit_counter=self.audit.counter(),
-            clock_stepped_s=self.clock_monitor.stepped_during(weighing.measured_at),
+        clips = self._clips.pop((lane.number, weighing.measured_at), ())
+        if clips:
+            event = replace(event, clips=clips)
+        site = site_facts(self.config.station.site)
+        event, composite = with_composite(
+            event,
+            verdict,
+            site,
+            enabled=self.config.evidence.composite_image,
+            font_path=self.config.evidence.composite_font,
         )
+        self.clock_monitor.poll(self.clock.now())  # a step made just now is seen by this record
+        ctx = self._record_context(lane, weighing, site, composite)
         self.counters.vehicles += 1
         try:
             stored = self.store.commit(event, verdict, ctx)
@@ -608,6 +623,41 @@ class Station:
         if self.on_stored is not None:
             self.on_stored(stored)
         return stored
+
+    def _record_context(
+        self, lane: Lane, weighing: VehicleWeighing, site: dict[str, Any], composite: str
+    ) -> RecordContext:
+        """The station facts sealed into a record of ``lane`` (DESIGN §4, §4a)."""
+        scale_cfg = lane.scale
+        return RecordContext(
+            station_id=self.config.station.id,
+            scale_id=scale_cfg.id,
+            accuracy_class=scale_cfg.accuracy_class,
+            certificate=scale_cfg.certificate,
+            certificate_valid_until=(
+                scale_cfg.certificate_valid_until.isoformat()
+                if scale_cfg.certificate_valid_until
+                else ""
+            ),
+            clock_synchronized=bool(self.clock_monitor.synchronized),
+            software_version=__version__,
+            legal_id=self.legal_id,
+            audit_counter=self.audit.counter(),
+            clock_stepped_s=self.clock_monitor.stepped_during(weighing.measured_at),
+            site=site,
+            metrology=metrology_facts(scale_cfg),
+            required=tuple(self.config.evidence.required),
+            expected=self._expected(lane),
+            composite=composite,
+        )
+
+    def _expected(self, lane: Lane) -> Expected:
+        """What the lane's cameras are to give: their roles and the clips (configured; a
+        camera that is down or cannot give clips is then named as missing)."""
+        return Expected(
+            camera_roles=tuple(sorted({c.role for c in lane.cameras})),
+            clip_cameras=tuple((c.id, c.role) for c in lane.cameras if c.clip),
+        )
 
     def _facts(self, lane: Lane, weighing: VehicleWeighing, plate: str | None) -> VehicleFacts:
         declared = VehicleClass(lane.vehicle_class)
@@ -703,6 +753,10 @@ class Station:
     def dump_diag(self) -> None:
         """Write ``diag/`` for ``roadside-agent diag`` (on SIGUSR1 and at shutdown)."""
         health.dump_diag(self)
+
+
+def _known(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -41,9 +41,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.domain import Frame, VehicleEvent, Verdict, VerdictStatus
+from agent.domain import Clip, Frame, VehicleEvent, Verdict, VerdictStatus
 from agent.store import chainhead, files, integrity, outbox, readonly
 from agent.store.alarms import raise_alarm
+from agent.store.clips import clip_entries
+from agent.store.completeness import DEFAULT_REQUIRED, EvidenceName
 from agent.store.db import LOW_DISK_AUTOCHECKPOINT_PAGES, Database, DatabaseError
 from agent.store.record import RecordContext, StoredRecord, build_record, event_id_for, iso_ms
 from agent.store.reserve import DiskReserve
@@ -153,6 +155,31 @@ class EvidenceConfig(BaseModel):
     eviction_batch: int = Field(
         default=200, ge=1, description="records evicted per database transaction"
     )
+    clip_max_mb: float = Field(
+        default=4.0,
+        ge=0,
+        description="largest video clip, MB (0: no limit); a longer clip keeps every k-th frame "
+        "so it spans the passage at a lower frame rate and cannot starve live violations on "
+        "a thin uplink",
+    )
+    composite_image: bool = Field(
+        default=True,
+        description="add the composite evidence image (合成图: front, side, rear photos and a "
+        "Chinese caption band) to every record with photos, as its own images entry "
+        "role=composite",
+    )
+    composite_font: ConfigPath = Field(
+        default="",
+        description="CJK font file for the composite's caption; empty: the first found of "
+        "fonts-noto-cjk, fonts-wqy-microhei (none found: no composite, evidence.composite "
+        "= no_cjk_font)",
+    )
+    required: list[EvidenceName] = Field(
+        default_factory=lambda: list(DEFAULT_REQUIRED),
+        description="what a chargeable record needs (names: plate, front_image, rear_image, "
+        "side_image (only where the lane has a side camera), video, clock_sync, certificate); "
+        "a record lacking one is sealed with evidence.complete false and never chargeable",
+    )
 
 
 class EvidenceError(Exception):
@@ -200,6 +227,8 @@ class EvidenceStore:
         #: The database's disk reserve (:mod:`agent.store.reserve`), released when SQLite
         #: finds the disk full; ``None``: no reserve (a commit on a full disk then fails).
         self.reserve: DiskReserve | None = None
+        #: Largest clip file (``clip_max_mb``): bigger clips keep every k-th frame only.
+        self.clip_max_bytes = 0
         db.migrate("evidence", MIGRATIONS)
         db.migrate("outbox", outbox.MIGRATIONS)
         if db.migrate("chainhead", chainhead.MIGRATIONS):
@@ -268,7 +297,9 @@ class EvidenceStore:
         be stored; nothing partial stays behind. A disk too full for the images (by the
         reserve, or an actual ENOSPC/SQLITE_FULL) stores the record without them.
         """
-        with_images = self.images_allowed and self._room_for(event.frames)
+        with_images = self.images_allowed and self._room_for(
+            (*event.frames, *(f for c in event.clips for f in c.frames))
+        )
         checkpointed = False
         while True:
             try:
@@ -327,8 +358,8 @@ class EvidenceStore:
                 seq_before, prev_hash = self._last(conn)
                 seq = seq_before + 1
                 event_id = event_id_for(ctx.station_id, event.weighing.measured_at, seq)
-                images, flags = self._images_for(event, event_id, with_images=with_images)
-                written = [self.data_dir / i["path"] for i in images]
+                images, videos, flags = self._images_for(event, event_id, with_images=with_images)
+                written = [self.data_dir / i["path"] for i in (*images, *videos)]
                 body = build_record(
                     event,
                     verdict,
@@ -337,10 +368,13 @@ class EvidenceStore:
                     seq=seq,
                     images=[{k: v for k, v in i.items() if k != "path"} for i in images],
                     storage_flags=flags,
+                    videos=[{k: v for k, v in i.items() if k != "path"} for i in videos],
                 )
                 record = dict(body)
                 record["integrity"] = self.signer.seal(prev_hash, integrity.canonical_json(body))
-                _insert(conn, event, verdict, record, images)
+                # a clip's file is a row of `images` like a photo (verify, uplink, retention
+                # treat them alike); its name ends in .mjpeg
+                _insert(conn, event, verdict, record, [*images, *videos])
                 self._seal_head(conn, ctx, seq_before, prev_hash, record)
         except (OSError, sqlite3.Error, DatabaseError) as err:
             for p in written:  # renamed but never committed: not evidence
@@ -383,15 +417,19 @@ class EvidenceStore:
 
     def _images_for(
         self, event: VehicleEvent, event_id: str, *, with_images: bool
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """``(image entries with their path, storage flags)``: the frames written durably, or
-        none and :data:`IMAGES_REFUSED` when they may not or cannot be (disk full)."""
-        if not event.frames:
-            return [], []
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        """``(image entries, video entries (with their path), storage flags)``: the frames and
+        clips written durably, or none and :data:`IMAGES_REFUSED` when they may not or cannot
+        be (disk full)."""
+        if not event.frames and not event.clips:
+            return [], [], []
         if not with_images:
-            return [], [IMAGES_REFUSED]
+            return [], [], [IMAGES_REFUSED]
         try:
-            return self._write_images(event_id, event.weighing.measured_at, event.frames), []
+            images, videos = self._write_images(
+                event_id, event.weighing.measured_at, event.frames, event.clips
+            )
+            return images, videos, []
         except OSError as err:
             if not _is_disk_full(err):
                 raise
@@ -400,12 +438,16 @@ class EvidenceStore:
                 event_id,
                 err,
             )
-            return [], [IMAGES_REFUSED]
+            return [], [], [IMAGES_REFUSED]
 
     def _write_images(
-        self, event_id: str, measured_at: datetime, frames: tuple[Frame, ...]
-    ) -> list[dict[str, Any]]:
-        """Write a record's frames as ``images/{YYYYMMDD}/{event_id}.{name}``.
+        self,
+        event_id: str,
+        measured_at: datetime,
+        frames: tuple[Frame, ...],
+        clips: tuple[Clip, ...] = (),
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Write a record's frames and clips as ``images/{YYYYMMDD}/{event_id}.{name}``.
 
         One flat directory per day: a record costs one directory fsync, not two.
         """
@@ -433,8 +475,10 @@ class EvidenceStore:
                     "path": str(rel),
                 }
             )
+        videos = clip_entries(clips, event_id, day, self.clip_max_bytes)
+        to_write += [(self.data_dir / v["path"], v.pop("data")) for v in videos]
         files.write_files_atomically(to_write)
-        return images
+        return images, videos
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ Only record-building lives here; storage mechanics do not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from agent.domain import VehicleEvent, Verdict
+from agent.provenance import SITE_FIELDS, metrology_keys
+from agent.store.completeness import DEFAULT_REQUIRED, Expected, assess
 
 #: The one name of the record schema (``"schema"`` of every record on ``{root}/events``).
 SCHEMA = "roadside.vehicle-event.v1"
@@ -37,6 +39,15 @@ class RecordContext:
     #: the wall clock was stepped (by this many seconds, summed) between the measurement and
     #: the seal: ``clock.stepped_s``; ``None``: no step was seen
     clock_stepped_s: float | None = None
+    #: ``site`` of the record (:func:`agent.provenance.site_facts`); ``None``: all-null site
+    site: dict[str, Any] | None = None
+    #: verification and review facts added to ``device`` (:func:`agent.provenance.metrology_facts`)
+    metrology: dict[str, Any] = field(default_factory=dict)
+    #: ``[evidence] required`` and what the lane can give (:mod:`agent.store.completeness`)
+    required: tuple[str, ...] = DEFAULT_REQUIRED
+    expected: Expected = field(default_factory=Expected)
+    #: how the composite image went (:mod:`agent.pipeline.composite`); ``None``: not tried
+    composite: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,11 @@ def build_record(
     seq: int,
     images: list[dict[str, Any]],
     storage_flags: list[str] | None = None,
+    videos: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The record body as DESIGN §5 names its fields (without ``integrity``)."""
+    """The record body as DESIGN §5 and §4a name its fields (without ``integrity``)."""
     w = event.weighing
+    videos = videos or []
     body: dict[str, Any] = {
         "schema": SCHEMA,
         "event_id": event_id,
@@ -97,12 +110,10 @@ def build_record(
         "match_flags": sorted(event.match_flags),
         "verdict": verdict.to_dict(),
         "images": images,
-        "device": {
-            "scale_id": ctx.scale_id,
-            "accuracy_class": ctx.accuracy_class,
-            "certificate": ctx.certificate,
-            "certificate_valid_until": ctx.certificate_valid_until,
-        },
+        "videos": videos,
+        "site": ctx.site if ctx.site is not None else dict.fromkeys(SITE_FIELDS),
+        "device": _device(ctx),
+        "evidence": _evidence(event, verdict, ctx, images, videos),
         "software": {"version": ctx.software_version, "legal_id": ctx.legal_id},
         "audit_counter": ctx.audit_counter,
         "raw": w.raw,
@@ -110,3 +121,40 @@ def build_record(
     if storage_flags:
         body["storage_flags"] = sorted(storage_flags)
     return body
+
+
+def _device(ctx: RecordContext) -> dict[str, Any]:
+    """``device``: the scale, its verification and the site's review (null where unknown)."""
+    return {
+        **dict.fromkeys(metrology_keys()),
+        **ctx.metrology,
+        "scale_id": ctx.scale_id,
+        "accuracy_class": ctx.accuracy_class,
+        "certificate": ctx.certificate,
+        "certificate_valid_until": ctx.certificate_valid_until,
+    }
+
+
+def _evidence(
+    event: VehicleEvent,
+    verdict: Verdict,
+    ctx: RecordContext,
+    images: list[dict[str, Any]],
+    videos: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``evidence``: complete or not, and what is missing (:mod:`agent.store.completeness`)."""
+    out = assess(
+        required=ctx.required,
+        status=verdict.status.value,
+        plates=event.plates,
+        image_roles=[i["role"] for i in images],
+        video_cameras=[str(v.get("camera_id", "")) for v in videos],
+        expected=ctx.expected,
+        clock_synchronized=ctx.clock_synchronized,
+        certificate=ctx.certificate,
+        certificate_valid_until=ctx.certificate_valid_until,
+        measured_on=event.weighing.measured_at.date(),
+    )
+    if ctx.composite is not None:
+        out["composite"] = ctx.composite
+    return out

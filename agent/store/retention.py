@@ -4,6 +4,7 @@ Two limits from ``[evidence]``: ``disk_budget_mb`` (database + live images) and 
 watermark ``min_free_mb``. While either is crossed, delivered evidence is evicted, oldest first,
 class by class, each class exhausted before the next is touched:
 
+0. video clips of *delivered passages* (the biggest files; the photos still show the vehicle);
 1. images of *delivered passages* (any status but ``overloaded``/``warning``);
 2. delivered passages themselves (the record row; a tombstone keeps the chain, see below);
 3. delivered violations older than ``violation_retention_days`` (images and row).
@@ -49,6 +50,7 @@ from agent.store.alarms import raise_alarm
 from agent.store.db import DEFAULT_AUTOCHECKPOINT_PAGES, Database, DatabaseError
 from agent.store.evidence import VIOLATIONS, EvidenceConfig, EvidenceStore
 from agent.store.record import iso_ms
+from drivers.camera.clip import SUFFIX as CLIP_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ class Retention:
             self.db.checkpoint()
             need, free, used = self._pressure(HYSTERESIS)
         classes: list[tuple[str, Callable[[datetime, int], tuple[int, int, int]]]] = [
+            ("passage_clips", self._evict_passage_clips),
             ("passage_images", self._evict_passage_images),
             ("passages", self._evict_passages),
             ("violations_past_retention", self._evict_old_violations),
@@ -351,7 +354,14 @@ class Retention:
 
     # -- the three classes ---------------------------------------------------------------------
 
-    def _evict_passage_images(self, now: datetime, need: int) -> tuple[int, int, int]:
+    def _evict_passage_clips(self, now: datetime, need: int) -> tuple[int, int, int]:
+        """Video clips of delivered passages go first: the biggest files, and a passage's
+        photos still show the vehicle."""
+        return self._evict_passage_images(now, need, only=f"i.name LIKE '%{CLIP_SUFFIX}'")
+
+    def _evict_passage_images(
+        self, now: datetime, need: int, only: str = "1"
+    ) -> tuple[int, int, int]:
         """One batch of the oldest delivered passages' images, stopping once ``need`` is freed
         (whole records at a time: a record keeps all its photos or none)."""
         with self.db.write() as conn:
@@ -359,7 +369,7 @@ class Retention:
                 "SELECT i.event_id, i.name, i.path, i.bytes FROM images i"
                 " JOIN records r ON r.event_id = i.event_id"
                 f" WHERE i.evicted_at IS NULL AND {_NOT_VIOLATION} AND {_DELIVERED}"
-                " ORDER BY r.seq, i.name LIMIT ?",
+                f" AND {only} ORDER BY r.seq, i.name LIMIT ?",
                 (self.config.eviction_batch,),
             ).fetchall()
             rows: list[sqlite3.Row] = []

@@ -254,9 +254,10 @@ class _ChainWalk:
 
     def _images(self, record: dict[str, Any], seq: int, event_id: str) -> None:
         rows = self.images_by_event.get(event_id, {})
-        for img in record.get("images", []):
+        files = [*record.get("images", []), *record.get("videos", [])]  # photos and clips
+        for img in files:
             self._image(img, rows.get(img.get("name")), seq, event_id)
-        named = {i.get("name") for i in record.get("images", [])}
+        named = {i.get("name") for i in files}
         for extra in sorted(set(rows) - named):
             self.bad("image", f"image row {extra} is not in the signed record", seq, event_id)
 

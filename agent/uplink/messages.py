@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import __version__
+from agent.store.clips import content_type
 from agent.store.integrity import canonical_json
 from agent.uplink.client import mqtt_properties
 
@@ -143,7 +144,7 @@ def image_message(
     when the file cannot be read. The record still goes: the platform sees what is missing.
     """
     props = mqtt_properties(PacketTypes.PUBLISH)
-    user = [("sha256", sha256), ("content-type", "image/jpeg")]
+    user = [("sha256", sha256), ("content-type", content_type(name))]  # a photo or a clip
     data = b""
     error: OSError | None = None
     if path is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +55,23 @@ class Frame:
     onboard: tuple[OnboardRead, ...] = ()
 
 
+@dataclass(frozen=True)
+class Clip:
+    """A short video of a passage: the camera's own JPEG frames, in order, unchanged.
+
+    Kept as the frames the camera already encoded (no re-encoding: on a Raspberry Pi that would
+    cost a core); :mod:`drivers.camera.clip` remuxes them into one Motion-JPEG stream.
+    ``start`` / ``end`` are the times of the first and last frame.
+    """
+
+    camera_id: str
+    role: str
+    lane: int
+    start: datetime
+    end: datetime
+    frames: tuple[Frame, ...]
+
+
 class CameraError(Exception):
     """A camera could not deliver a picture. Names the camera."""
 
@@ -68,6 +85,17 @@ class CameraConfig(BaseModel):
         default="front",
         description="what it shows: front (plate of the tractor), rear (plate of the trailer), "
         "side (axles, load), overview",
+    )
+    clip: bool = Field(
+        default=True,
+        description="give a video clip of each passage (cameras that cannot are named in the "
+        "record's evidence.missing as video)",
+    )
+    clip_before_s: float = Field(
+        default=2.0, ge=0, le=30, description="seconds of video before the weighing time"
+    )
+    clip_after_s: float = Field(
+        default=2.0, ge=0, le=30, description="seconds of video after the weighing time"
     )
 
 
@@ -97,6 +125,9 @@ class Camera(ABC):
     def role(self) -> str:
         return self.config.role
 
+    #: Whether this backend can give a video clip of a passage (:meth:`clip`).
+    gives_clips: ClassVar[bool] = False
+
     def capture(self, at: datetime, count: int = 1) -> list[Frame]:
         """Up to ``count`` frames showing the vehicle measured at ``at``.
 
@@ -118,6 +149,34 @@ class Camera(ABC):
 
     @abstractmethod
     def _capture_internal(self, at: datetime, count: int) -> list[Frame]: ...
+
+    def clip(self, at: datetime) -> Clip:
+        """The frames from ``clip_before_s`` before to ``clip_after_s`` after ``at``.
+
+        Raises :class:`CameraError` (naming the camera) when there is no clip to give: the
+        backend cannot give clips, the camera is down, or no frame falls in the window.
+        """
+        if self._closed.is_set():
+            raise CameraError(f"camera {self.id}: already shut down")
+        if not self.gives_clips:
+            raise CameraError(f"camera {self.id} ({self.role}): this backend gives no clips")
+        frames = self._clip_internal(
+            at - timedelta(seconds=self.config.clip_before_s),
+            at + timedelta(seconds=self.config.clip_after_s),
+        )
+        if not frames:
+            raise CameraError(
+                f"camera {self.id} ({self.role}, lane {self.lane}): no frame between "
+                f"{self.config.clip_before_s} s before and {self.config.clip_after_s} s after "
+                f"{at.isoformat()} for the clip"
+            )
+        return Clip(
+            self.id, self.role, self.lane, frames[0].captured_at, frames[-1].captured_at, frames
+        )
+
+    def _clip_internal(self, start: datetime, end: datetime) -> tuple[Frame, ...]:
+        """The frames captured in ``[start, end]``, oldest first (backends with clips)."""
+        raise CameraError(f"camera {self.id}: this backend gives no clips")
 
     def shutdown(self) -> None:
         """Release the device. Idempotent."""

@@ -42,7 +42,11 @@ BGR = npt.NDArray[np.uint8]
 
 class LiveCameraConfig(CameraConfig):
     buffer_s: float = Field(
-        default=4.0, gt=0, le=60, description="seconds of recent frames kept for a trigger"
+        default=4.0,
+        gt=0,
+        le=60,
+        description="seconds of recent frames kept for a trigger (at least clip_before_s + "
+        "clip_after_s when clips are on)",
     )
     buffer_fps: float = Field(
         default=5.0, gt=0, le=60, description="frames per second kept in the buffer"
@@ -74,7 +78,11 @@ class LiveCamera(Camera):
 
     def __init__(self, config: LiveCameraConfig, clock: Clock | None = None, lane: int = 1):
         super().__init__(config, clock, lane)
-        size = max(2, math.ceil(config.buffer_s * config.buffer_fps) + 1)
+        # the ring also holds a whole clip (clip_before_s + clip_after_s) when clips are on
+        keep_s = max(
+            config.buffer_s, config.clip_before_s + config.clip_after_s if config.clip else 0
+        )
+        size = max(2, math.ceil(keep_s * config.buffer_fps) + 1)
         self._ring: collections.deque[Frame] = collections.deque(maxlen=size)
         self._cond = threading.Condition()
         self._last_kept_mono = -math.inf
@@ -253,6 +261,18 @@ class LiveCamera(Camera):
             )
         near.sort(key=lambda f: abs(f.captured_at - at))
         return sorted(near[:count], key=lambda f: f.captured_at)
+
+    gives_clips = True
+
+    def _clip_internal(self, start: datetime, end: datetime) -> tuple[Frame, ...]:
+        """The ring's frames in ``[start, end]``, waiting (at most ``capture_timeout_s``) for
+        the frames still to come (the ring is sized to hold a whole clip)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: bool(self._ring) and self._ring[-1].captured_at >= end,
+                timeout=self.config.capture_timeout_s,
+            )
+            return tuple(f for f in self._ring if start <= f.captured_at <= end)
 
     def _shutdown_internal(self) -> None:
         with self._cond:

@@ -7,7 +7,7 @@ capture (tests and field demos of the plate reader).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +15,7 @@ from pydantic import Field
 
 from drivers import traffic
 from drivers.camera.base import Camera, CameraConfig, CameraError, Frame
+from drivers.camera.clip import simulated_frames
 from drivers.clock import Clock
 from drivers.paths import ConfigPath
 
@@ -25,6 +26,9 @@ class ReplayCameraConfig(CameraConfig):
     mode: Literal["road", "cycle"] = Field(default="road", description="road or cycle")
     folder: ConfigPath = Field(default="", description="folder of pictures (cycle mode)")
     road: str = Field(default="default", description="simulated road name (road mode)")
+    clip_fps: float = Field(
+        default=5.0, gt=0, le=30, description="frames per second of the simulated clip"
+    )
 
 
 class ReplayCamera(Camera):
@@ -43,19 +47,43 @@ class ReplayCamera(Camera):
             if not self._files:
                 raise CameraError(f"camera {config.id}: no .jpg/.png pictures in {folder}")
 
-    def _capture_internal(self, at: datetime, count: int) -> list[Frame]:
+    gives_clips = True
+
+    def _photo_at(self, at: datetime, *, advance: bool) -> Path | None:
         if self.config.mode == "road":
             truck = traffic.road(self.config.road).truck_at(self.lane, at)
-            if truck is None:
-                return []
-            path = truck.photo
-        else:
-            path = self._files[self._next % len(self._files)]
+            return None if truck is None else truck.photo
+        index = self._next if advance else max(0, self._next - 1)
+        if advance:
             self._next += 1
+        return self._files[index % len(self._files)]
+
+    def _read(self, path: Path) -> bytes:
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except OSError as err:
             raise CameraError(f"camera {self.id}: cannot read {path}: {err}") from err
+
+    def _clip_internal(self, start: datetime, end: datetime) -> tuple[Frame, ...]:
+        """The simulated twin of a live ring buffer: the passage's photo as a slow pan."""
+        at = start + timedelta(seconds=self.config.clip_before_s)
+        path = self._photo_at(at, advance=False)
+        if path is None:
+            return ()
+        data = self._read(path)
+        try:
+            frames = simulated_frames(data, start=start, end=end, fps=self.config.clip_fps)
+        except OSError as err:  # Pillow: not a picture it can decode
+            raise CameraError(f"camera {self.id}: cannot make a clip of {path}: {err}") from err
+        return tuple(
+            Frame(self.id, self.role, self.lane, t, jpeg, source=str(path)) for t, jpeg in frames
+        )
+
+    def _capture_internal(self, at: datetime, count: int) -> list[Frame]:
+        path = self._photo_at(at, advance=True)
+        if path is None:
+            return []
+        data = self._read(path)
         return [
             Frame(
                 camera_id=self.id,

@@ -232,6 +232,20 @@ class ScaleConfig(BaseModel):
     )
     min_speed_kmh: float = Field(default=0.0, description="lowest speed the approval covers")
     max_speed_kmh: float = Field(default=100.0, description="highest speed the approval covers")
+    verified_by: str | None = Field(
+        default=None, min_length=1, description="the body that verified the scale (检定机构)"
+    )
+    verified_on: date | None = Field(
+        default=None, description="date of the verification (检定日期, YYYY-MM-DD)"
+    )
+    type_approval: str | None = Field(
+        default=None, min_length=1, description="type approval number of the model (型式批准)"
+    )
+    review_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        description="reference of the site's legal and technical review (法制和技术审核)",
+    )
 
 
 @dataclass
