@@ -81,6 +81,9 @@ class Station:
         self.data_dir = config.data_dir(data_dir)
         self.clock: Clock = clock or SystemClock(timedelta(hours=config.station.utc_offset_hours))
         self.stop_event = threading.Event()
+        #: set by :meth:`stop` once the scale threads have ended (they hand over the vehicles
+        #: they close at shutdown): the pipeline's signal to finish
+        self._producers_done = threading.Event()
         self.dump_requested = threading.Event()  # SIGUSR1: write diag/ dumps
         self.notifier = notifier or sdnotify.Notifier.from_environment()
         self.watchdog = sdnotify.Watchdog(self.notifier)
@@ -381,6 +384,7 @@ class Station:
             t.join(max(0.1, deadline - time.monotonic()))
         for scale in self.scales.values():
             scale.shutdown()
+        self._producers_done.set()  # the pipeline drains what they handed over, then ends
         for t in reversed(self._threads):
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():
@@ -480,7 +484,9 @@ class Station:
     def _pipeline_loop(self) -> None:
         """Weighings in; photos and plates captured for each; events out once assembled."""
         lanes = {lane.number: lane for lane in self.config.lanes}
-        while not self.stop_event.is_set() or not self._work.empty():
+        # Not stop_event: the scales close their open vehicles after it is set, and those must
+        # still be stored; the pipeline runs until every producer has ended and the queue is empty.
+        while not self._producers_done.is_set() or not self._work.empty():
             self._beat("pipeline")
             try:
                 lane, weighing = self._work.get(timeout=0.25)
