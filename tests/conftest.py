@@ -392,3 +392,24 @@ def assert_delivered_exactly_once(data: StationData, sim: PlatformSim, window: i
     assert duplicates <= window * 3, f"{duplicates} duplicate records on the wire"
     assert outbox_unacked(data) == 0
     assert sim.count("SELECT count(*) FROM rejected") == 0, sim.query("SELECT * FROM rejected")
+
+
+def mount_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A small real tmpfs of ``size`` (e.g. "6m") for the full-disk tests; skips without root
+    or where mounting is refused; unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

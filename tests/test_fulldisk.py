@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from agent.store.reserve import DiskReserve
 from agent.store.retention import MB, Retention
 from drivers import traffic
 from drivers.clock import ManualClock
+from tests.conftest import mount_tmpfs
 from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 from .conftest import DEMO_CONFIG, wait_until
@@ -31,28 +31,9 @@ from .conftest import DEMO_CONFIG, wait_until
 pytestmark = pytest.mark.root
 
 
-def _mount(tmp_path: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount(tmp_path, "8m")
+    yield from mount_tmpfs(tmp_path, "8m")
 
 
 def test_records_are_committed_on_a_really_full_disk(tmpfs: Path) -> None:

@@ -4,8 +4,6 @@ a full disk that refuses images before records, and recovery when space returns.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +16,7 @@ from agent.store.db import Database
 from agent.store.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
 from agent.store.retention import MB, DiskUsage, Retention
 from drivers.clock import ManualClock
+from tests.conftest import mount_tmpfs
 from tests.crash_writer import CTX, T0, make_event, make_verdict, open_store
 
 IMG = 300_000
@@ -192,22 +191,7 @@ def test_enospc_while_writing_images_still_stores_the_record(station, monkeypatc
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mount_tmpfs(tmp_path, "6m")
 
 
 @pytest.mark.root
