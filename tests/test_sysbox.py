@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 SYSBOX = REPO.parent / "shared" / "tools" / "sysbox"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sysbox"
 #: What scripts/install reads from a checkout (and the scripts themselves).
-SOURCE = ("pyproject.toml", "README.md", "agent", "drivers", "firmware_config", "scripts",
-          "systemd", "docs")  # fmt: skip
+SOURCE = ("pyproject.toml", "README.md", "LICENSE", "requirements.lock", "agent", "drivers",
+          "firmware_config", "scripts", "systemd", "docs")  # fmt: skip
 UNIT = "roadside-agent.service"
 ETC = "/etc/roadside-agent"
 CONFIG = f"{ETC}/station.toml"
@@ -78,6 +78,12 @@ mode = "road"
 """
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def lock_section(sections: str) -> str:
+    """The requirements of those sections of requirements.lock, as scripts/install reads them."""
+    script = f". {REPO}/scripts/_lock.sh; lock_select {REPO}/requirements.lock '{sections}'"
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
 
 
 def _why_not() -> str | None:
@@ -197,9 +203,13 @@ def box() -> Iterator[Box]:
                     )
                 elif (REPO / name).exists():
                     shutil.copy2(REPO / name, src / name)
-            # the project's dependencies (no plate extras) and its build backend, for the box
-            r = b.sysbox("wheels", str(src), "setuptools>=68", timeout_s=300)
-            assert r.returncode == 0, f"sysbox wheels: {r.stderr}"
+            # the project's locked dependencies (no plate extras: the lock's base section, as
+            # scripts/install selects it) and its build backend, for the box
+            base = Path(tmp) / "base.txt"
+            base.write_text(lock_section("base"))
+            for args in (("--require-hashes", "--no-deps", "-r", str(base)), ("setuptools>=68",)):
+                r = b.sysbox("wheels", *args, timeout_s=300)
+                assert r.returncode == 0, f"sysbox wheels: {r.stderr}"
             r = b.sysbox("boot", timeout_s=150)
             assert r.returncode == 0, f"sysbox boot: {r.stderr}"
             for path in (src, FIXTURES):
