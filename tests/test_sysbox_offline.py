@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sysbox import REPO, SYSBOX, Box, _why_not
+from tests.test_sysbox import REPO, SYSBOX, Box, _why_not, box_name
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 CROPS = REPO.parent / "shared" / "fixtures" / "plates" / "crops"
@@ -52,7 +52,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def offline_box(bundle: Path) -> Iterator[Box]:
-    env = {**os.environ, "SYSBOX_NAME": "roadside-offline"}
+    env = {**os.environ, "SYSBOX_NAME": box_name("offline")}
     env.pop("PYTHONPATH", None)
     b = Box(env)
     b.sysbox("stop")
