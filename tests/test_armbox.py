@@ -34,7 +34,7 @@ CROPS = REPO.parent / "shared" / "fixtures" / "plates" / "crops"
 PLATES = ("川JK0707", "川X90621", "沪AMS087")
 AGENT = "/opt/roadside-agent/venv/bin/roadside-agent"
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def _why_not() -> str | None:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.test_sysbox import REPO, SYSBOX, Box, _why_not, box_name
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 CROPS = REPO.parent / "shared" / "fixtures" / "plates" / "crops"
 #: Plate crops whose labels (crops/labels.csv, the file names) the ONNX reader reads exactly.
 PLATES = ("川JK0707", "川X90621", "沪AMS087")
