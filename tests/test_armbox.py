@@ -87,8 +87,11 @@ def test_arm64_install_demo_and_read_plate(tmp_path: Path) -> None:
     bundle = r.stdout.strip().splitlines()[-1]
     inside = "dist/" + Path(bundle).name
 
+    # a fresh station each run (the rootfs stays between runs)
+    fresh = "rm -rf /opt/roadside-agent /etc/roadside-agent /var/lib/roadside-agent"
     out, times["install"] = _armbox(
-        project, f"uname -m && ./{inside}/scripts/install --from {inside} --example demo.toml",
+        project,
+        f"uname -m && {fresh} && ./{inside}/scripts/install --from {inside} --example demo.toml",
         timeout_s=1800,
     )  # fmt: skip
     assert out.startswith("aarch64"), out
