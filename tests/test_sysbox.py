@@ -3,8 +3,9 @@
 ``../shared/tools/sysbox`` (beside the checkout) boots a Debian 12 root file system with its own
 systemd as PID 1 in namespaces on this machine; its network is loopback only and its pip
 installs from a wheel cache filled on the host (``sysbox wheels``). One box serves the whole
-module: the project's wheels are fetched for this checkout (without the plate-model extras: the
-demo config uses the simulated plate reader), the checkout is copied in, and each test checks
+module: the wheels of requirements.lock's base section are fetched for it (hash-checked; without
+the plate-model extras: the demo config uses the simulated plate reader; the offline bundle with
+them is tests/test_sysbox_offline.py), the checkout is copied in, and each test checks
 one thing a station depends on, in the order a technician meets them: install (twice), start,
 journal, signing key, watchdog, stop, bad config, set-config, uninstall. Each test puts the
 service in the state it needs, so a single test also runs alone (``-k watchdog``).
