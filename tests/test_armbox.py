@@ -13,8 +13,8 @@ reading that emulated float arithmetic makes waver; a real Pi is the judge of ac
 
 Slow (everything is emulated): opt-in with ``ROADSIDE_ARMBOX=1``; needs root. Measured on the
 2-core VM shared with other jobs: the first ``armbox build`` 33 min (debootstrap under
-emulation; cached in /var/cache/armbox afterwards), bundle + install + demo ~4.5 min, one
-plate read ~6-7 min per runtime (the detector and its tile retries, emulated): ~18 min with a
+emulation; cached in /var/cache/armbox afterwards), bundle 37 s, install 133 s, demo 30 s, one
+plate read ~5 min per runtime (the detector and its tile retries, emulated): 13 min with a
 cached rootfs.
 """
 
@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 def _why_not() -> str | None:
     if os.environ.get("ROADSIDE_ARMBOX") != "1":
-        return "arm64 smoke test under qemu (~18 min, ~50 min on a first run): ROADSIDE_ARMBOX=1"
+        return "arm64 smoke test under qemu (~13 min, ~45 min on a first run): ROADSIDE_ARMBOX=1"
     if not ARMBOX.is_file():
         return f"no armbox at {ARMBOX}"
     if os.geteuid() != 0:
