@@ -6,6 +6,7 @@ import ctypes
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,33 @@ def test_a_stepped_record_carries_clock_stepped_s(tmp_path: Path) -> None:
     assert record["clock"] == {"synchronized": True, "stepped_s": -3600.0}
     plain = store.commit(make_event(2), make_verdict(), CTX).record
     assert plain["clock"] == {"synchronized": True}
+    # a time that may be an hour off is not a synchronised clock's time: not chargeable alone
+    if "clock_sync" in record["evidence"]["required"]:
+        assert "clock_sync" in record["evidence"]["missing"]
+        assert any("stepped by -3600.000 s" in d for d in record["evidence"]["details"])
+        assert "clock_sync" not in plain["evidence"]["missing"]
+
+
+def test_a_step_during_the_passage_leaves_clock_sync_missing() -> None:
+    from datetime import date
+
+    from agent.store.completeness import Expected, assess
+
+    def clock_sync(stepped: float | None) -> dict[str, Any]:
+        return assess(
+            required=["clock_sync"], status="compliant", plates=[], image_roles=[],
+            video_cameras=[], expected=Expected(camera_roles=(), clip_cameras=()),
+            clock_synchronized=True, certificate=None, certificate_valid_until=None,
+            measured_on=date(2026, 12, 1), clock_stepped_s=stepped,
+        )  # fmt: skip
+
+    assert clock_sync(None)["missing"] == []
+    stepped = clock_sync(86400.0)
+    assert stepped["missing"] == ["clock_sync"] and not stepped["complete"]
+    assert stepped["details"] == [
+        "clock_sync: the clock was stepped by +86400.000 s during this passage; its times may "
+        "be off by that much"
+    ]
 
 
 @pytest.mark.parametrize(("simulated", "level"), [(False, logging.ERROR), (True, logging.WARNING)])

@@ -485,6 +485,74 @@ def test_set_config_over_mqtt_applies_and_refuses_an_unreachable_broker(
     assert "broker unreachable with the new config; nothing changed" in box.journal()
 
 
+FULLDISK = f"{VENV_PY} /root/roadside-agent/scripts/fulldisk_check.py"
+#: The demo, faster, with a small database reserve and retention checking every 0.5 s (the
+#: in-process twin of this test: tests/test_fulldisk.py).
+FULLDISK_EVIDENCE = """
+[evidence]
+db_reserve_mb = 2
+reserve_free_mb = 1
+min_free_mb = 1
+retention_interval_s = 0.5
+"""
+
+
+def _disk_report(box: Box) -> dict[str, Any]:
+    """``fulldisk_check.py report``: what the station kept (it exits 1 when verify fails)."""
+    r = box.sysbox("run", "bash", "-c", f"{FULLDISK} report {STATE}", timeout_s=60)
+    assert r.returncode in (0, 1) and r.stdout.strip(), r.stderr
+    doc: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def _records_reach(box: Box, what: str, count: int, timeout_s: float) -> dict[str, Any]:
+    t0 = time.monotonic()
+    while True:
+        doc = _disk_report(box)
+        if doc["records"] >= count:
+            return doc
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"{what}: {doc['records']} records, not {count} in {timeout_s} s")
+        time.sleep(1.0)
+
+
+def test_a_full_disk_under_the_real_unit(box: Box, installed: Installed) -> None:
+    """Issue 17: the data directory on a small tmpfs, filled to the last byte under the running
+    unit. Records go on being committed (without photos), the watchdog does not restart the
+    daemon, verify holds, and a restart on the still-full disk reaches READY and records."""
+    config = re.sub(r"(?m)^vehicles_per_min = .*$", "vehicles_per_min = 120",
+                    installed.demo_config) + FULLDISK_EVIDENCE  # fmt: skip
+    box.sh(f"systemctl stop {UNIT}; systemctl reset-failed {UNIT} || true")
+    # the installed station's evidence stays below the mount, untouched
+    box.sh(f"mount -t tmpfs -o size=24m,mode=0755 roadside-fulldisk {STATE}")
+    try:
+        box.agent_running(config)
+        _records_reach(box, "records before the disk fills", 3, 60)
+        box.wait("the database reserve made", f"test -s {STATE}/db-reserve.bin", 30)
+        restarts = box.show("NRestarts")["NRestarts"]
+        box.sh(f"{FULLDISK} fill {STATE}")
+        assert int(box.sh(f"stat -f -c %a {STATE}").strip()) == 0  # not one block free
+        at_full = _disk_report(box)["records"]
+        full = _records_reach(box, "records on the full disk", at_full + 20, 90)
+        s = box.show("ActiveState", "NRestarts")
+        assert s == {"ActiveState": "active", "NRestarts": restarts}, s  # no watchdog kill
+        assert full["records_without_images_disk_full"] >= 1, full
+        assert full["verify_ok"], full["verify_problems"]
+        # a restart on the full disk (before: "database or disk is full", restart failed)
+        box.sh(f"{FULLDISK} fill {STATE}")
+        box.sh(f"systemctl restart {UNIT}", timeout_s=150)
+        again = _records_reach(box, "records after a restart on the full disk",
+                               _disk_report(box)["records"] + 3, 90)  # fmt: skip
+        assert again["verify_ok"], again["verify_problems"]
+        print(f"full disk under the unit: {full['records'] - at_full} records while full, "
+              f"{full['records_without_images_disk_full']} without photos; alarms "
+              f"{sorted(set(full['alarms']))}")  # fmt: skip
+    finally:
+        box.sh(f"systemctl stop {UNIT} || true; {FULLDISK} release {STATE} || true")
+        box.sh(f"umount {STATE}; systemctl reset-failed {UNIT} || true")
+        box.write(CONFIG, installed.demo_config)
+
+
 def test_uninstall_keeps_the_evidence(box: Box, installed: Installed) -> None:
     box.agent_running()
     box.wait("a stored record", f"{AGENT} events --json --limit 1 | grep -q event_id", 30)

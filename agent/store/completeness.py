@@ -79,8 +79,13 @@ def assess(
     certificate: str | None,
     certificate_valid_until: str | None,
     measured_on: date,
+    clock_stepped_s: float | None = None,
 ) -> dict[str, Any]:
-    """The record's ``evidence`` block. Pure: every fact is passed in."""
+    """The record's ``evidence`` block. Pure: every fact is passed in.
+
+    ``clock_sync`` is missing when the clock was not synchronised, and also when it was
+    stepped between the weighing and the seal (``clock.stepped_s``): the record's times may be
+    off by the step, whatever the synchronisation bit says afterwards."""
     need = [n for n in EVIDENCE_NAMES if n in set(required)]
     images, videos = set(image_roles), set(video_cameras)
     details: list[str] = []
@@ -89,7 +94,9 @@ def assess(
         problem = (
             _certificate_problem(certificate, certificate_valid_until, measured_on)
             if name == "certificate"
-            else _problem(name, plates, images, videos, expected, clock_synchronized)
+            else _problem(
+                name, plates, images, videos, expected, clock_synchronized, clock_stepped_s
+            )
         )
         if problem is not None:
             missing.append(name)
@@ -111,12 +118,20 @@ def _problem(
     videos: set[str],
     expected: Expected,
     clock_synchronized: bool | None,
+    clock_stepped_s: float | None,
 ) -> str | None:
     """Why ``name`` is missing, or ``None`` (``certificate`` is checked by the caller)."""
     if name == "plate":
         return None if plates else "plate: no plate was read"
     if name == "clock_sync":
-        return None if clock_synchronized is True else "clock_sync: the clock was not synchronised"
+        if clock_synchronized is not True:
+            return "clock_sync: the clock was not synchronised"
+        if clock_stepped_s is not None:
+            return (
+                f"clock_sync: the clock was stepped by {clock_stepped_s:+.3f} s during this "
+                "passage; its times may be off by that much"
+            )
+        return None
     if name == "video":
         if not expected.clip_cameras:
             return "video: no camera of this lane is set to give clips"

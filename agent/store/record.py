@@ -154,6 +154,7 @@ def _evidence(
         certificate=ctx.certificate,
         certificate_valid_until=ctx.certificate_valid_until,
         measured_on=event.weighing.measured_at.date(),
+        clock_stepped_s=ctx.clock_stepped_s,
     )
     if ctx.composite is not None:
         out["composite"] = ctx.composite
