@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
@@ -190,18 +191,24 @@ def test_with_a_pinned_platform_key_only_signed_fresh_commands_and_acks_are_obey
     assert sim.command(station.station_id, "ping", {})["ok"] is True
     raw = _Raw(broker, up.root)
     reply_to = f"{up.root}/reply/raw"
+
+    def one(**kw: Any) -> Any:
+        """Publish and wait for its reply: a refusal is answered at once, an obeyed command
+        from the handler thread, so replies to messages sent together may cross."""
+        n = len(raw.replies)
+        props = raw.publish("cmd/ping", b"{}", **kw)
+        wait_until(lambda: len(raw.replies) == n + 1, 10, f"reply {n + 1}")
+        return props
+
     try:
-        raw.publish("cmd/ping", b"{}", response_topic=reply_to)  # unsigned
-        props = raw.publish("cmd/ping", b"{}", key=key, response_topic=reply_to, clock=now)
-        raw.publish("cmd/ping", b"{}", props=props)  # the same signed message again: a replay
+        one(response_topic=reply_to)  # unsigned
+        props = one(key=key, response_topic=reply_to, clock=now)
+        one(props=props)  # the same signed message again: a replay
         late = lambda: now() - timedelta(hours=1)  # noqa: E731
-        raw.publish("cmd/ping", b"{}", key=key, response_topic=reply_to, clock=late)
-        other = Ed25519PrivateKey.generate()
-        raw.publish("cmd/ping", b"{}", key=other, response_topic=reply_to, clock=now)
+        one(key=key, response_topic=reply_to, clock=late)
+        one(key=Ed25519PrivateKey.generate(), response_topic=reply_to, clock=now)
         # signed, but the reply would go to another station's root
-        raw.publish("cmd/ping", b"{}", key=key, clock=now,
-                    response_topic="roadside/v1/JS-ZJ-0002/reply/x")  # fmt: skip
-        wait_until(lambda: len(raw.replies) == 6, 10, "six replies")
+        one(key=key, clock=now, response_topic="roadside/v1/JS-ZJ-0002/reply/x")
         codes = [doc.get("error", {}).get("code", "ok") for _, doc in raw.replies]
         assert codes == ["unsigned", "ok", "replayed", "stale", "bad-signature",
                          "bad-response-topic"]  # fmt: skip
@@ -248,3 +255,31 @@ def test_after_a_restart_a_missed_record_is_resent_at_the_first_timeout_not_the_
     assert sim.wait_for(
         lambda s: s.count("SELECT coalesce(max(receipts), 0) FROM records") >= 3, 15
     ), "the record was not re-sent within 15 s"
+
+
+def test_a_message_signed_before_a_restart_is_not_obeyed_after_it() -> None:
+    """Nonces live in memory: a restart forgets them. A signed command captured within the
+    window before the restart would be obeyed once more; the new process refuses whatever
+    was signed before it started (the platform's retry, signed afresh, goes through)."""
+    from datetime import datetime, timezone
+
+    from paho.mqtt.properties import Properties
+
+    from agent.uplink.signing import PlatformVerifier, SignatureError
+
+    key = Ed25519PrivateKey.generate()
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=timezone(timedelta(hours=8)))
+    clock = {"now": t0}
+    topic = "roadside/v1/JS-ZJ-0001/cmd/ping"
+
+    def signed(when: datetime) -> dict[str, str]:
+        props = sign_properties(key, topic, b"{}", when, Properties(PacketTypes.PUBLISH))
+        return dict(props.UserProperty)
+
+    before = signed(t0 - timedelta(seconds=30))  # captured half a minute before the restart
+    restarted = PlatformVerifier(key.public_key(), lambda: clock["now"], window_s=300)
+    clock["now"] = t0 + timedelta(seconds=5)
+    with pytest.raises(SignatureError, match="before the station's uplink started") as err:
+        restarted.check(topic, b"{}", before)
+    assert err.value.code == "replayed"
+    restarted.check(topic, b"{}", signed(clock["now"]))  # signed afresh: obeyed

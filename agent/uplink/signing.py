@@ -16,8 +16,10 @@ properties to each command and ack::
 A message is refused (:class:`SignatureError`, with a reason code) when it is unsigned, the
 signature does not verify, its time is more than ``window_s`` away from the station's clock,
 or its nonce was already seen within the window (a replay). Nonces are remembered in memory
-for the window; a restart forgets them, so a message captured within ``window_s`` before a
-restart can be replayed once after it (the window is short for that reason).
+for the window; a restart forgets them, so a message signed before this process started is
+refused as ``replayed`` (a captured message cannot be replayed across a restart; the platform
+signs a fresh one). The cost: a message the platform signed just before a restart and that
+the broker delivers after it is refused once, and is sent again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ NONCE_RE = re.compile(r"^[A-Za-z0-9_\-]{8,128}$")
 #: Most nonces remembered at once; beyond it a signed message is refused (``nonce-flood``)
 #: rather than a replay risked.
 MAX_NONCES = 200_000
+NOT_BEFORE_MARGIN_S = 1.0
 
 
 class SignatureError(Exception):
@@ -100,6 +103,9 @@ class PlatformVerifier:
         self.now = now
         self.window_s = window_s
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce → signed at (epoch s)
+        #: nothing signed before this verifier existed is obeyed: its nonces are not known
+        #: (less a second: sig-time has millisecond precision, and a restart takes longer)
+        self.not_before_s = now().timestamp() - NOT_BEFORE_MARGIN_S
 
     def check(self, topic: str, payload: bytes, user: Mapping[str, str]) -> None:
         """Return when the message is the platform's and fresh, else raise
@@ -129,6 +135,12 @@ class PlatformVerifier:
                 "stale",
                 f"signed at {sig_time}, {skew_s:+.0f} s from the station clock"
                 f" (window ±{self.window_s:g} s)",
+            )
+        if signed_at.timestamp() < self.not_before_s:
+            raise SignatureError(
+                "replayed",
+                f"signed at {sig_time}, before the station's uplink started: a message from "
+                "before a restart is not obeyed (its nonce is not remembered); sign it again",
             )
         self._forget_before(now_s - self.window_s)
         if nonce in self._nonces:
