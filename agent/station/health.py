@@ -39,6 +39,12 @@ class StageBeat:
     #: why the stage waits on something a restart does not fix ("disk full"); "" when not
     blocked: str = ""
     blocked_since: str = ""
+    #: the stage waits for its input (an event wait, no periodic wake-up): it is not hung
+    idle: bool = False
+
+    def age(self, now: float) -> float:
+        """Seconds since the stage last showed it was alive; 0 while it waits idle."""
+        return 0.0 if self.idle else max(0.0, now - self.last)
 
 
 @dataclass
@@ -64,7 +70,7 @@ def report(station: Station) -> dict[str, Any]:
         "config_hash": station.config.digest,
         "uptime_s": round(now - station.started_mono, 1),
         "devices": devices(station),
-        "stages": {n: round(now - b.last, 1) for n, b in station.beats.items()},
+        "stages": {n: round(b.age(now), 1) for n, b in station.beats.items()},
         "blocked_stages": {
             n: {"reason": b.blocked, "since": b.blocked_since}
             for n, b in station.beats.items()
