@@ -120,6 +120,7 @@ class Station:
         self.store: EvidenceStore | None = None
         self.uplink: Uplink | None = None
         self._tick_failures: set[str] = set()
+        self.status_file = health.StatusFile(self.data_dir / health.STATUS_FILE)
         self._pending_alarms: list[tuple[str, str, dict[str, Any]]] = []
         #: set-config was applied: ``run`` exits 75 so systemd starts us on the new file
         self.restart_requested = False
@@ -441,7 +442,7 @@ class Station:
         if self.plate_reader is not None:
             self.plate_reader.shutdown()  # idempotent; also when the pool has none
         try:
-            health.write_status(self)
+            self.status_file.write(self, force=True)  # running: false
             self.dump_diag()
         except Exception:
             log.exception("final status/diag dump not written")
@@ -819,7 +820,8 @@ class Station:
         return health.report(self)
 
     def _status_loop(self) -> None:
-        """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps.
+        """Every 2 s: clock sync, systemd watchdog and STATUS= line, diag dumps; status.json
+        when it changed or every 30 s (health.StatusFile).
 
         Each part is guarded on its own: a status file that a full disk refuses must not
         stop the watchdog pings or the STATUS= line that says what is wrong."""
@@ -827,7 +829,9 @@ class Station:
             self._beat("status")
             self._guarded("clock check", lambda: self.clock_monitor.poll(self.clock.now()))
             self._guarded("pending alarms", self._send_pending_alarms)
-            wrote = self._guarded("status.json", lambda: health.write_status(self))
+            wrote = self._guarded(
+                "status.json", lambda: self.status_file.write(self, stale_s=STAGE_STALE_S)
+            )
             try:
                 now = self.clock.monotonic()
                 stale = sdnotify.stale_stages(
