@@ -64,8 +64,9 @@ class PipelineConfig(BaseModel):
         ge=0,
         le=16,
         description="plate readers working in parallel, each with its own model instance in "
-        "memory (about 100 MB RSS each with the ONNX models and the second opinion, see "
-        "docs/plates.md); 0: one per CPU core, at most 4 (a Raspberry Pi 4 or 5: 4). Records "
+        "memory (each extra one about 30 MB RSS with the ONNX models, 70 MB with the LiteRT "
+        "bundle and the ONNX second opinion, see docs/plates.md); 0: one per CPU core, at most "
+        "4 (a Raspberry Pi 4 or 5: 4). Records "
         "of a lane are sealed in the order their vehicles left the scale whatever the count",
     )
 
