@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 
 from agent.legal import LegalConfig
 from agent.pipeline.assemble import AssembleConfig
+from agent.pipeline.reading import PipelineConfig
 from agent.pipeline.weighing import WeighingConfig
 from agent.provenance import SiteConfig
 from agent.store.evidence import EvidenceConfig
@@ -98,6 +99,7 @@ class StationConfigFile(BaseModel):
     legal: LegalConfig = Field(default_factory=LegalConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     plate: dict[str, Any] = Field(
         default_factory=lambda: {"type": "simulated"},
         description="the plate reader; its keys depend on `type`",
@@ -143,6 +145,10 @@ class StationConfig:
     @property
     def assemble(self) -> AssembleConfig:
         return self.file.assemble
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        return self.file.pipeline
 
     def data_dir(self, override: str | Path | None = None) -> Path:
         return Path(override) if override else Path(self.station.data_dir)

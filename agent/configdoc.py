@@ -56,6 +56,7 @@ def render() -> str:
     from agent.config import LaneSection, StationConfigFile, StationSection
     from agent.legal import LegalConfig
     from agent.pipeline.assemble import AssembleConfig
+    from agent.pipeline.reading import PipelineConfig
     from agent.provenance import SiteConfig
     from agent.store.evidence import EvidenceConfig
     from agent.uplink.client import UplinkConfig
@@ -79,6 +80,7 @@ def render() -> str:
         ("[legal]", LegalConfig, ()),
         ("[evidence]", EvidenceConfig, ()),
         ("[assemble]", AssembleConfig, ()),
+        ("[pipeline]", PipelineConfig, ()),
         ("[[lanes]]", LaneSection, ()),
     ]
     for title, model, skip in sections:

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-STALE_AFTER_S = 30.0  # the daemon rewrites status.json every 2 s
+STALE_AFTER_S = 30.0  # status.json of a daemon that says no "refresh_s" (every 2 s)
+REFRESHES_MISSED = 3  # a daemon that says "refresh_s": hung after missing this many
 
 
 def pid_alive(pid: Any) -> bool | None:
@@ -127,8 +128,11 @@ def daemon_state(
         return False, f"NOT running (stopped; {age})"
     if alive is False:
         return False, f"NOT running (pid {d.get('pid')} is gone; {age})"
-    if age_s is None or age_s > STALE_AFTER_S:
-        return False, f"NOT running or hung ({age}, expected every 2 s)"
+    refresh_s = d.get("refresh_s")
+    limit = REFRESHES_MISSED * refresh_s if isinstance(refresh_s, int | float) else STALE_AFTER_S
+    if age_s is None or age_s > limit:
+        every = f"{refresh_s:g} s" if isinstance(refresh_s, int | float) else "2 s"
+        return False, f"NOT running or hung ({age}, expected every {every})"
     return True, f"running (pid {d.get('pid', '?')}, {age})"
 
 

@@ -1,7 +1,8 @@
 """A weighing's trigger: capture every camera of the lane and read the plates, degrading.
 
-The daemon calls this from its camera worker for each weighing (never from the weighing thread:
-a capture may wait up to ``capture_timeout_s`` for frames still to come) and hands the result to
+The daemon's pipeline thread captures each weighing's frames (never the weighing thread: a
+capture may wait up to ``capture_timeout_s`` for frames still to come), its reader pool
+(:mod:`agent.pipeline.reading`) reads their plates, and the result goes to
 ``agent.pipeline.assemble.Assembler.add_reads``. A camera that is down or a plate reader that
 fails or was
 never loaded costs that record its photos or plate — it is then flagged ``no_image`` /
@@ -38,28 +39,42 @@ def capture_and_read(
     at: datetime,
     frames_per_camera: int = 2,
 ) -> TriggerResult:
-    """Frames of every camera near ``at`` and the plates read from the front/rear ones.
+    """Frames of every camera near ``at`` and the plates read from the front/rear ones, in
+    this thread (``capture-test``; the daemon reads on its pool, :mod:`agent.pipeline.reading`).
 
     Never raises for a device fault: faults are logged and listed in the result.
     """
+    result = capture_frames(cameras, at, frames_per_camera)
+    if reader is None:
+        return result
+    for frame in plate_frames(result.frames):
+        try:
+            result.reads.extend(reader.read(frame))
+        except PlateReaderError as err:
+            log.warning("%s", err)
+            result.faults.append(str(err))
+    return result
+
+
+def capture_frames(
+    cameras: Sequence[Camera], at: datetime, frames_per_camera: int = 2
+) -> TriggerResult:
+    """Frames of every camera near ``at`` (no reads yet). Call it in the order the vehicles
+    left the scale: cameras hand a push or a replayed photo out once, to the first capture
+    that asks. Never raises for a device fault: faults are logged and listed in the result."""
     result = TriggerResult()
     for camera in cameras:
         try:
-            frames = camera.capture(at, frames_per_camera)
+            result.frames.extend(camera.capture(at, frames_per_camera))
         except CameraError as err:
             log.warning("%s", err)
             result.faults.append(str(err))
-            continue
-        result.frames.extend(frames)
-        if reader is None or camera.role not in ("front", "rear"):
-            continue
-        for frame in frames:
-            try:
-                result.reads.extend(reader.read(frame))
-            except PlateReaderError as err:
-                log.warning("%s", err)
-                result.faults.append(str(err))
     return result
+
+
+def plate_frames(frames: Sequence[Frame]) -> list[Frame]:
+    """The frames whose plates are read: those of the front and rear cameras."""
+    return [f for f in frames if f.role in ("front", "rear")]
 
 
 def capture_clips(cameras: Sequence[Camera], at: datetime) -> tuple[list[Clip], list[str]]:

@@ -17,6 +17,7 @@ iteration is guarded: an exception is logged with the device it concerns and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -34,8 +35,9 @@ from agent.config import Lane, StationConfig
 from agent.domain import Clip, VehicleClass, VehicleEvent, VehicleWeighing, WeighingFlag
 from agent.legal import DeviceFacts, InvalidFactsError, VehicleFacts, judge, load_rules
 from agent.pipeline.assemble import Assembler
-from agent.pipeline.capture import capture_and_read, capture_clips
+from agent.pipeline.capture import capture_clips, capture_frames
 from agent.pipeline.composite import with_composite
+from agent.pipeline.reading import ReaderPool, ReadJob, reader_count
 from agent.pipeline.weighing import WeighingStage
 from agent.provenance import metrology_facts, metrology_keys, site_facts
 from agent.station import health, sdnotify, timesync
@@ -60,6 +62,12 @@ from drivers.scale import SCALES, Scale, ScaleError
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+#: weighings captured and being read at most (their frames are in memory); beyond it the
+#: pipeline takes no new weighing and the queue above fills
+READS_IN_FLIGHT = 32
+#: longest wait of the pipeline thread while a vehicle is being assembled: its matching
+#: window closes on the station's clock, which a step may move
+PIPELINE_TICK_S = 1.0
 STAGE_STALE_S = 10.0  # a stage silent this long is hung: the watchdog stops pinging
 BLOCKED_RETRY_S = 2.0  # a blocked stage retries (and beats) this often, well within the above
 START_FREE_BYTES = 1024 * 1024  # less free at start: release a step of the reserve first
@@ -92,6 +100,13 @@ class Station:
         self.started_mono = self.clock.monotonic()
         self._threads: list[threading.Thread] = []
         self._work: queue.Queue[tuple[Lane, VehicleWeighing]] = queue.Queue(QUEUE_SIZE)
+        #: set when the pipeline has something to do: a weighing queued, a read done, stop
+        self._wake = threading.Event()
+        self.reading = ReaderPool([])
+        #: measured_at of the weighings in the assembler, and when the last reads it got
+        #: stop being claimable (the pipeline's next wake-up)
+        self._assembling: list[datetime] = []
+        self._reads_until: datetime | None = None
         self.scales: dict[int, Scale] = {}
         self.cameras: dict[int, list[Camera]] = {}
         self.plate_reader: PlateReader | None = None
@@ -105,6 +120,7 @@ class Station:
         self.store: EvidenceStore | None = None
         self.uplink: Uplink | None = None
         self._tick_failures: set[str] = set()
+        self.status_file = health.StatusFile(self.data_dir / health.STATUS_FILE)
         self._pending_alarms: list[tuple[str, str, dict[str, Any]]] = []
         #: set-config was applied: ``run`` exits 75 so systemd starts us on the new file
         self.restart_requested = False
@@ -141,6 +157,8 @@ class Station:
         for lane in cfg.lanes:
             self._start_lane(lane)
         # 5. the stages that consume them
+        for i, name in enumerate(self.reading.names):
+            self._spawn(name, functools.partial(self.reading.run_worker, i))
         self._spawn("pipeline", self._pipeline_loop)
         self._spawn("status", self._status_loop)
         self._spawn("retention", lambda: self.retention.run(self.stop_event), watched=False)
@@ -265,10 +283,33 @@ class Station:
             self.uplink.wake()
 
     def _start_plate_reader(self) -> None:
+        """The plate readers of the pool (agent.pipeline.reading): each its own model."""
         # A missing or refused model degrades to records flagged "no plate" (logged at ERROR).
         self.plate_reader = open_plate_reader(self.config.plate)
         if self.plate_reader is None:
             self.plate_error = f"plate reader {self.config.plate.type!r} not available"
+            return
+        readers = [self.plate_reader]
+        wanted = reader_count(self.config.pipeline)
+        while len(readers) < wanted:
+            extra = open_plate_reader(self.config.plate)
+            if extra is None:
+                break  # logged; the readers that loaded do the work
+            readers.append(extra)
+        log.info("plate reading: %d reader(s) of type %s", len(readers), self.config.plate.type)
+        self.reading = ReaderPool(
+            readers,
+            wake=self._wake.set,
+            beat=self._reader_beat,
+            stuck_after_s=STAGE_STALE_S,
+            monotonic=self.clock.monotonic,
+        )
+
+    def _reader_beat(self, name: str, idle: bool) -> None:
+        beat = self.beats.get(name)
+        if beat is not None:
+            beat.last = self.clock.monotonic()
+            beat.idle = idle
 
     def _start_uplink(self) -> None:
         assert self.db is not None and self.store is not None
@@ -385,6 +426,7 @@ class Station:
         for scale in self.scales.values():
             scale.shutdown()
         self._producers_done.set()  # the pipeline drains what they handed over, then ends
+        self._wake.set()
         for t in reversed(self._threads):
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():
@@ -395,10 +437,12 @@ class Station:
                 cam.shutdown()
         if self.uplink is not None:
             self.uplink.stop(max(0.5, deadline - time.monotonic()))
+        for worker in self.reading.workers:
+            worker.reader.shutdown()
         if self.plate_reader is not None:
-            self.plate_reader.shutdown()
+            self.plate_reader.shutdown()  # idempotent; also when the pool has none
         try:
-            health.write_status(self)
+            self.status_file.write(self, force=True)  # running: false
             self.dump_diag()
         except Exception:
             log.exception("final status/diag dump not written")
@@ -460,6 +504,7 @@ class Station:
         while True:
             try:
                 self._work.put((lane, weighing), timeout=0.5)
+                self._wake.set()
                 if waited:
                     self._unblocked(name)
                 return
@@ -482,26 +527,22 @@ class Station:
         return any(t.name == "pipeline" and t.is_alive() for t in self._threads)
 
     def _pipeline_loop(self) -> None:
-        """Weighings in; photos and plates captured for each; events out once assembled."""
+        """Weighings in; photos captured for each and their plates read on the reader pool;
+        events out once assembled, each lane's in the order its vehicles left the scale.
+
+        Waits on one event (a weighing queued, a read done, stop) or the next matching window
+        to close: an idle pipeline does not wake up (its stage counts as fresh while idle)."""
         lanes = {lane.number: lane for lane in self.config.lanes}
         # Not stop_event: the scales close their open vehicles after it is set, and those must
-        # still be stored; the pipeline runs until every producer has ended and the queue is empty.
-        while not self._producers_done.is_set() or not self._work.empty():
-            self._beat("pipeline")
-            try:
-                lane, weighing = self._work.get(timeout=0.25)
-            except queue.Empty:
-                pass
-            else:
-                try:
-                    self._capture(lane, weighing)
-                except Exception:
-                    log.exception(
-                        "lane %d: capture for the vehicle at %s failed",
-                        lane.number,
-                        weighing.measured_at.isoformat(),
-                    )
-            self._store_events(self.assembler.ready(self.clock.now()), lanes)
+        # still be stored; the pipeline runs until every producer has ended, the queue is empty
+        # and every read is in.
+        while True:
+            self._wake.clear()
+            self._stage_active("pipeline")
+            self._take_weighings()
+            for job in self.reading.take_completed():
+                self._assemble(job)
+            self._store_events(self._ready(self.assembler.ready(self.clock.now())), lanes)
             for passage in self.assembler.take_unmatched(self.clock.now()):
                 self.counters.unmatched_plates += 1
                 log.warning(
@@ -510,22 +551,93 @@ class Station:
                     ", ".join(p.text for p in passage.plates) or "(unread)",
                     passage.first_at.isoformat(),
                 )
+            if self._producers_done.is_set() and self._work.empty() and not self.reading.in_flight:
+                break
+            timeout = self._pipeline_timeout()
+            beat = self.beats.get("pipeline")
+            if beat is not None:
+                beat.idle = timeout is None
+            self._wake.wait(timeout)
         # shutting down: whatever waits for its matching window is stored now
-        self._store_events(self.assembler.flush(), lanes)
+        self._store_events(self._ready(self.assembler.flush()), lanes)
+        self.reading.close()
+
+    def _stage_active(self, name: str) -> None:
+        beat = self.beats.get(name)
+        if beat is not None:
+            beat.idle = False
+            beat.last = self.clock.monotonic()
+
+    def _take_weighings(self) -> None:
+        """Capture the queued weighings' frames (in queue order) and hand them to the pool."""
+        while self.reading.in_flight < READS_IN_FLIGHT:
+            try:
+                lane, weighing = self._work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._capture(lane, weighing)
+            except Exception:
+                log.exception(
+                    "lane %d: capture for the vehicle at %s failed",
+                    lane.number,
+                    weighing.measured_at.isoformat(),
+                )
+
+    def _pipeline_timeout(self) -> float | None:
+        """Seconds until the pipeline must look again without being woken (``None``: not
+        before it is woken): the next matching window to close, the reads still claimable,
+        the reader pool's stuck rules."""
+        waits: list[float] = []
+        cfg = self.config.assemble
+        now = self.clock.now()
+        if self._assembling:
+            due = min(self._assembling) + timedelta(seconds=cfg.window_after_s + cfg.settle_s)
+            waits.append((due - now).total_seconds())
+        if self._reads_until is not None:
+            if self._reads_until < now:
+                self._reads_until = None
+            else:
+                waits.append((self._reads_until - now).total_seconds())
+        check = self.reading.next_check_s()
+        if check is not None:
+            waits.append(check)
+        if not waits:
+            return None
+        return min(PIPELINE_TICK_S, max(0.01, min(waits)))
 
     def _capture(self, lane: Lane, weighing: VehicleWeighing) -> None:
-        self.assembler.add_weighing(weighing)
-        result = capture_and_read(
-            self.cameras.get(lane.number, []),
-            self.plate_reader,
-            weighing.measured_at,
-            self.config.assemble.frames_per_camera,
+        """Frames and clips of the lane's cameras for ``weighing``; the plates go to the pool."""
+        cameras = self.cameras.get(lane.number, [])
+        capture = capture_frames(
+            cameras, weighing.measured_at, self.config.assemble.frames_per_camera
         )
-        self.assembler.add_reads(lane.number, result.reads, result.frames)
-        clips, _ = capture_clips(self.cameras.get(lane.number, []), weighing.measured_at)
-        self._clips[(lane.number, weighing.measured_at)] = tuple(clips)
+        clips, _ = capture_clips(cameras, weighing.measured_at)
+        self.reading.submit(lane.number, weighing, capture, clips)
+
+    def _assemble(self, job: ReadJob) -> None:
+        """A weighing whose plates are read (its lane's earlier ones are in already)."""
+        weighing = job.weighing
+        self.assembler.add_weighing(weighing)
+        self.assembler.add_reads(job.lane, job.capture.reads, job.capture.frames)
+        self._assembling.append(weighing.measured_at)
+        cfg = self.config.assemble
+        claimable = timedelta(seconds=cfg.window_before_s + cfg.settle_s)
+        for read in job.capture.reads:
+            if read.read_at is not None:
+                until = read.read_at + claimable
+                if self._reads_until is None or until > self._reads_until:
+                    self._reads_until = until
+        self._clips[(job.lane, weighing.measured_at)] = job.clips
         while len(self._clips) > QUEUE_SIZE:  # a weighing that never became an event
             self._clips.pop(next(iter(self._clips)))
+
+    def _ready(self, events: list[VehicleEvent]) -> list[VehicleEvent]:
+        """``events`` (from the assembler), no longer waited for."""
+        for event in events:
+            with contextlib.suppress(ValueError):
+                self._assembling.remove(event.weighing.measured_at)
+        return events
 
     def _store_events(self, events: list[VehicleEvent], lanes: dict[int, Lane]) -> None:
         for event in events:
@@ -708,7 +820,8 @@ class Station:
         return health.report(self)
 
     def _status_loop(self) -> None:
-        """Every 2 s: clock sync, status file, systemd watchdog and STATUS= line, diag dumps.
+        """Every 2 s: clock sync, systemd watchdog and STATUS= line, diag dumps; status.json
+        when it changed or every 30 s (health.StatusFile).
 
         Each part is guarded on its own: a status file that a full disk refuses must not
         stop the watchdog pings or the STATUS= line that says what is wrong."""
@@ -716,12 +829,13 @@ class Station:
             self._beat("status")
             self._guarded("clock check", lambda: self.clock_monitor.poll(self.clock.now()))
             self._guarded("pending alarms", self._send_pending_alarms)
-            wrote = self._guarded("status.json", lambda: health.write_status(self))
+            wrote = self._guarded(
+                "status.json", lambda: self.status_file.write(self, stale_s=STAGE_STALE_S)
+            )
             try:
+                now = self.clock.monotonic()
                 stale = sdnotify.stale_stages(
-                    {n: b.last for n, b in self.beats.items()},
-                    self.clock.monotonic(),
-                    STAGE_STALE_S,
+                    {n: now - b.age(now) for n, b in self.beats.items()}, now, STAGE_STALE_S
                 )
                 self.watchdog.tick(stages_fresh=not stale, stale=stale)
                 line = health.status_line(self, stale, self._vehicles_today())

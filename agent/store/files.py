@@ -46,27 +46,32 @@ def _tmp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_SUFFIX}")
 
 
-def _write_tmp(tmp: Path, data: bytes) -> None:
+def _write_tmp(tmp: Path, data: bytes, durable: bool = True) -> None:
     with tmp.open("wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
+def write_file_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """temp file → fsync → rename → fsync the directory. Raises ``OSError``.
 
     A write that fails before the rename removes its temp file; the old file stays in place.
+    ``durable=False`` skips both fsyncs (a file that is not evidence, rewritten often:
+    ``status.json``): readers still see the old or the new content whole, never a part, but
+    after a power cut the file may be the previous one or empty.
     """
     ensure_dir(path.parent)
     tmp = _tmp_of(path)
     try:
-        _write_tmp(tmp, data)
+        _write_tmp(tmp, data, durable)
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_files_atomically(files: list[tuple[Path, bytes]]) -> None:
