@@ -124,8 +124,12 @@ def verify_data_dir(  # long: one run in order: read, check, seal, and the JSON 
         )
     checkpoint_problems = len(report.problems) - len(report.chain_problems)
     chain_ok = len(problems) == checkpoint_problems and not report.problems_omitted
-    written, note = _seal(data_dir, report, config, now(), max_audit, chain_ok, seal_checkpoint,
-                          check_images)  # fmt: skip
+    written: Checkpoint | None = None
+    note = "no checkpoint written (--no-checkpoint)"
+    if seal_checkpoint:
+        written, note = _seal(
+            data_dir, report, config, now(), max_audit, chain_ok, check_images, full
+        )
     first = report.first_broken
     checked = report.records + report.pruned
     newest = written or report.checkpoint
@@ -182,21 +186,19 @@ def _seal(
     now: datetime,
     max_audit: int,
     chain_ok: bool,
-    wanted: bool,
     images_hashed: bool,
+    full_asked: bool,
 ) -> tuple[Checkpoint | None, str]:
     """Seal the checkpoint of this run when it may be: ``(checkpoint, "")`` or ``(None, why)``."""
     from agent import __version__
     from agent.store import checkpoint
 
-    if not wanted:
-        return None, "no checkpoint written (--no-checkpoint)"
     if not chain_ok:
         return None, "no checkpoint written: verify found problems"
     if not images_hashed:
         return None, "no checkpoint written: the photos were not hashed (--no-images)"
     stored_broken = report.checkpoint_row is not None and report.checkpoint is None
-    if stored_broken and report.mode != "full":
+    if stored_broken and not full_asked:
         return None, "no checkpoint written: the stored one does not hold (run verify --full)"
     # a full walk that found the chain whole replaces a broken checkpoint (reported this once)
     prev = report.checkpoint if report.mode == "incremental" else None

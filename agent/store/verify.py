@@ -122,11 +122,13 @@ ORPHAN_IMAGES_SQL = (
 
 
 def chain_batches(
-    conn: sqlite3.Connection, after_seq: int, end_seq: int, batch: int = BATCH_RECORDS
+    conn: sqlite3.Connection, after_seq: int, end_seq: int, batch: int | None = None
 ) -> Iterator[list[sqlite3.Row]]:
     """Kept records and tombstones with ``after_seq < seq <= end_seq`` in ``(seq, kind)``
-    order, ``batch`` rows per query (a rowid range on each table, merged: no sort, no scan).
-    A ``seq`` stored twice (record and tombstone) comes twice."""
+    order, ``batch`` rows per query (default :data:`BATCH_RECORDS`; a rowid range on each
+    table, merged: no sort, no scan). A ``seq`` stored twice (record and tombstone) comes
+    twice."""
+    batch = max(3, batch or BATCH_RECORDS)  # a seq comes at most twice: each batch moves on
     lo, last = after_seq + 1, (after_seq, "")
     while lo <= end_seq:
         rows = conn.execute(
