@@ -97,6 +97,17 @@ def test_a_clean_verify_seals_a_checkpoint_and_the_next_checks_only_new_records(
     assert out["checkpoint_written"]["full_seq"] == 8
 
 
+def test_an_empty_store_verifies_again_from_its_checkpoint(tmp_path: Path, capsys) -> None:
+    db, store = open_store(tmp_path)
+    assert run_verify(tmp_path, capsys)[1]["checkpoint_written"]["seq"] == 0
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 0 and out["mode"] == "incremental", out["problems"]
+    add(store, 1, 1)
+    code, out = run_verify(tmp_path, capsys)
+    assert code == 0 and out["records"] == 1, out["problems"]
+    db.close()
+
+
 def test_a_database_from_before_the_checkpoint_gets_its_table_at_the_first_verify(
     station, capsys
 ) -> None:

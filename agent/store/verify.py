@@ -212,6 +212,8 @@ def checkpoint_link_problem(
 ) -> str | None:
     """``None`` when the record or tombstone at the checkpoint's ``seq`` still has its hash and
     a valid seal of its own (the link the incremental walk starts from), else what is wrong."""
+    if cp.seq == 0:  # sealed on an empty chain: it starts at the genesis
+        return None if cp.hash == integrity.GENESIS else "the checkpoint of seq 0 is not genesis"
     rows = [r for batch in chain_batches(conn, cp.seq - 1, cp.seq) for r in batch]
     if len(rows) != 1:
         return f"the checkpoint names seq {cp.seq}, which the chain does not hold once"
