@@ -13,7 +13,12 @@ import pytest
 from agent.commands.verify import verify_data_dir
 from agent.domain import VerdictStatus
 from agent.store.db import Database
-from agent.store.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
+from agent.store.evidence import (
+    IMAGES_REFUSED,
+    EvidenceConfig,
+    EvidenceStore,
+    requeue_kept_events,
+)
 from agent.store.retention import MB, DiskUsage, Retention
 from drivers.clock import ManualClock
 from tests.conftest import mount_tmpfs
@@ -246,7 +251,7 @@ def test_resend_over_evicted_records_leaves_nothing_waiting_forever(station) -> 
     ack(db, kept)
     since, until = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
     with db.write() as conn:
-        requeued = outbox.requeue_events(conn, since, until)
+        requeued = requeue_kept_events(conn, since, until)  # what the resend command runs
         pruned = outbox.pruned_in_range(conn, since, until)
     assert (requeued, pruned) == (1, 4)
     waiting = (

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -314,14 +315,16 @@ class EvidenceStore:
         """
         removed = self._finish_evictions()
         if not self.images_dir.exists():
+            self._full_sweep_due = False  # no photos: nothing an old version left
             return removed
         if full or self._full_sweep_due:
             days = sorted(d for d in self.images_dir.iterdir() if d.is_dir())
         else:
             days = self._newest_days()
         conn = self.db.read()
+        last_seq = None if full or self._full_sweep_due else self._last(conn)[0]
         for day in days:
-            removed += self._sweep_day(conn, day)
+            removed += self._sweep_day(conn, day, last_seq)
         self._full_sweep_due = False
         return removed
 
@@ -352,15 +355,20 @@ class EvidenceStore:
             wanted.add(str(newest[0])[:10].replace("-", ""))
         return [self.images_dir / n for n in sorted(wanted) if (self.images_dir / n).is_dir()]
 
-    def _sweep_day(self, conn: sqlite3.Connection, day: Path) -> int:
-        """Remove temp files and files no live image row names from one day folder (and the
-        folder once empty)."""
+    def _sweep_day(self, conn: sqlite3.Connection, day: Path, last_seq: int | None) -> int:
+        """Remove temp files and stray photos from one day folder (and the folder once empty).
+
+        ``last_seq`` (the last ``seq`` committed): a photo is stray when its name carries a
+        later ``seq`` (written for a record the crash kept from committing; recover() runs
+        before the next commit), so the check is the folder's listing and no query.
+        ``None``: stray when no live image row names it (one look-up per file).
+        """
         removed = 0
         for path in sorted(day.iterdir()):
             if not path.is_file():
                 continue
             rel = str(path.relative_to(self.data_dir))
-            if path.name.endswith(files.TMP_SUFFIX) or not _names_live_image(conn, rel):
+            if path.name.endswith(files.TMP_SUFFIX) or _stray(conn, rel, last_seq):
                 path.unlink(missing_ok=True)
                 removed += 1
                 log.warning(
@@ -635,6 +643,18 @@ def _insert(
         ),
         created_at=record["measured_at"],
     )
+
+
+#: ``{event_id}.{name}``: the event id ends ``-{YYYYmmddHHMMSS}-{seq:06d}`` (record.event_id_for)
+_PHOTO_NAME = re.compile(r"^.+-\d{14}-(\d{6,})\.[^.].*$")
+
+
+def _stray(conn: sqlite3.Connection, rel: str, last_seq: int | None) -> bool:
+    """Whether the photo file ``rel`` belongs to no committed record (see _sweep_day)."""
+    m = _PHOTO_NAME.match(Path(rel).name)
+    if last_seq is not None and m is not None:
+        return int(m.group(1)) > last_seq
+    return not _names_live_image(conn, rel)
 
 
 def _names_live_image(conn: sqlite3.Connection, rel: str) -> bool:

@@ -196,7 +196,10 @@ def _events_query(flt: EventFilter, *extra: tuple[str, Any]) -> tuple[str, list[
     if flt.lane is not None:
         conds.append(("r.lane = ?", flt.lane))
     if flt.since:  # as instants: records and the argument may carry different offsets
-        conds.append(("julianday(r.measured_at) >= julianday(?)", flt.since))
+        # likelihood: without it the planner walks every record newest first when fewer
+        # than `limit` are that recent; "since" names the newest records, so its index
+        # (records_measured_jd) is the cheaper way to them
+        conds.append(("likelihood(julianday(r.measured_at) >= julianday(?), 0.01)", flt.since))
     where = [c for c, _ in conds]
     if flt.undelivered:
         where.append("o.acked_at IS NULL")
