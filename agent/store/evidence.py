@@ -692,3 +692,13 @@ def requeue_kept_events(conn: sqlite3.Connection, since: datetime, until: dateti
         (outbox.julian_day(since), outbox.julian_day(until)),
     )
     return cur.rowcount
+
+
+def upgrade_pending(db: Database) -> bool:
+    """Whether opening the store will apply evidence migrations (on a big old store: one pass
+    over the records per new index, minutes on an SD card; the caller asks systemd for time)."""
+    done = {
+        str(r[0])
+        for r in db.read().execute("SELECT name FROM migrations WHERE component = 'evidence'")
+    }
+    return done != set() and any(name not in done for name, _ in MIGRATIONS)

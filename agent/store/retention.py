@@ -17,7 +17,8 @@ images when space returns.
 
 Crash safety: an eviction first commits the rows (``images.evicted_at`` set, or the record moved
 to a tombstone) and only then deletes the files; a crash in between leaves files no live row
-names, which :meth:`agent.store.evidence.EvidenceStore.recover` removes at start-up.
+names (listed in ``evictions_pending`` until deleted), which
+:meth:`agent.store.evidence.EvidenceStore.recover` removes at start-up.
 ``verify`` never
 sees a live row pointing at a missing file.
 
@@ -25,8 +26,8 @@ Tombstones: a pruned record leaves ``(seq, event_id, measured_at, status, prev_h
 signature, key_id)`` in ``records_pruned``. ``verify`` walks records and tombstones in ``seq``
 order, checks that the chain links through the tombstone and that its hash carries a valid
 station signature, so the chain stays verifiable after eviction and ``seq`` is never reused.
-(About 250 bytes per pruned record stay forever; compacting them into signed checkpoints is
-future work.)
+(About 460 bytes per pruned record stay forever, measured: docs/evidence.md; compacting them
+into signed checkpoints is future work.)
 
 Every eviction is logged (WARNING), counted (``counters``: ``evicted_images``,
 ``evicted_records``, ``evicted_bytes``) and raises a ``disk_eviction`` alarm; crossing the
