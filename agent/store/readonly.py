@@ -175,12 +175,13 @@ def _newest_undelivered(conn: sqlite3.Connection, flt: EventFilter, limit: int) 
             refs += [(int(r[0]), str(r[1])) for r in step]
             if len(step) == UNDELIVERED_STEP:  # this priority has more below its last row
                 floor = max(floor, int(step[-1][0]))
-        names = [ref for row_id, ref in refs if row_id >= floor]
-        if names:
+        names = [ref for row_id, ref in sorted(refs, reverse=True) if row_id >= floor]
+        while names and len(out) < limit:  # the records of the newest first, a few at a time
+            chunk, names = names[: limit - len(out)], names[limit - len(out) :]
             out += _event_rows(
                 conn,
-                sql + f"({','.join('?' * len(names))}) ORDER BY r.seq DESC",
-                [*params, *names],
+                sql + f"({','.join('?' * len(chunk))}) ORDER BY r.seq DESC",
+                [*params, *chunk],
             )
         below = floor
     return out[:limit]
