@@ -13,7 +13,12 @@ import pytest
 from agent.commands.verify import verify_data_dir
 from agent.domain import VerdictStatus
 from agent.store.db import Database
-from agent.store.evidence import IMAGES_REFUSED, EvidenceConfig, EvidenceStore
+from agent.store.evidence import (
+    IMAGES_REFUSED,
+    EvidenceConfig,
+    EvidenceStore,
+    requeue_kept_events,
+)
 from agent.store.retention import MB, DiskUsage, Retention
 from drivers.clock import ManualClock
 from tests.conftest import mount_tmpfs
@@ -104,6 +109,7 @@ def test_evicts_only_as_much_as_needed_oldest_first(station) -> None:
     data_dir, db, store = station
     ids = [commit(store, n, OK) for n in range(4)]
     ack(db, *ids)
+    db.checkpoint()  # the WAL of the commits is given back first: not what is short
     disk = FakeDisk(du(data_dir) + 2 * MB - 300_000)  # 300 KB short of the 2 MB watermark
     config = EvidenceConfig(min_free_mb=2, reserve_free_mb=0)
     report = Retention(
@@ -245,7 +251,7 @@ def test_resend_over_evicted_records_leaves_nothing_waiting_forever(station) -> 
     ack(db, kept)
     since, until = T0 - timedelta(hours=1), T0 + timedelta(hours=1)
     with db.write() as conn:
-        requeued = outbox.requeue_events(conn, since, until)
+        requeued = requeue_kept_events(conn, since, until)  # what the resend command runs
         pruned = outbox.pruned_in_range(conn, since, until)
     assert (requeued, pruned) == (1, 4)
     waiting = (

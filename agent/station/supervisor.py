@@ -47,7 +47,7 @@ from agent.store import audit, chainhead, keys, readonly, retention
 from agent.store.alarms import raise_alarm
 from agent.store.completeness import Expected
 from agent.store.db import AUTO_VACUUM_INCREMENTAL, Database, DatabaseError
-from agent.store.evidence import DiskFullError, EvidenceError, EvidenceStore
+from agent.store.evidence import DiskFullError, EvidenceError, EvidenceStore, upgrade_pending
 from agent.store.permits import PermitBook
 from agent.store.record import RecordContext, StoredRecord
 from agent.store.reserve import DiskReserve
@@ -181,6 +181,8 @@ class Station:
         else:
             db.enable_incremental_vacuum(0)  # records the migration on a new database
         self.signer = keys.load_signer(self.config.evidence, self.data_dir, create_if_missing=True)
+        if upgrade_pending(db):  # new indexes over a year of records (docs/evidence.md)
+            self.notifier.extend_timeout(600, "upgrading the evidence database")
         self.store = store = EvidenceStore(db, self.data_dir, self.signer)
         store.reserve = self.reserve
         store.clip_max_bytes = int(self.config.evidence.clip_max_mb * 1024 * 1024)

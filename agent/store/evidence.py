@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +55,10 @@ from drivers.paths import ConfigPath
 log = logging.getLogger(__name__)
 
 IMAGES_REFUSED = "images_refused_disk_full"
+EVICTIONS_MIGRATION = "0005-evictions-pending"
+#: Day folders (``images/YYYYMMDD``) recover() checks at start-up: the newest ones by name
+#: (a record measured at 23:59:59 may be committed after one of 00:00:00).
+RECOVER_NEWEST_DAYS = 2
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -100,6 +105,53 @@ MIGRATIONS: list[tuple[str, str]] = [
             reason TEXT NOT NULL
         );
         CREATE INDEX images_live ON images (evicted_at, event_id);
+        """,
+    ),
+    (
+        # every hot path reads an index, not the records table (one 2.5 KB record per page):
+        # events --plate/--status/--lane walk (column, seq) newest first; --since and resend
+        # take a time range as instants (julianday: records carry different offsets);
+        # retention walks passages by seq and violations by age without touching the others
+        "0003-query-indexes",
+        """
+        CREATE INDEX records_plate ON records (plate);
+        CREATE INDEX records_status ON records (status);
+        CREATE INDEX records_lane ON records (lane);
+        CREATE INDEX records_measured_jd ON records (julianday(measured_at));
+        CREATE INDEX records_passages ON records (seq)
+            WHERE status NOT IN ('overloaded', 'warning');
+        CREATE INDEX records_violations_age ON records (julianday(measured_at))
+            WHERE status IN ('overloaded', 'warning');
+        """,
+    ),
+    (
+        # kept records by verdict status, kept by triggers in the transaction that inserts or
+        # deletes a record (commit, retention's tombstones, anything else): status reads a
+        # handful of rows instead of counting every record
+        "0004-record-counts",
+        """
+        CREATE TABLE record_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+        INSERT INTO record_counts (status, n) SELECT status, count(*) FROM records GROUP BY status;
+        CREATE TRIGGER records_counted_insert AFTER INSERT ON records BEGIN
+            INSERT INTO record_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER records_counted_delete AFTER DELETE ON records BEGIN
+            UPDATE record_counts SET n = n - 1 WHERE status = OLD.status;
+        END;
+        CREATE TRIGGER records_counted_update AFTER UPDATE OF status ON records BEGIN
+            UPDATE record_counts SET n = n - 1 WHERE status = OLD.status;
+            INSERT INTO record_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        """,
+    ),
+    (
+        # photo files retention has evicted (rows committed) but not yet deleted: a crash in
+        # between leaves exactly these, so recover() need not list every photo on the disk
+        EVICTIONS_MIGRATION,
+        """
+        CREATE TABLE evictions_pending (path TEXT PRIMARY KEY);
         """,
     ),
 ]
@@ -229,7 +281,9 @@ class EvidenceStore:
         self.reserve: DiskReserve | None = None
         #: Largest clip file (``clip_max_mb``): bigger clips keep every k-th frame only.
         self.clip_max_bytes = 0
-        db.migrate("evidence", MIGRATIONS)
+        #: the first start after the upgrade that added ``evictions_pending``: evictions of
+        #: the older version may have left files anywhere, so recover() sweeps every photo once
+        self._full_sweep_due = EVICTIONS_MIGRATION in db.migrate("evidence", MIGRATIONS)
         db.migrate("outbox", outbox.MIGRATIONS)
         if db.migrate("chainhead", chainhead.MIGRATIONS):
             self._seal_first_head()
@@ -246,34 +300,83 @@ class EvidenceStore:
                 chainhead.seal(conn, self.signer, station_id=station_id, seq=seq, hash_=head_hash)
                 log.warning("evidence: chain head sealed for the first time at seq %d", seq)
 
-    def recover(self) -> int:
-        """Remove temp files, images no committed record names and empty directories.
+    def recover(self, *, full: bool = False) -> int:
+        """Remove what an interrupted run left: temp files, photos no committed record names,
+        photos retention evicted but had not deleted yet, and empty day folders.
 
-        Call once at start-up, before the first :meth:`commit`. Returns the files removed.
+        Call once at start-up, before the first :meth:`commit` (a file being written by a
+        commit in flight would look stray). It checks only where a crash can leave something:
+        the files in ``evictions_pending`` (retention's list, exact) and the newest
+        :data:`RECOVER_NEWEST_DAYS` day folders plus the newest record's (where the writes in
+        flight were), so start-up does not grow with the photos kept. ``full``: every photo
+        on the disk (a maintenance sweep; done once by itself after the upgrade to this
+        schema) — a file left in an older folder by a crash across a backward clock step
+        waits for that. Returns the files removed.
         """
+        removed = self._finish_evictions()
         if not self.images_dir.exists():
-            return 0
-        known = {
-            row[0]
-            for row in self.db.read()
-            .execute("SELECT path FROM images WHERE evicted_at IS NULL")
-            .fetchall()
-        }
+            self._full_sweep_due = False  # no photos: nothing an old version left
+            return removed
+        if full or self._full_sweep_due:
+            days = sorted(d for d in self.images_dir.iterdir() if d.is_dir())
+        else:
+            days = self._newest_days()
+        conn = self.db.read()
+        last_seq = None if full or self._full_sweep_due else self._last(conn)[0]
+        for day in days:
+            removed += self._sweep_day(conn, day, last_seq)
+        self._full_sweep_due = False
+        return removed
+
+    def _finish_evictions(self) -> int:
+        """Delete the photo files retention evicted before a crash stopped it."""
+        paths = [str(r[0]) for r in self.db.read().execute("SELECT path FROM evictions_pending")]
         removed = 0
-        for path in sorted(self.images_dir.rglob("*")):
+        for rel in paths:
+            path = self.data_dir / rel
+            if path.exists():
+                path.unlink(missing_ok=True)
+                removed += 1
+                log.warning("evidence: removed %s: evicted before an interruption", rel)
+        if paths:
+            with self.db.write() as conn:
+                conn.executemany(
+                    "DELETE FROM evictions_pending WHERE path = ?", [(p,) for p in paths]
+                )
+        return removed
+
+    def _newest_days(self) -> list[Path]:
+        """The day folders a crash can have left a stray file in (see :meth:`recover`)."""
+        names = sorted(d.name for d in self.images_dir.iterdir() if d.is_dir())
+        wanted = set(names[-RECOVER_NEWEST_DAYS:])
+        row = self.db.read().execute("SELECT measured_at FROM records ORDER BY seq DESC LIMIT 1")
+        newest = row.fetchone()
+        if newest is not None:  # its local date, as _write_images names the folder
+            wanted.add(str(newest[0])[:10].replace("-", ""))
+        return [self.images_dir / n for n in sorted(wanted) if (self.images_dir / n).is_dir()]
+
+    def _sweep_day(self, conn: sqlite3.Connection, day: Path, last_seq: int | None) -> int:
+        """Remove temp files and stray photos from one day folder (and the folder once empty).
+
+        ``last_seq`` (the last ``seq`` committed): a photo is stray when its name carries a
+        later ``seq`` (written for a record the crash kept from committing; recover() runs
+        before the next commit), so the check is the folder's listing and no query.
+        ``None``: stray when no live image row names it (one look-up per file).
+        """
+        removed = 0
+        for path in sorted(day.iterdir()):
             if not path.is_file():
                 continue
             rel = str(path.relative_to(self.data_dir))
-            if path.name.endswith(files.TMP_SUFFIX) or rel not in known:
+            if path.name.endswith(files.TMP_SUFFIX) or _stray(conn, rel, last_seq):
                 path.unlink(missing_ok=True)
                 removed += 1
                 log.warning(
                     "evidence: removed %s: no live record names it (interrupted write or eviction)",
                     rel,
                 )
-        for d in sorted(self.images_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        if not any(day.iterdir()):
+            day.rmdir()
         return removed
 
     def _last(self, conn: sqlite3.Connection) -> tuple[int, str]:
@@ -540,3 +643,62 @@ def _insert(
         ),
         created_at=record["measured_at"],
     )
+
+
+#: ``{event_id}.{name}``: the event id ends ``-{YYYYmmddHHMMSS}-{seq:06d}`` (record.event_id_for)
+_PHOTO_NAME = re.compile(r"^.+-\d{14}-(\d{6,})\.[^.].*$")
+
+
+def _stray(conn: sqlite3.Connection, rel: str, last_seq: int | None) -> bool:
+    """Whether the photo file ``rel`` belongs to no committed record (see _sweep_day)."""
+    m = _PHOTO_NAME.match(Path(rel).name)
+    if last_seq is not None and m is not None:
+        return int(m.group(1)) > last_seq
+    return not _names_live_image(conn, rel)
+
+
+def _names_live_image(conn: sqlite3.Connection, rel: str) -> bool:
+    """Whether a live image row names the file ``rel`` (``images/{day}/{event_id}.{name}``).
+
+    Looked up by the images' key: the file name splits at one of its dots into event id and
+    image name (an event id has none unless the station id does, so each split is tried).
+    """
+    filename = Path(rel).name
+    splits = [i for i, ch in enumerate(filename) if ch == "."]
+    for i in splits:
+        row = conn.execute(
+            "SELECT path FROM images WHERE event_id = ? AND name = ? AND evicted_at IS NULL",
+            (filename[:i], filename[i + 1 :]),
+        ).fetchone()
+        if row is not None and str(row[0]) == rel:
+            return True
+    return False
+
+
+def requeue_kept_events(conn: sqlite3.Connection, since: datetime, until: datetime) -> int:
+    """Send again the kept records measured in ``[since, until]`` (the platform's ``resend``),
+    acknowledged or not; returns the outbox rows re-opened (caller's write transaction).
+
+    The range is found on the records' time index (as instants: ``julianday``), and each
+    record's outbox row by its key, so the cost is the records in the range, not the outbox.
+    An evicted record (a tombstone) has nothing left to send and is not re-opened: its row
+    would wait for an ack forever. (The outbox row of a record is created with the record's
+    ``measured_at`` as its ``created_at``: this selects what a scan of the outbox did.)
+    """
+    cur = conn.execute(
+        "UPDATE outbox SET acked_at = NULL, next_attempt_mono = NULL"
+        " WHERE kind = 'event' AND ref IN (SELECT event_id FROM records"
+        " WHERE julianday(measured_at) BETWEEN ? AND ?)",
+        (outbox.julian_day(since), outbox.julian_day(until)),
+    )
+    return cur.rowcount
+
+
+def upgrade_pending(db: Database) -> bool:
+    """Whether opening the store will apply evidence migrations (on a big old store: one pass
+    over the records per new index, minutes on an SD card; the caller asks systemd for time)."""
+    done = {
+        str(r[0])
+        for r in db.read().execute("SELECT name FROM migrations WHERE component = 'evidence'")
+    }
+    return done != set() and any(name not in done for name, _ in MIGRATIONS)

@@ -10,6 +10,7 @@ in the daemon) and return plain typed values, never cursors.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -47,8 +48,18 @@ def vehicles_since(conn: sqlite3.Connection, since: str) -> int:
 
 
 def record_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Kept records by verdict status."""
-    rows = conn.execute("SELECT status, count(*) AS n FROM records GROUP BY status")
+    """Kept records by verdict status.
+
+    Read from ``record_counts``, which triggers keep in step with every insert and delete
+    of a record (a handful of rows, whatever the store holds). A database the daemon has not
+    upgraded yet has no such table: then they are counted.
+    """
+    try:
+        rows = conn.execute("SELECT status, n FROM record_counts WHERE n > 0").fetchall()
+    except sqlite3.OperationalError as err:
+        if "no such table" not in str(err):
+            raise
+        rows = conn.execute("SELECT status, count(*) FROM records GROUP BY status").fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
 
 
@@ -113,7 +124,15 @@ class EventRow:
 
 
 def newest_events(conn: sqlite3.Connection, flt: EventFilter, limit: int) -> list[EventRow]:
-    """The newest ``limit`` records that pass ``flt``, newest first."""
+    """The newest ``limit`` records that pass ``flt``, newest first.
+
+    Each filter walks its index newest first (plate, status, lane, time), so the cost is the
+    rows listed, not the store. ``undelivered`` walks the outbox's pending rows instead
+    (:func:`_newest_undelivered`): what is unacknowledged is usually a small part of a big
+    store, and not always its newest part.
+    """
+    if flt.undelivered:
+        return _newest_undelivered(conn, flt, limit)
     sql, params = _events_query(flt)
     return _event_rows(conn, sql + " ORDER BY r.seq DESC LIMIT ?", [*params, limit])
 
@@ -122,6 +141,50 @@ def events_after(conn: sqlite3.Connection, flt: EventFilter, after_seq: int) -> 
     """Every record after ``seq`` ``after_seq`` that passes ``flt``, oldest first."""
     sql, params = _events_query(flt, ("r.seq > ?", after_seq))
     return _event_rows(conn, sql + " ORDER BY r.seq", params)
+
+
+#: Pending outbox rows of one priority looked at per step of :func:`_newest_undelivered`.
+UNDELIVERED_STEP = 256
+#: The outbox priorities of event records (``agent.store.outbox.Priority``: violations,
+#: passages); alarms (0) are not records.
+_EVENT_PRIORITIES = (1, 2)
+
+
+def _newest_undelivered(conn: sqlite3.Connection, flt: EventFilter, limit: int) -> list[EventRow]:
+    """The newest ``limit`` unacknowledged records that pass ``flt``.
+
+    Walks the outbox's pending index (``acked_at, priority, id``) newest first, up to
+    :data:`UNDELIVERED_STEP` rows per priority a step, and reads the records those rows name.
+    An outbox row is created in the transaction that stores its record, so outbox ids run in
+    ``seq`` order and the newest pending rows name the newest undelivered records. The cost is
+    the pending rows walked (those the other filters reject included), never the whole store.
+    """
+    sql, params = _events_query(flt)  # with its "o.acked_at IS NULL"
+    sql += " AND r.event_id IN "
+    below = sys.maxsize  # pending rows with an id below this are still to be walked
+    out: list[EventRow] = []
+    while len(out) < limit and below > 0:
+        refs: list[tuple[int, str]] = []
+        floor = 0  # every pending event row from here up to `below` is in refs
+        for priority in _EVENT_PRIORITIES:
+            step = conn.execute(
+                "SELECT id, ref FROM outbox WHERE acked_at IS NULL AND priority = ? AND id < ?"
+                " ORDER BY id DESC LIMIT ?",
+                (priority, below, UNDELIVERED_STEP),
+            ).fetchall()
+            refs += [(int(r[0]), str(r[1])) for r in step]
+            if len(step) == UNDELIVERED_STEP:  # this priority has more below its last row
+                floor = max(floor, int(step[-1][0]))
+        names = [ref for row_id, ref in sorted(refs, reverse=True) if row_id >= floor]
+        while names and len(out) < limit:  # the records of the newest first, a few at a time
+            chunk, names = names[: limit - len(out)], names[limit - len(out) :]
+            out += _event_rows(
+                conn,
+                sql + f"({','.join('?' * len(chunk))}) ORDER BY r.seq DESC",
+                [*params, *chunk],
+            )
+        below = floor
+    return out[:limit]
 
 
 def _events_query(flt: EventFilter, *extra: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -134,7 +197,10 @@ def _events_query(flt: EventFilter, *extra: tuple[str, Any]) -> tuple[str, list[
     if flt.lane is not None:
         conds.append(("r.lane = ?", flt.lane))
     if flt.since:  # as instants: records and the argument may carry different offsets
-        conds.append(("julianday(r.measured_at) >= julianday(?)", flt.since))
+        # likelihood: without it the planner walks every record newest first when fewer
+        # than `limit` are that recent; "since" names the newest records, so its index
+        # (records_measured_jd) is the cheaper way to them
+        conds.append(("likelihood(julianday(r.measured_at) >= julianday(?), 0.01)", flt.since))
     where = [c for c, _ in conds]
     if flt.undelivered:
         where.append("o.acked_at IS NULL")

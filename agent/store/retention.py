@@ -17,7 +17,8 @@ images when space returns.
 
 Crash safety: an eviction first commits the rows (``images.evicted_at`` set, or the record moved
 to a tombstone) and only then deletes the files; a crash in between leaves files no live row
-names, which :meth:`agent.store.evidence.EvidenceStore.recover` removes at start-up.
+names (listed in ``evictions_pending`` until deleted), which
+:meth:`agent.store.evidence.EvidenceStore.recover` removes at start-up.
 ``verify`` never
 sees a live row pointing at a missing file.
 
@@ -25,8 +26,8 @@ Tombstones: a pruned record leaves ``(seq, event_id, measured_at, status, prev_h
 signature, key_id)`` in ``records_pruned``. ``verify`` walks records and tombstones in ``seq``
 order, checks that the chain links through the tombstone and that its hash carries a valid
 station signature, so the chain stays verifiable after eviction and ``seq`` is never reused.
-(About 250 bytes per pruned record stay forever; compacting them into signed checkpoints is
-future work.)
+(About 460 bytes per pruned record stay forever, measured: docs/evidence.md; compacting them
+into signed checkpoints is future work.)
 
 Every eviction is logged (WARNING), counted (``counters``: ``evicted_images``,
 ``evicted_records``, ``evicted_bytes``) and raises a ``disk_eviction`` alarm; crossing the
@@ -95,6 +96,8 @@ class RetentionReport:
     alarms: list[str] = field(default_factory=list)
 
 
+# the very terms of the partial indexes records_passages and records_violations_age
+# (evidence migration 0003): a query INDEXED BY one of them fails loudly if they part
 _NOT_VIOLATION = "r.status NOT IN ({})".format(",".join(f"'{s}'" for s in sorted(VIOLATIONS)))
 _VIOLATION = "r.status IN ({})".format(",".join(f"'{s}'" for s in sorted(VIOLATIONS)))
 _DELIVERED = (
@@ -131,6 +134,8 @@ class Retention:
         self._reserve_releases = store.reserve.releases if store.reserve is not None else 0
         self._unsent: list[tuple[str, datetime, str, dict[str, object]]] = []
         self._alarm_failing = False
+        #: where each eviction class resumes its walk of the passages (see :class:`_Walk`)
+        self._walks: dict[str, _Walk] = {}
         #: photo file bytes deleted by eviction since this object was made
         self.files_freed = 0
         store.reserve_free_bytes = config.reserve_free_mb * MB
@@ -352,64 +357,115 @@ class Retention:
             by_class=report.by_class,
         )
 
-    # -- the three classes ---------------------------------------------------------------------
+    # -- the classes -----------------------------------------------------------------------
 
     def _evict_passage_clips(self, now: datetime, need: int) -> tuple[int, int, int]:
         """Video clips of delivered passages go first: the biggest files, and a passage's
         photos still show the vehicle."""
-        return self._evict_passage_images(now, need, only=f"i.name LIKE '%{CLIP_SUFFIX}'")
+        return self._evict_passage_images(
+            now, need, only=f"i.name LIKE '%{CLIP_SUFFIX}'", walk="passage_clips"
+        )
 
     def _evict_passage_images(
-        self, now: datetime, need: int, only: str = "1"
+        self, now: datetime, need: int, only: str = "1", walk: str = "passage_images"
     ) -> tuple[int, int, int]:
         """One batch of the oldest delivered passages' images, stopping once ``need`` is freed
-        (whole records at a time: a record keeps all its photos or none)."""
+        (whole records at a time: a record keeps all its photos or none).
+
+        Walks the passages' index from this class's cursor (:class:`_Walk`): the records
+        whose photos are gone already are not read again batch after batch.
+        """
+        cursor = self._walks.setdefault(walk, _Walk())
         with self.db.write() as conn:
-            candidates = conn.execute(
-                "SELECT i.event_id, i.name, i.path, i.bytes FROM images i"
-                " JOIN records r ON r.event_id = i.event_id"
-                f" WHERE i.evicted_at IS NULL AND {_NOT_VIOLATION} AND {_DELIVERED}"
-                f" AND {only} ORDER BY r.seq, i.name LIMIT ?",
-                (self.config.eviction_batch,),
-            ).fetchall()
-            rows: list[sqlite3.Row] = []
+            found = conn.execute(
+                "SELECT r.seq, i.event_id, i.name, i.path, i.bytes,"
+                f" {_DELIVERED} FROM records r INDEXED BY records_passages"
+                " JOIN images i ON i.event_id = r.event_id"
+                f" WHERE {_NOT_VIOLATION} AND r.seq > ? AND i.evicted_at IS NULL AND {only}"
+                " ORDER BY r.seq, i.name",
+                (cursor.after,),
+            )
+            rows: list[tuple[str, str, str, int]] = []
             total = 0
-            for r in candidates:
-                if total >= need and rows and rows[-1][0] != r[0]:
+            stop: int | None = None
+            for seq, event_id, name, path, size, delivered in found:
+                if (
+                    rows
+                    and rows[-1][0] != event_id
+                    and (total >= need or len(rows) >= self.config.eviction_batch)
+                ):
+                    stop = int(seq)
                     break
-                rows.append(r)
-                total += int(r[3])
+                cursor.saw(int(seq))
+                if not delivered:
+                    cursor.skipped(int(seq))
+                    continue
+                rows.append((event_id, name, path, int(size)))
+                total += int(size)
+            found.close()
+            cursor.done(stop)
             conn.executemany(
                 "UPDATE images SET evicted_at = ? WHERE event_id = ? AND name = ?",
                 [(iso_ms(now), r[0], r[1]) for r in rows],
             )
-            freed = sum(int(r[3]) for r in rows)
-            _count(conn, images=len(rows), records=0, freed=freed)
+            _note_unlinks(conn, [r[2] for r in rows])
+            _count(conn, images=len(rows), records=0, freed=total)
         self._unlink([r[2] for r in rows])
-        return len(rows), 0, freed
+        return len(rows), 0, total
 
     def _evict_passages(self, now: datetime, need: int) -> tuple[int, int, int]:
-        return self._prune(now, f"{_NOT_VIOLATION} AND {_DELIVERED}", (), "delivered passage")
+        """One batch of the oldest delivered passages, from the passages' cursor."""
+        cursor = self._walks.setdefault("passages", _Walk())
+        found = self.db.read().execute(
+            f"SELECT r.seq, {_DELIVERED} FROM records r INDEXED BY records_passages"
+            f" WHERE {_NOT_VIOLATION} AND r.seq > ? ORDER BY r.seq",
+            (cursor.after,),
+        )
+        seqs: list[int] = []
+        stop: int | None = None
+        for seq, delivered in found:
+            if len(seqs) >= self.config.eviction_batch:
+                stop = int(seq)
+                break
+            cursor.saw(int(seq))
+            if delivered:
+                seqs.append(int(seq))
+            else:
+                cursor.skipped(int(seq))
+        found.close()
+        cursor.done(stop)
+        return self._prune(now, seqs, "delivered passage")
 
     def _evict_old_violations(self, now: datetime, need: int) -> tuple[int, int, int]:
+        """One batch of the delivered violations past ``violation_retention_days``, oldest
+        first: a range of the violations' age index (the younger ones are not read)."""
         cutoff = iso_ms(now - timedelta(days=self.config.violation_retention_days))
-        return self._prune(
-            now,
-            f"{_VIOLATION} AND {_DELIVERED} AND julianday(r.measured_at) < julianday(?)",
-            (cutoff,),
-            "delivered violation past retention",
-        )
+        seqs = [
+            int(r[0])
+            for r in self.db.read().execute(
+                "SELECT r.seq FROM records r INDEXED BY records_violations_age"
+                f" WHERE {_VIOLATION} AND julianday(r.measured_at) < julianday(?)"
+                f" AND {_DELIVERED} ORDER BY julianday(r.measured_at) LIMIT ?",
+                (cutoff, self.config.eviction_batch),
+            )
+        ]
+        return self._prune(now, seqs, "delivered violation past retention")
 
-    def _prune(
-        self, now: datetime, where: str, params: tuple[str, ...], reason: str
-    ) -> tuple[int, int, int]:
-        """Move matching records to tombstones (with their images), oldest first, one batch."""
+    def _prune(self, now: datetime, seqs: list[int], reason: str) -> tuple[int, int, int]:
+        """Move the records ``seqs`` to tombstones (with their images), in one transaction.
+
+        Each is checked again inside it (still kept, still delivered): the candidates were
+        read before the write lock was taken."""
         with self.db.write() as conn:
-            rows = conn.execute(
-                "SELECT r.seq, r.event_id, r.measured_at, r.status, r.record_json FROM records r"
-                f" WHERE {where} ORDER BY r.seq LIMIT ?",
-                (*params, self.config.eviction_batch),
-            ).fetchall()
+            rows = [
+                r
+                for seq in seqs
+                for r in conn.execute(
+                    "SELECT r.seq, r.event_id, r.measured_at, r.status, r.record_json"
+                    f" FROM records r WHERE r.seq = ? AND {_DELIVERED}",
+                    (seq,),
+                )
+            ]
             paths: list[str] = []
             freed = 0
             images = 0
@@ -441,28 +497,79 @@ class Retention:
                 images += len(live)
                 conn.execute("DELETE FROM images WHERE event_id = ?", (event_id,))
                 conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+            _note_unlinks(conn, paths)
             _count(conn, images=images, records=len(rows), freed=freed)
         self._unlink(paths)
         return images, len(rows), freed
 
     def _unlink(self, rel_paths: list[str]) -> None:
-        """Delete evicted photo files; what they took is added to :attr:`files_freed`."""
+        """Delete evicted photo files; what they took is added to :attr:`files_freed`.
+
+        Their names leave ``evictions_pending`` once deleted (in the transaction that counts
+        the bytes); a file this does not get to is deleted by the next start's recover()."""
         freed = 0
+        done: list[str] = []
         for rel in rel_paths:
             path = self.store.data_dir / rel
             try:
                 size = path.stat().st_size
                 path.unlink()
             except FileNotFoundError:
+                done.append(rel)
                 continue
             except OSError as err:  # recover() retries at the next start
                 log.warning("retention: cannot delete %s: %s", rel, err)
                 continue
+            done.append(rel)
             freed += size
         self.files_freed += freed
-        if freed:
+        if done:
             with self.db.write() as conn:
-                _add_counter(conn, "freed_file_bytes", freed)
+                conn.executemany(
+                    "DELETE FROM evictions_pending WHERE path = ?", [(p,) for p in done]
+                )
+                if freed:
+                    _add_counter(conn, "freed_file_bytes", freed)
+
+
+@dataclass
+class _Walk:
+    """Where one eviction class resumes its walk of the passages' index, in ``seq`` order.
+
+    ``after``: every passage at or below it has been looked at; those that were delivered
+    lost what the class evicts, so the next batch starts above it instead of reading them
+    again (a walk from the start each batch made pruning quadratic). Undelivered passages
+    are stepped over; the lowest one stepped over is remembered, and once a walk comes back
+    empty the next one starts there again, so a passage the platform acknowledges late is
+    still found. In memory: a restart walks once from the start.
+    """
+
+    after: int = 0
+    first_skipped: int | None = None
+    last_seen: int = 0
+
+    def saw(self, seq: int) -> None:
+        self.last_seen = max(self.last_seen, seq)
+
+    def skipped(self, seq: int) -> None:
+        if self.first_skipped is None or seq < self.first_skipped:
+            self.first_skipped = seq
+
+    def done(self, stop: int | None) -> None:
+        """The batch ended before ``stop`` (a seq not looked at), or at the end (``None``)."""
+        if stop is not None:
+            self.after = stop - 1
+        elif self.first_skipped is not None:
+            self.after, self.first_skipped = self.first_skipped - 1, None
+        else:
+            self.after = max(self.after, self.last_seen)
+
+
+def _note_unlinks(conn: sqlite3.Connection, rel_paths: list[str]) -> None:
+    """Name the files an eviction is about to delete, in its transaction (see recover())."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO evictions_pending (path) VALUES (?)", [(p,) for p in rel_paths]
+    )
 
 
 def _add_counter(conn: sqlite3.Connection, name: str, n: int) -> None:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.store import outbox
 from agent.store.db import Database
+from agent.store.evidence import requeue_kept_events
 from agent.uplink import messages
 from agent.uplink.signing import aware_time
 
@@ -273,7 +273,7 @@ def builtin_handlers(
         if until < since:
             raise CommandError("bad-argument", "'to' is before 'from'")
         with db.write() as conn:
-            n = outbox.requeue_events(conn, since, until)
+            n = requeue_kept_events(conn, since, until)
         wake()
         return {"requeued": n}
 
