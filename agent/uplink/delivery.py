@@ -582,6 +582,8 @@ class Uplink:
         self._next_client_try = 0.0
         #: the earliest deadline of a row put back after a failed send (not in the window)
         self._retry_at: float | None = None
+        #: mean bytes of the rows sent lately (``None``: none yet); sizes the outbox look-up
+        self._mean_bytes: float | None = None
         self._counts = {"sent": 0, "resent": 0, "published": 0, "puback_failures": 0}
         self._stopped = False
 
@@ -846,13 +848,14 @@ class Uplink:
         if self._retry_at is not None and self._retry_at <= now_mono:
             self._retry_at = None
         window = self._window
+        room = self.config.max_unacked_bytes - window.size_bytes
         # ids and sizes first: only what the byte window has room for gets its record read
         rows = outbox.due(
             self.db.read(),
             now_mono=now_mono,
             live_since=now - timedelta(seconds=self.config.live_window_s),
-            limit=min(free, SEND_BATCH),
-            max_bytes=self.config.max_unacked_bytes - window.size_bytes,
+            limit=self._due_limit(free, room, len(skip)),
+            max_bytes=room,
             skip=lambda row_id, kind, ref: row_id in window or (kind, ref) in skip,
         )
         at = now.isoformat(timespec="milliseconds")
@@ -885,6 +888,17 @@ class Uplink:
             sent.append((row.id, at, deadline))
         return True
 
+    def _due_limit(self, free: int, room_bytes: int, skipped: int) -> int:
+        """Rows to look at this round: as many as ``room_bytes`` holds at the mean size sent
+        lately, plus the rows that may still look due while in flight (their send not yet
+        written), at most ``free`` and :data:`SEND_BATCH`. With photos the window holds
+        a few dozen records, and a round after an ack has room for two or three: reading 256
+        rows' heads for those would be most of the round's work."""
+        if self._mean_bytes is None:
+            return min(free, SEND_BATCH)
+        expected = int(room_bytes / max(1.0, self._mean_bytes)) + 1
+        return max(1, min(free, SEND_BATCH, expected + len(self._window) + skipped + 4))
+
     def _timeout(self, row: outbox.Row) -> float:
         """The ack timeout of ``row``'s next send: backing off with its sends on this
         connection, not with its attempts since it was queued (a restart or a reconnect is a
@@ -913,6 +927,11 @@ class Uplink:
             size_bytes=sum(len(m.payload) for m in parts),
         )
         self._window.add(flight)
+        # what a row weighs on the wire lately (an exponential mean over ~20 rows)
+        mean = self._mean_bytes
+        self._mean_bytes = (
+            flight.size_bytes if mean is None else mean + (flight.size_bytes - mean) / 20
+        )
         for m in parts:
             info = client.publish(m.topic, m.payload, qos=1, properties=m.properties)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:

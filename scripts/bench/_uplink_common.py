@@ -64,10 +64,11 @@ def mosquitto(directory: Path) -> Iterator[int]:
 
 @contextlib.contextmanager
 def mosquitto_process(
-    directory: Path, *, host: str = "127.0.0.1", netns: str | None = None
+    directory: Path, *, host: str = "127.0.0.1", netns: str | None = None, reach: str = ""
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """A Mosquitto listening on ``host`` (in network namespace ``netns`` when given, via
-    ``ip netns exec``); yields its port and process (for its CPU time)."""
+    ``ip netns exec``, which execs it: the process is the broker); ready once it accepts on
+    ``reach`` (default ``host``); yields its port and process (for its CPU time)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         sys.exit("mosquitto is not installed (apt install mosquitto)")
@@ -89,7 +90,7 @@ def mosquitto_process(
         [*prefix, binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_port(port, host=host)
+        wait_port(port, host=reach or host)
         yield port, proc
     finally:
         proc.terminate()
