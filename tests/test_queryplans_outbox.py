@@ -22,6 +22,17 @@ PENDING = 6000
 ACKED = 4000
 
 
+def _record(
+    conn: sqlite3.Connection, event_id: str, body: str = "{}", at: str = NOW.isoformat()
+) -> None:
+    """A kept record row (what an event's outbox row names)."""
+    conn.execute(
+        "INSERT INTO records (event_id, lane, measured_at, status, record_json, hash)"
+        " VALUES (?, 1, ?, 'within_limit', ?, '')",
+        (event_id, at, body),
+    )
+
+
 def _store(path: Path) -> Database:
     """A station with ACKED delivered and PENDING queued events (a tenth violations, some of
     them live), two photos each, plus a few alarms; statistics gathered."""
@@ -33,11 +44,7 @@ def _store(path: Path) -> Database:
         for i in range(total):
             ref = f"E-{i:06d}"
             at = (NOW - timedelta(seconds=(total - i) * 2)).isoformat()
-            conn.execute(
-                "INSERT INTO records (event_id, lane, measured_at, status, record_json, hash)"
-                " VALUES (?, 1, ?, 'within_limit', ?, '')",
-                (ref, at, '{"x": 1}'),
-            )
+            _record(conn, ref, '{"x": 1}', at)
             conn.executemany(
                 "INSERT INTO images (event_id, name, role, sha256, bytes, path)"
                 " VALUES (?, ?, ?, '', 200000, 'p')",
@@ -212,11 +219,7 @@ def test_counter_follows_inserts_acks_requeues_and_deletes(tmp_path: Path) -> No
 
     with db.write() as conn:
         for i in range(10):
-            conn.execute(
-                "INSERT INTO records (event_id, lane, measured_at, status, record_json, hash)"
-                " VALUES (?, 1, ?, 'within_limit', '{}', '')",
-                (f"e{i}", NOW.isoformat()),
-            )
+            _record(conn, f"e{i}")
             outbox.enqueue(
                 conn, kind="event", ref=f"e{i}", priority=Priority(i % 3),
                 created_at=NOW.isoformat(),
@@ -243,11 +246,7 @@ def test_an_old_store_upgrades_in_place(tmp_path: Path) -> None:
     old.migrate("outbox", outbox.MIGRATIONS[:1])  # the schema as stations have it
     with old.write() as raw:
         for i in range(4):
-            raw.execute(
-                "INSERT INTO records (event_id, lane, measured_at, status, record_json, hash)"
-                " VALUES (?, 1, ?, 'within_limit', '{}', '')",
-                (f"old{i}", NOW.isoformat()),
-            )
+            _record(raw, f"old{i}")
             raw.execute(
                 "INSERT INTO images (event_id, name, role, sha256, bytes, path)"
                 " VALUES (?, 'front.jpg', 'front', '', 1000, 'p')",

@@ -316,28 +316,29 @@ def mark_attempts(conn: sqlite3.Connection, attempts: Sequence[tuple[int, str, f
         )
 
 
-def retry_soon(conn: sqlite3.Connection, ids: Sequence[int], next_attempt_mono: float) -> None:
-    """Move the re-send deadline of ``ids`` to ``next_attempt_mono`` (a failed publish)."""
-    # ``+acked_at``: look the rows up by id; an index on acked_at would make SQLite walk every
-    # pending row once the id list is a few dozen long.
+def _update_by_ids(
+    conn: sqlite3.Connection, assign: str, values: tuple[Any, ...], ids: Sequence[int], cond: str
+) -> None:
+    """``UPDATE outbox SET {assign} WHERE id IN (ids) AND {cond}``, one statement per
+    :data:`_CHUNK` ids, each row looked up by its id."""
     for i in range(0, len(ids), _CHUNK):
         chunk = ids[i : i + _CHUNK]
         conn.execute(
-            "UPDATE outbox SET next_attempt_mono = ?"
-            f" WHERE id IN ({','.join('?' * len(chunk))}) AND +acked_at IS NULL",
-            (next_attempt_mono, *chunk),
+            f"UPDATE outbox SET {assign} WHERE id IN ({','.join('?' * len(chunk))}) AND {cond}",
+            (*values, *chunk),
         )
+
+
+def retry_soon(conn: sqlite3.Connection, ids: Sequence[int], next_attempt_mono: float) -> None:
+    """Move the re-send deadline of ``ids`` to ``next_attempt_mono`` (a failed publish)."""
+    # ``+acked_at``: look the rows up by id; the index on acked_at would make SQLite walk every
+    # pending row once the id list is a few dozen long.
+    _update_by_ids(conn, "next_attempt_mono = ?", (next_attempt_mono,), ids, "+acked_at IS NULL")
 
 
 def mark_published(conn: sqlite3.Connection, ids: Sequence[int], at: str) -> None:
     """The broker accepted every part of these messages (PUBACK with a success code)."""
-    for i in range(0, len(ids), _CHUNK):
-        chunk = ids[i : i + _CHUNK]
-        conn.execute(
-            "UPDATE outbox SET published_at = ?"
-            f" WHERE id IN ({','.join('?' * len(chunk))}) AND published_at IS NULL",
-            (at, *chunk),
-        )
+    _update_by_ids(conn, "published_at = ?", (at,), ids, "published_at IS NULL")
 
 
 def mark_acked(conn: sqlite3.Connection, kind: str, refs: Sequence[str], at: str) -> int:
