@@ -211,7 +211,10 @@ _FLOOR = (
     " AND coalesce(julianday(created_at), 0) < :since ORDER BY id DESC LIMIT 1), 0)))"
 )
 # Drain order in one query: alarms; live violations; the other violations; passages. Each
-# class is a range of the pending index (acked_at, priority, id), oldest first.
+# class is a range of the pending index (acked_at, priority, id), oldest first. No ORDER BY
+# over the whole: SQLite runs a UNION ALL's arms in turn and stops at the outer LIMIT, so a
+# round reads at most ``limit`` rows (a sort would read every arm in full first); the order
+# is pinned by tests/test_uplink_outbox.py and the plan by tests/test_queryplans_outbox.py.
 _SEGMENTS = (
     ("0", "priority = 0"),
     ("1", "priority = 1 AND id > (SELECT id FROM floor)"),
@@ -225,7 +228,7 @@ _DUE_QUERY = (
         f" WHERE acked_at IS NULL AND {where} AND {_DUE} ORDER BY id LIMIT :limit)"
         for seg, where in _SEGMENTS
     )
-    + ") ORDER BY seg, id LIMIT :limit"
+    + ") LIMIT :limit"
 )
 
 
