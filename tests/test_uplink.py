@@ -323,9 +323,13 @@ def test_an_idle_sender_sleeps_until_its_next_deadline(tmp_path: Path) -> None:
     clock.advance(0.5)
     assert up._idle_wait_s() == 0.0  # overdue: go now
     up._window.clear()
-    up._link.connected.clear()  # offline: heartbeats and flights wait for the connection
-    up._retry_at = clock.monotonic() + 0.25
+    up._next_heartbeat = clock.monotonic() + 60
+    up._retry_at = clock.monotonic() + 0.25  # a row put back after a failed send
     assert abs(up._idle_wait_s() - 0.25) < 1e-9
+    up._link.connected.clear()  # offline: nothing is due before the connect wakes it
+    up._retry_at = clock.monotonic() - 1.0
+    up._window.add(_Flight(1, ("event", "e1"), clock.monotonic() - 1.0, 30.0))
+    assert up._idle_wait_s() == delivery.IDLE_WAIT_S
 
 
 def test_the_outbox_look_up_follows_the_byte_room(tmp_path: Path) -> None:

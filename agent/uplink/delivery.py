@@ -738,12 +738,11 @@ class Uplink:
         """Seconds until the sender's next deadline (heartbeat, an ack timeout in flight, a
         row put back after a failed send, the next client set-up), at most
         :data:`IDLE_WAIT_S`; events wake it earlier."""
-        deadlines = [self._retry_at]
+        deadlines: list[float | None] = []
         if self._client is None:
             deadlines.append(self._next_client_try)
-        if self._link.connected.is_set():
-            deadlines.append(self._next_heartbeat)
-            deadlines.append(self._window.next_deadline())
+        if self._link.connected.is_set():  # offline, only a connect (an event) makes work
+            deadlines += [self._next_heartbeat, self._window.next_deadline(), self._retry_at]
         soonest = min((d for d in deadlines if d is not None), default=None)
         if soonest is None:
             return IDLE_WAIT_S
