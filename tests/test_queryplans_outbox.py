@@ -33,9 +33,9 @@ def _record(
     )
 
 
-def _store(path: Path) -> Database:
+def _store(path: Path, *, analyze: bool = True) -> Database:
     """A station with ACKED delivered and PENDING queued events (a tenth violations, some of
-    them live), two photos each, plus a few alarms; statistics gathered."""
+    them live), two photos each, plus a few alarms; statistics gathered when ``analyze``."""
     db = Database(path)
     db.migrate("evidence", evidence.MIGRATIONS)
     db.migrate("outbox", outbox.MIGRATIONS)
@@ -43,7 +43,7 @@ def _store(path: Path) -> Database:
     with db.write() as conn:
         for i in range(total):
             ref = f"E-{i:06d}"
-            at = (NOW - timedelta(seconds=(total - i) * 2)).isoformat()
+            at = (NOW - timedelta(seconds=(total - i) * 0.2)).isoformat()  # 150 live violations
             _record(conn, ref, '{"x": 1}', at)
             conn.executemany(
                 "INSERT INTO images (event_id, name, role, sha256, bytes, path)"
@@ -72,13 +72,17 @@ def _store(path: Path) -> Database:
             )
         ]
         outbox.mark_attempts(conn, [(i, "t", 1000.0) for i in ids])
-        conn.execute("ANALYZE")
+        if analyze:
+            conn.execute("ANALYZE")
     return db
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Database:
-    return _store(tmp_path_factory.mktemp("plans") / "s.db")
+@pytest.fixture(scope="module", params=["no-statistics", "analyzed"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Database:
+    """Stations never run ANALYZE (SQLite then guesses ~10 rows per ``acked_at IS NULL``,
+    which is what made the plans flip); the analyzed store shows the plans hold with real
+    statistics too."""
+    return _store(tmp_path_factory.mktemp("plans") / "s.db", analyze=request.param == "analyzed")
 
 
 def _statements(db: Database, run: Callable[[sqlite3.Connection], object]) -> list[str]:
@@ -114,8 +118,9 @@ def _no_outbox_scan(plan: list[str]) -> None:
         if line.startswith("SCAN") and line.split()[1] in ("o", "outbox", "r", "records")
     ]
     assert not scans, "full scan of a hot table:\n" + "\n".join(plan)
-    # an index walked without a bound on its leading column is a scan too
-    walks = [line for line in plan if "outbox_pending " in line and "acked_at=?" not in line]
+    # the pending index bound by acked_at alone walks every unacknowledged row: the plan
+    # SQLite flipped to from ~30 ids on (110 k pending: 13 ms; 1 M: 109 ms, every round)
+    walks = [line for line in plan if "outbox_pending " in line and "priority=" not in line]
     assert not walks, "the pending index walked whole:\n" + "\n".join(plan)
 
 
