@@ -23,8 +23,8 @@ Costs that must not grow with a backlog of a million rows (issue 18; the plans a
 - :func:`due` reads ids and sizes first (one query, each class a range of the pending index,
   the live violations found by a bounded walk from the newest), admits rows up to the byte
   window the uplink has free, and only then reads the record JSON of the admitted rows;
-- the pending count is a counter the triggers of ``outbox_pending_n`` keep in step with every
-  insert, ack and re-queue (``outbox_pending_n``), not a count over the pending rows;
+- the pending count is a counter per priority (table ``outbox_pending_n``) that triggers keep
+  in step with every insert, ack, re-queue and delete, not a count over the pending rows;
 - :func:`reset_deadlines` touches only the rows that have a deadline (a partial index), not
   every unacknowledged row.
 """
