@@ -107,4 +107,6 @@ def test_due_order_is_class_then_age(rows: list[tuple[Priority, int]]) -> None:
 
         expected = [f"r{i}" for i in sorted(range(len(rows)), key=rank)]
         assert _due(db) == expected
+        for limit in (1, 2, len(rows) // 2):  # a round that takes part of it takes the head
+            assert _due(db, limit=limit) == expected[:limit]
         db.close()

@@ -613,6 +613,7 @@ def _insert(
         (seq,),
     )
     plate = event.plates[0].text if event.plates else None
+    body = integrity.canonical_json(record)
     conn.execute(
         "INSERT INTO records (seq, event_id, lane, measured_at, status, plate,"
         " gross_kg, record_json, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -624,7 +625,7 @@ def _insert(
             verdict.status.value,
             plate,
             w.gross_kg,
-            integrity.canonical_json(record).decode(),
+            body.decode(),
             record["integrity"]["hash"],
         ),
     )
@@ -642,6 +643,7 @@ def _insert(
             else outbox.Priority.PASSAGE
         ),
         created_at=record["measured_at"],
+        size_bytes=len(body) + sum(i["bytes"] for i in images),  # what the uplink will send
     )
 
 

@@ -60,10 +60,14 @@ from drivers.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
-#: Rows read from the outbox per round (one write transaction marks them attempted).
+#: Rows looked at in the outbox per round (ids and sizes; only those the byte window admits
+#: have their record read; one write transaction marks them attempted).
 SEND_BATCH = 256
-#: Longest idle wait of the sender, seconds (it also wakes on every ack, PUBACK and commit).
-IDLE_WAIT_S = 0.25
+#: Longest idle wait of the sender, seconds. It wakes on every commit, ack, PUBACK and
+#: (re)connect, and at its next deadline (heartbeat, an ack timeout, a client retry); this is
+#: only the backstop for a row queued by someone who does not wake it (an alarm raised by the
+#: clock monitor or retention goes out within this long).
+IDLE_WAIT_S = 1.0
 #: Shortest time between two rounds of the sender, seconds: PUBACKs and acks arriving meanwhile
 #: are taken together, at the cost of at most this much latency.
 MIN_ROUND_S = 0.005
@@ -237,6 +241,10 @@ class _Window:
         self._by_mid.clear()
         self._by_key.clear()
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline in flight (``None``: nothing in flight)."""
+        return min((f.deadline_mono for f in self.flights.values()), default=None)
+
     def expire(self, now_mono: float) -> list[int]:
         """Forget and return the rows whose deadline has passed."""
         expired = [r for r, f in self.flights.items() if f.deadline_mono <= now_mono]
@@ -300,8 +308,9 @@ class _Bookkeeper:
 
     def reset(self) -> None:
         """A new connection: every unacknowledged row is due again (the broker may have lost
-        its state). Written with the next round's book."""
+        its state). Written before the next round's book."""
         self._books.append(_Book(reset=True))
+        self._ready.set()
 
     def not_to_send(self, acks: Iterable[tuple[str, list[str]]]) -> set[tuple[str, str]]:
         """``(kind, ref)`` acknowledged but not yet written (``acks`` are the newest): the
@@ -318,7 +327,9 @@ class _Bookkeeper:
         """The thread's loop: until the sender is done and every book is written."""
         while True:
             stopping = sender_done.is_set()
-            self._ready.wait(IDLE_WAIT_S)
+            if not stopping:
+                # only books make work: add(), reset() and the sender's end set it
+                self._ready.wait()
             self._ready.clear()  # books appended after this are seen by the next turn
             try:
                 self.write()
@@ -569,6 +580,10 @@ class Uplink:
         self._started_mono = self.clock.monotonic()
         self._next_heartbeat = 0.0
         self._next_client_try = 0.0
+        #: the earliest deadline of a row put back after a failed send (not in the window)
+        self._retry_at: float | None = None
+        #: mean bytes of the rows sent lately (``None``: none yet); sizes the outbox look-up
+        self._mean_bytes: float | None = None
         self._counts = {"sent": 0, "resent": 0, "published": 0, "puback_failures": 0}
         self._stopped = False
 
@@ -715,9 +730,23 @@ class Uplink:
                 self._stop.wait(1.0)
                 continue
             if not busy:
-                self._wake.wait(IDLE_WAIT_S)
+                self._wake.wait(self._idle_wait_s())
         self._sender_done.set()
         self._books.wake()
+
+    def _idle_wait_s(self) -> float:
+        """Seconds until the sender's next deadline (heartbeat, an ack timeout in flight, a
+        row put back after a failed send, the next client set-up), at most
+        :data:`IDLE_WAIT_S`; events wake it earlier."""
+        deadlines: list[float | None] = []
+        if self._client is None:
+            deadlines.append(self._next_client_try)
+        if self._link.connected.is_set():  # offline, only a connect (an event) makes work
+            deadlines += [self._next_heartbeat, self._window.next_deadline(), self._retry_at]
+        soonest = min((d for d in deadlines if d is not None), default=None)
+        if soonest is None:
+            return IDLE_WAIT_S
+        return max(0.0, min(IDLE_WAIT_S, soonest - self.clock.monotonic()))
 
     def _step(self) -> bool:
         """One round; True when it sent something (go again without waiting).
@@ -815,16 +844,21 @@ class Uplink:
         if free <= 0 or self._window.size_bytes >= self.config.max_unacked_bytes:
             return True
         now = self.clock.now()
+        if self._retry_at is not None and self._retry_at <= now_mono:
+            self._retry_at = None
+        window = self._window
+        room = self.config.max_unacked_bytes - window.size_bytes
+        # ids and sizes first: only what the byte window has room for gets its record read
         rows = outbox.due(
             self.db.read(),
             now_mono=now_mono,
             live_since=now - timedelta(seconds=self.config.live_window_s),
-            limit=min(free, SEND_BATCH),
+            limit=self._due_limit(free, room, len(skip)),
+            max_bytes=room,
+            skip=lambda row_id, kind, ref: row_id in window or (kind, ref) in skip,
         )
         at = now.isoformat(timespec="milliseconds")
         for row in rows:
-            if row.id in self._window or (row.kind, row.ref) in skip:
-                continue
             if self._window.size_bytes >= self.config.max_unacked_bytes:
                 break
             # Until its PUBACK arrives a row waits longer: on a slow link its images may take
@@ -843,13 +877,26 @@ class Uplink:
                 # behind it: it waits its longest back-off and the others go on
                 self._trouble.note(f"cannot send {row.kind} {row.ref}: {err}")
                 self._window.forget(row.id)
-                sent.append((row.id, at, now_mono + self.config.ack_timeout_max_s))
+                retry_at = now_mono + self.config.ack_timeout_max_s
+                sent.append((row.id, at, retry_at))
+                self._retry_at = min(retry_at, self._retry_at or retry_at)
                 continue
             if not taken:
                 self._window.forget(row.id)
                 return False
             sent.append((row.id, at, deadline))
         return True
+
+    def _due_limit(self, free: int, room_bytes: int, skipped: int) -> int:
+        """Rows to look at this round: as many as ``room_bytes`` holds at the mean size sent
+        lately, plus the rows that may still look due while in flight (their send not yet
+        written), at most ``free`` and :data:`SEND_BATCH`. With photos the window holds
+        a few dozen records, and a round after an ack has room for two or three: reading 256
+        rows' heads for those would be most of the round's work."""
+        if self._mean_bytes is None:
+            return min(free, SEND_BATCH)
+        expected = int(room_bytes / max(1.0, self._mean_bytes)) + 1
+        return max(1, min(free, SEND_BATCH, expected + len(self._window) + skipped + 4))
 
     def _timeout(self, row: outbox.Row) -> float:
         """The ack timeout of ``row``'s next send: backing off with its sends on this
@@ -879,6 +926,11 @@ class Uplink:
             size_bytes=sum(len(m.payload) for m in parts),
         )
         self._window.add(flight)
+        # what a row weighs on the wire lately (an exponential mean over ~20 rows)
+        mean = self._mean_bytes
+        self._mean_bytes = (
+            flight.size_bytes if mean is None else mean + (flight.size_bytes - mean) / 20
+        )
         for m in parts:
             info = client.publish(m.topic, m.payload, qos=1, properties=m.properties)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
