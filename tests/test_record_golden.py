@@ -16,8 +16,15 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.domain import Frame, PlateRead, VehicleClass, VehicleEvent, VehicleWeighing, Verdict
-from agent.domain import VerdictStatus
+from agent.domain import (
+    Frame,
+    PlateRead,
+    VehicleClass,
+    VehicleEvent,
+    VehicleWeighing,
+    Verdict,
+    VerdictStatus,
+)
 from agent.store import chainhead, integrity, readonly
 from agent.store.db import Database
 from agent.store.evidence import EvidenceStore
