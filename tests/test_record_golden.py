@@ -14,7 +14,10 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.domain import (
     Frame,
@@ -133,3 +136,31 @@ def test_sealed_record_bytes_and_hashes_are_unchanged(tmp_path: Path) -> None:
         )
     db.close()
     assert got == GOLDEN
+
+
+KEYS = st.sampled_from(
+    ["", "a", "images", "integrit", "integrity0", "integrityz", "j", "Z", "é", "苏"]
+)
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(KEYS | st.text(), VALUES, max_size=8))
+def test_seal_record_is_the_two_step_seal_byte_for_byte(body: dict[str, object]) -> None:
+    body.pop("integrity", None)
+    signer = integrity.Signer(KEY)
+    seal, sealed = integrity.seal_record(signer, integrity.GENESIS, body)
+    assert seal == signer.seal(integrity.GENESIS, integrity.canonical_json(body))
+    assert sealed == integrity.canonical_json({**body, "integrity": seal})
+
+
+def test_seal_record_refuses_a_body_with_an_integrity_block() -> None:
+    with pytest.raises(ValueError, match="integrity"):
+        integrity.seal_record(integrity.Signer(KEY), integrity.GENESIS, {"integrity": 1})
