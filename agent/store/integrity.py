@@ -109,6 +109,31 @@ class Signer:
 SEAL_KEY = "integrity"
 
 
+def canonical_halves(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A record body's canonical JSON in two objects: the keys sorting before ``"integrity"``
+    and those after it (:func:`seal_halves` joins them; keys must be strings)."""
+    if SEAL_KEY in body:
+        raise ValueError("a record body must not carry its own integrity block")
+    if not all(isinstance(k, str) for k in body):
+        raise TypeError("a record body's keys must be strings")
+    return (
+        canonical_json({k: v for k, v in body.items() if k < SEAL_KEY}),
+        canonical_json({k: v for k, v in body.items() if k > SEAL_KEY}),
+    )
+
+
+def seal_halves(
+    signer: Signer, prev_hash: str, halves: tuple[bytes, bytes]
+) -> tuple[dict[str, Any], bytes]:
+    """Seal a body given as :func:`canonical_halves`: ``(integrity block, sealed record's
+    canonical JSON)``. The signed bytes are the halves joined (= ``canonical_json(body)``),
+    the stored bytes the halves with the block between them, where ``sort_keys`` puts it."""
+    head, tail = halves
+    seal = signer.seal(prev_hash, _join_objects(head, tail))
+    sealed = _join_objects(head, b'{"integrity":' + canonical_json(seal) + b"}")
+    return seal, _join_objects(sealed, tail)
+
+
 def seal_record(
     signer: Signer, prev_hash: str, body: dict[str, Any]
 ) -> tuple[dict[str, Any], bytes]:
@@ -116,20 +141,10 @@ def seal_record(
 
     The same bytes as ``signer.seal(prev_hash, canonical_json(body))`` and then
     ``canonical_json({**body, "integrity": seal})``, with the body encoded once instead of
-    twice: the keys sorting before ``"integrity"`` and those after it are encoded apart, the
-    signed bytes are the two joined, the stored bytes the two with the seal between them
-    (``sort_keys`` puts it exactly there). Pinned by tests/test_record_golden.py.
+    twice (:func:`canonical_halves`, :func:`seal_halves`). Pinned by
+    tests/test_record_golden.py.
     """
-    if SEAL_KEY in body:
-        raise ValueError("a record body must not carry its own integrity block")
-    if not all(isinstance(k, str) for k in body):  # json would coerce them: encode plainly
-        seal = signer.seal(prev_hash, canonical_json(body))
-        return seal, canonical_json({**body, SEAL_KEY: seal})
-    head = canonical_json({k: v for k, v in body.items() if k < SEAL_KEY})
-    tail = canonical_json({k: v for k, v in body.items() if k > SEAL_KEY})
-    seal = signer.seal(prev_hash, _join_objects(head, tail))
-    sealed = _join_objects(head, b'{"integrity":' + canonical_json(seal) + b"}")
-    return seal, _join_objects(sealed, tail)
+    return seal_halves(signer, prev_hash, canonical_halves(body))
 
 
 def verify_signature(public_key: Ed25519PublicKey, digest: str, signature_b64: str) -> bool:
