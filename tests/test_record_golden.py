@@ -31,7 +31,7 @@ from agent.domain import (
 from agent.store import chainhead, integrity, readonly
 from agent.store.db import Database
 from agent.store.evidence import EvidenceStore
-from agent.store.record import RecordContext
+from agent.store.record import RecordContext, event_id_for
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 26, 10, 30, 15, 120000, tzinfo=CST)
@@ -164,3 +164,10 @@ def test_seal_record_is_the_two_step_seal_byte_for_byte(body: dict[str, object])
 def test_seal_record_refuses_a_body_with_an_integrity_block() -> None:
     with pytest.raises(ValueError, match="integrity"):
         integrity.seal_record(integrity.Signer(KEY), integrity.GENESIS, {"integrity": 1})
+
+
+@given(st.datetimes(timezones=st.just(CST)), st.integers(0, 10**7))
+def test_event_id_digits_are_strftime_s(at: datetime, seq: int) -> None:
+    assert event_id_for("JS-ZJ-0001", at, seq) == (
+        f"JS-ZJ-0001-{at.strftime('%Y%m%d%H%M%S')}-{seq:06d}"
+    )
