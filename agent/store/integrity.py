@@ -41,20 +41,15 @@ class NotCanonicalError(ValueError):
     """The object holds a value canonical JSON cannot carry (NaN, infinity)."""
 
 
-#: One encoder for every canonical JSON: ``json.dumps`` with these arguments builds a new
-#: ``JSONEncoder`` per call; the bytes are the same.
-_ENCODER = json.JSONEncoder(
-    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-)
-
-
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, UTF-8, no spaces: the bytes that are hashed and signed.
 
     Raises :class:`NotCanonicalError` for NaN or infinity anywhere in ``obj``: ``NaN`` is not
     JSON, and a signed record must parse on the platform exactly as it was hashed."""
     try:
-        text = _ENCODER.encode(obj)
+        text = json.dumps(
+            obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
     except ValueError as err:
         raise NotCanonicalError(
             f"canonical JSON refuses a non-finite number (NaN or infinity): {err}"
