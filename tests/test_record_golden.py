@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.domain import (
@@ -152,6 +152,7 @@ VALUES = st.recursive(
 )
 
 
+@settings(deadline=None)  # a shared 2-core machine: no per-example time limit
 @given(st.dictionaries(KEYS | st.text(), VALUES, max_size=8))
 def test_seal_record_is_the_two_step_seal_byte_for_byte(body: dict[str, object]) -> None:
     body.pop("integrity", None)
@@ -166,6 +167,7 @@ def test_seal_record_refuses_a_body_with_an_integrity_block() -> None:
         integrity.seal_record(integrity.Signer(KEY), integrity.GENESIS, {"integrity": 1})
 
 
+@settings(deadline=None)
 @given(st.datetimes(timezones=st.just(CST)), st.integers(0, 10**7))
 def test_event_id_digits_are_strftime_s(at: datetime, seq: int) -> None:
     assert event_id_for("JS-ZJ-0001", at, seq) == (
