@@ -173,3 +173,8 @@ def test_event_id_digits_are_strftime_s(at: datetime, seq: int) -> None:
     assert event_id_for("JS-ZJ-0001", at, seq) == (
         f"JS-ZJ-0001-{at.strftime('%Y%m%d%H%M%S')}-{seq:06d}"
     )
+
+
+def test_a_non_finite_number_is_refused_by_the_seal_too() -> None:
+    with pytest.raises(integrity.NotCanonicalError, match="NaN"):
+        integrity.seal_record(integrity.Signer(KEY), integrity.GENESIS, {"x": float("nan")})

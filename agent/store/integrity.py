@@ -57,6 +57,21 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode()
 
 
+#: :func:`canonical_json`'s encoder, built once for the commit path (``json.dumps`` builds one
+#: per call); canonical_json itself stays self-contained: the export's verify.py copies it.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+def _canonical(obj: Any) -> bytes:
+    """:func:`canonical_json` with the prebuilt encoder (the same bytes, the same error)."""
+    try:
+        return _ENCODER.encode(obj).encode()
+    except ValueError:
+        return canonical_json(obj)  # raises NotCanonicalError with its message
+
+
 def _join_objects(a: bytes, b: bytes) -> bytes:
     """Two canonical JSON objects whose keys all sort ``a`` before ``b``, as one object."""
     if a == b"{}":
@@ -112,8 +127,8 @@ def canonical_halves(body: dict[str, Any]) -> tuple[bytes, bytes]:
     if not all(isinstance(k, str) for k in body):
         raise TypeError("a record body's keys must be strings")
     return (
-        canonical_json({k: v for k, v in body.items() if k < SEAL_KEY}),
-        canonical_json({k: v for k, v in body.items() if k > SEAL_KEY}),
+        _canonical({k: v for k, v in body.items() if k < SEAL_KEY}),
+        _canonical({k: v for k, v in body.items() if k > SEAL_KEY}),
     )
 
 
@@ -125,7 +140,7 @@ def seal_halves(
     the stored bytes the halves with the block between them, where ``sort_keys`` puts it."""
     head, tail = halves
     seal = signer.seal(prev_hash, _join_objects(head, tail))
-    sealed = _join_objects(head, b'{"integrity":' + canonical_json(seal) + b"}")
+    sealed = _join_objects(head, b'{"integrity":' + _canonical(seal) + b"}")
     return seal, _join_objects(sealed, tail)
 
 
