@@ -474,10 +474,12 @@ class EvidenceStore:
                     videos=[{k: v for k, v in i.items() if k != "path"} for i in videos],
                 )
                 record = dict(body)
-                record["integrity"] = self.signer.seal(prev_hash, integrity.canonical_json(body))
+                record["integrity"], record_json = integrity.seal_record(
+                    self.signer, prev_hash, body
+                )
                 # a clip's file is a row of `images` like a photo (verify, uplink, retention
                 # treat them alike); its name ends in .mjpeg
-                _insert(conn, event, verdict, record, [*images, *videos])
+                _insert(conn, event, verdict, record, [*images, *videos], record_json)
                 self._seal_head(conn, ctx, seq_before, prev_hash, record)
         except (OSError, sqlite3.Error, DatabaseError) as err:
             for p in written:  # renamed but never committed: not evidence
@@ -603,8 +605,12 @@ def _insert(
     verdict: Verdict,
     record: dict[str, Any],
     images: list[dict[str, Any]],
+    record_json: bytes | None = None,
 ) -> None:
-    """The rows of one sealed record (caller's transaction): ``seq``, record, images, outbox."""
+    """The rows of one sealed record (caller's transaction): ``seq``, record, images, outbox.
+
+    ``record_json``: the record's canonical JSON when the caller has it already
+    (:func:`agent.store.integrity.seal_record`)."""
     w = event.weighing
     seq, event_id = record["seq"], record["event_id"]
     conn.execute(
@@ -613,7 +619,7 @@ def _insert(
         (seq,),
     )
     plate = event.plates[0].text if event.plates else None
-    body = integrity.canonical_json(record)
+    body = integrity.canonical_json(record) if record_json is None else record_json
     conn.execute(
         "INSERT INTO records (seq, event_id, lane, measured_at, status, plate,"
         " gross_kg, record_json, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -57,6 +57,30 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode()
 
 
+#: :func:`canonical_json`'s encoder, built once for the commit path (``json.dumps`` builds one
+#: per call); canonical_json itself stays self-contained: the export's verify.py copies it.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+def _canonical(obj: Any) -> bytes:
+    """:func:`canonical_json` with the prebuilt encoder (the same bytes, the same error)."""
+    try:
+        return _ENCODER.encode(obj).encode()
+    except ValueError:
+        return canonical_json(obj)  # raises NotCanonicalError with its message
+
+
+def _join_objects(a: bytes, b: bytes) -> bytes:
+    """Two canonical JSON objects whose keys all sort ``a`` before ``b``, as one object."""
+    if a == b"{}":
+        return b
+    if b == b"{}":
+        return a
+    return a[:-1] + b"," + b[1:]
+
+
 def key_id_of(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -81,15 +105,56 @@ class Signer:
         self.key_id = key_id_of(self.public_key)
 
     def seal(self, prev_hash: str, body: bytes) -> dict[str, Any]:
-        digest = chain_hash(prev_hash, body)
-        signature = self._key.sign(bytes.fromhex(digest))
+        h = hashlib.sha256(prev_hash.encode("ascii") + body)  # = chain_hash(prev_hash, body)
+        signature = self._key.sign(h.digest())
         return {
             "prev_hash": prev_hash,
-            "hash": digest,
+            "hash": h.hexdigest(),
             "signature": base64.b64encode(signature).decode("ascii"),
             "key_id": self.key_id,
             "algorithm": ALGORITHM,
         }
+
+
+SEAL_KEY = "integrity"
+
+
+def canonical_halves(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A record body's canonical JSON in two objects: the keys sorting before ``"integrity"``
+    and those after it (:func:`seal_halves` joins them; keys must be strings)."""
+    if SEAL_KEY in body:
+        raise ValueError("a record body must not carry its own integrity block")
+    if not all(isinstance(k, str) for k in body):
+        raise TypeError("a record body's keys must be strings")
+    return (
+        _canonical({k: v for k, v in body.items() if k < SEAL_KEY}),
+        _canonical({k: v for k, v in body.items() if k > SEAL_KEY}),
+    )
+
+
+def seal_halves(
+    signer: Signer, prev_hash: str, halves: tuple[bytes, bytes]
+) -> tuple[dict[str, Any], bytes]:
+    """Seal a body given as :func:`canonical_halves`: ``(integrity block, sealed record's
+    canonical JSON)``. The signed bytes are the halves joined (= ``canonical_json(body)``),
+    the stored bytes the halves with the block between them, where ``sort_keys`` puts it."""
+    head, tail = halves
+    seal = signer.seal(prev_hash, _join_objects(head, tail))
+    sealed = _join_objects(head, b'{"integrity":' + _canonical(seal) + b"}")
+    return seal, _join_objects(sealed, tail)
+
+
+def seal_record(
+    signer: Signer, prev_hash: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """Seal a record body: ``(its integrity block, canonical JSON of the sealed record)``.
+
+    The same bytes as ``signer.seal(prev_hash, canonical_json(body))`` and then
+    ``canonical_json({**body, "integrity": seal})``, with the body encoded once instead of
+    twice (:func:`canonical_halves`, :func:`seal_halves`). Pinned by
+    tests/test_record_golden.py.
+    """
+    return seal_halves(signer, prev_hash, canonical_halves(body))
 
 
 def verify_signature(public_key: Ed25519PublicKey, digest: str, signature_b64: str) -> bool:
