@@ -484,6 +484,12 @@ def _start_problems(
     uplink = _section(file, data, "uplink", UplinkConfig, context)
     if uplink is not None:
         found += [(("uplink", *k), v, m) for k, v, m in _uplink_problems(uplink)]
+    evidence = _section(file, data, "evidence", EvidenceConfig, context)
+    if evidence is not None and evidence.signing_key and not Path(evidence.signing_key).is_file():
+        # a new key made in its place would be a signing identity the platform does not know
+        found.append(
+            (("evidence", "signing_key"), "", "file not found (roadside-agent keygen makes it)")
+        )
     return [Problem(locate(text, key), _loc_path(key), value, msg) for key, value, msg in found]
 
 

@@ -113,6 +113,31 @@ def test_load_signer_without_key_fails_unless_asked_to_create(tmp_path: Path) ->
     assert integrity.load_public_keys(tmp_path / "keys").keys() == {signer.key_id}
 
 
+def test_a_configured_key_that_is_missing_is_never_made_in_its_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a typo in [evidence] signing_key made a new key there (a WARNING), and the
+    station signed with an identity the platform does not know."""
+    missing = tmp_path / "credentials" / "signing-kye"
+    cfg = EvidenceConfig(signing_key=str(missing))
+    with pytest.raises(integrity.SigningKeyError, match=r"signing_key .* does not exist"):
+        load_signer(cfg, tmp_path / "data", create_if_missing=True)
+    assert not missing.exists()
+    from agent.commands.run import start_failure_exit
+
+    assert start_failure_exit(integrity.SigningKeyError("x")) == 78  # systemd does not loop
+    demo = Path(__file__).resolve().parents[1] / "firmware_config" / "examples" / "demo.toml"
+    config = tmp_path / "station.toml"
+    config.write_text(
+        demo.read_text(encoding="utf-8") + f'\n[evidence]\nsigning_key = "{missing}"\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(config)]) == 78
+    err = capsys.readouterr().err
+    assert "evidence.signing_key" in err and "file not found" in err, err
+    assert str(missing) not in err  # a secret key's value stays out of the message
+
+
 def test_not_an_ed25519_key_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pem").write_text("hello")
     with pytest.raises(integrity.SigningKeyError, match="not a PEM private key"):

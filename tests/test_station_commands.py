@@ -17,6 +17,7 @@ from platform_sim import PlatformSim
 from agent.config import load_config
 from agent.station.handlers import TRIAL_FILE, StationCommands
 from agent.station.supervisor import Station
+from agent.store import integrity
 from agent.store.permits import PermitBook
 from drivers import traffic
 from drivers.clock import SystemClock
@@ -218,11 +219,13 @@ def test_set_config_may_not_change_the_evidence_identity_or_the_legal_parameters
 ) -> None:
     st, sim, path = running
     before = path.read_text(encoding="utf-8")
+    other_key = path.parent / "other-signing-key"  # a key that exists: refused as protected
+    integrity.generate_key(other_key)
     pushes = {
         "station.data_dir": before.replace('data_dir = "../../demo-data"', 'data_dir = "/tmp/x"'),
         "station.id": before.replace('id = "JS-ZJ-0001"', 'id = "JS-ZJ-0009"', 1),
         "legal": before.replace("tolerance_pct = 5.0", "tolerance_pct = 10.0"),
-        "evidence.signing_key": before + '\n[evidence]\nsigning_key = "/tmp/k.key"\n',
+        "evidence.signing_key": before + f'\n[evidence]\nsigning_key = "{other_key}"\n',
         "lanes[1].scale": before.replace('certificate = "JS-JL-2026-00123"', 'certificate = "X"'),
     }
     for key, text in pushes.items():

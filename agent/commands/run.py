@@ -92,6 +92,7 @@ def start_failure_exit(err: BaseException) -> int:
     from agent.commands._common import EX_CONFIG, EX_FAILED
     from agent.config import ConfigError
     from agent.legal import InvalidFactsError, LegalRulesError
+    from agent.store.integrity import SigningKeyError
     from drivers.registry import BackendError
     from drivers.scale.base import ScaleConfigError
 
@@ -101,5 +102,6 @@ def start_failure_exit(err: BaseException) -> int:
         LegalRulesError,
         BackendError,
         InvalidFactsError,
+        SigningKeyError,
     )
     return EX_CONFIG if isinstance(err, config_caused) else EX_FAILED

@@ -166,8 +166,10 @@ class EvidenceConfig(BaseModel):
 
     signing_key: ConfigPath = Field(
         default="",
-        description="Ed25519 private key (PEM). Empty: $CREDENTIALS_DIRECTORY/signing-key, "
-        "else keys/station.key in the data directory (created on first run).",
+        description="Ed25519 private key (PEM); a file named here must exist (check-config and "
+        "run refuse a missing one rather than sign with a new, unregistered key). Empty: "
+        "$CREDENTIALS_DIRECTORY/signing-key, else keys/station.key in the data directory "
+        "(created on first run).",
         json_schema_extra={"secret": True},
     )
     disk_budget_mb: int = Field(

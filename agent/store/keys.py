@@ -63,10 +63,18 @@ def load_signer(
     """The station's :class:`~agent.store.integrity.Signer` (see :func:`signing_key_path`).
 
     With ``create_if_missing`` a missing key is generated (logged at WARNING: a production
-    station gets its key from ``roadside-agent keygen`` and registers the public key first).
+    station gets its key from ``roadside-agent keygen`` and registers the public key first),
+    but never one that ``[evidence] signing_key`` names: that is a configuration error.
     Raises :class:`~agent.store.integrity.SigningKeyError`.
     """
     path = signing_key_path(config, data_dir)
+    if config.signing_key and not path.exists():
+        # never made in its place: a new key is a new signing identity the platform does not
+        # know, and the records it signs would be refused there
+        raise integrity.SigningKeyError(
+            f"[evidence] signing_key {path} does not exist: put the station's key there "
+            f"(roadside-agent keygen --key {path}) or correct the path"
+        )
     if not path.exists() and create_if_missing:
         key = integrity.generate_key(path)
         signer = integrity.Signer(key)
