@@ -12,9 +12,11 @@ reader leaves this crop unread where x86_64 reads it: the reader's consistency c
 reading that emulated float arithmetic makes waver; a real Pi is the judge of accuracy.)
 
 Slow (everything is emulated): it runs by itself where the arm64 root file system is cached
-(``armbox build`` keeps it in /var/cache/armbox), reading with ONNX Runtime only; with
-``ROADSIDE_ARMBOX=1`` it builds the root file system first if needed and reads with LiteRT too;
-``ROADSIDE_ARMBOX=0`` turns it off. Needs root. Measured on the
+(``armbox build`` keeps it in /var/cache/armbox): install, demo, both runtimes imported and the
+installed models hash-checked, a few minutes. With ``ROADSIDE_ARMBOX=1`` it builds the root
+file system first if needed and also reads a plate with each runtime (each read, with the
+second recogniser, takes tens of minutes emulated); ``ROADSIDE_ARMBOX=0`` turns it off. Needs
+root. Measured on the
 2-core VM shared with other jobs: the first ``armbox build`` 33 min (debootstrap under
 emulation; cached in /var/cache/armbox afterwards), bundle 37 s, install 133 s, demo 30 s, one
 plate read ~5 min per runtime (the detector and its tile retries, emulated): 13 min with a
@@ -129,11 +131,20 @@ def test_arm64_install_demo_and_read_plate(tmp_path: Path) -> None:
 
     photos = " ".join(shlex.quote(f"/srv/shared/fixtures/plates/crops/{p}.jpg") for p in PLATES)
     plates: dict[str, list[list[str]]] = {}
-    # ONNX Runtime (what a fresh station reads with) always; LiteRT too when asked for the whole
-    # check (ROADSIDE_ARMBOX=1): each read with the second recogniser takes many minutes emulated
-    runtimes = [("onnx", "")]
-    if os.environ.get("ROADSIDE_ARMBOX") == "1":
-        runtimes.append(("tflite", "--bundle /srv/shared/models/plate"))
+    # Both runtimes load on aarch64 and the installed models pass their hash check (seconds);
+    # a plate read under emulation, with the second recogniser, takes far longer (over 30 min
+    # of CPU here), so it runs only when asked for the whole check (ROADSIDE_ARMBOX=1)
+    out, times["runtimes"] = _armbox(
+        project,
+        "/opt/roadside-agent/venv/bin/python -c 'import ai_edge_litert, onnxruntime; "
+        'print("runtimes", onnxruntime.__version__)\' && '
+        "/opt/roadside-agent/venv/bin/python -m drivers.plate.bundle check",
+        timeout_s=900,
+    )
+    assert "runtimes" in out and "ppocrv4-rec-onnx-rapidocr-1.4.4" in out, out
+    runtimes = [("onnx", ""), ("tflite", "--bundle /srv/shared/models/plate")]
+    if os.environ.get("ROADSIDE_ARMBOX") != "1":
+        runtimes = []
     for kind, extra in runtimes:
         if kind == "tflite" and not (REPO.parent / "shared" / "models" / "plate").is_dir():
             continue
@@ -143,6 +154,7 @@ def test_arm64_install_demo_and_read_plate(tmp_path: Path) -> None:
         plates[kind] = [[p["text"] for p in r["plates"]] for r in json.loads(out)]
     result = {"times_s": {k: round(v) for k, v in times.items()}, "demo": demo, "plates": plates}
     print("arm64 smoke:", json.dumps(result, ensure_ascii=False))
-    assert set(plates) >= {"onnx"}
+    if runtimes:
+        assert set(plates) >= {"onnx"}
     for kind, read in plates.items():
         assert all(r in ([], [p]) for r, p in zip(read, PLATES, strict=True)), (kind, read)
