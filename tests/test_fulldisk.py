@@ -99,6 +99,14 @@ def _stored(st: Station) -> int:
     return st.counters.stored
 
 
+def _started(path: Path, data_dir: Path) -> Station:
+    """A station on ``path`` started on ``data_dir`` (its simulated road from the start)."""
+    traffic.forget_roads()
+    st = Station(load_config(path), data_dir=data_dir)
+    st.start()
+    return st
+
+
 def _beats(st: Station) -> dict[str, float]:
     """The stages' last signs of life as the watchdog reads them (an idle stage is fresh)."""
     now = st.clock.monotonic()
@@ -112,9 +120,7 @@ def test_the_station_records_through_a_full_disk_and_starts_on_one(
     watchdog stays fed, the platform gets the alarms; then a restart on the full disk."""
     path = _demo_config(tmp_path, reserve_mb=2)
     data_dir = tmpfs / "data"
-    traffic.forget_roads()
-    st = Station(load_config(path), data_dir=data_dir)
-    st.start()
+    st = _started(path, data_dir)
     try:
         wait_until(lambda: _stored(st) >= 3, 30, "three records before the disk fills")
         reserve = data_dir / "db-reserve.bin"
@@ -132,9 +138,7 @@ def test_the_station_records_through_a_full_disk_and_starts_on_one(
     assert figures["verify_ok"], figures["verify_problems"]
     # start again on the full disk (before: "database or disk is full")
     fulldisk_check.fill(data_dir)
-    traffic.forget_roads()
-    again = Station(load_config(path), data_dir=data_dir)
-    again.start()
+    again = _started(path, data_dir)
     try:
         before = figures["records"]
         wait_until(lambda: _stored(again) >= 3, 60, "records after a restart on a full disk")
@@ -150,9 +154,7 @@ def test_a_stage_blocked_on_the_disk_is_reported_not_hung(tmp_path: Path, tmpfs:
     watchdog fed (a restart does not empty a disk); once space returns nothing was lost."""
     path = _demo_config(tmp_path, reserve_mb=0)
     data_dir = tmpfs / "data"
-    traffic.forget_roads()
-    st = Station(load_config(path), data_dir=data_dir)
-    st.start()
+    st = _started(path, data_dir)
     try:
         wait_until(lambda: _stored(st) >= 3, 30, "three records before the disk fills")
         fulldisk_check.fill(data_dir)
